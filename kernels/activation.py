@@ -1,0 +1,39 @@
+"""Masked GELU: the MLP activation with the neuron intervention fused in.
+
+    out[..., h] = value[h]            if mask[h]     (the neuron is clamped, zero gradient)
+                  gelu_tanh(x[..., h]) otherwise
+
+This is the median replacement of Shinoda et al. (2026): the bias neurons of the
+reward model take their validation medians. Backends: "triton" (`activation_triton.py`);
+"torch" and "reference" are the PyTorch composition of `reference.masked_gelu`, which is
+elementwise already and so has nothing to chunk. `value` is a constant (gets no gradient).
+"""
+
+import torch
+
+from . import dispatch, reference
+
+if dispatch.HAVE_TRITON:
+    from . import activation_triton
+
+
+def masked_gelu(x: torch.Tensor, mask: torch.Tensor | None, value: torch.Tensor | None,
+                backend: str = "auto") -> torch.Tensor:
+    """x [..., H] floating, mask [H] bool (None: plain gelu_tanh), value [H] -> [..., H], x's dtype."""
+    op = "kernels.masked_gelu"
+    chosen = dispatch.resolve_backend(backend, x.device, op)
+    if not x.is_floating_point() or x.dim() < 1:
+        raise ValueError(f"{op}: x must be a floating tensor [..., H], got {x.dtype} {tuple(x.shape)}")
+    H = x.shape[-1]
+    if mask is not None:
+        if mask.dtype != torch.bool or tuple(mask.shape) != (H,):
+            raise ValueError(f"{op}: mask must be bool of shape [H] = ({H},), got {mask.dtype} {tuple(mask.shape)}")
+        if value is None or tuple(value.shape) != (H,):
+            raise ValueError(f"{op}: value must have shape [H] = ({H},) when mask is set, "
+                             f"got {None if value is None else tuple(value.shape)}")
+    if chosen != "triton":
+        return reference.masked_gelu(x, mask, value)
+    if x.numel() == 0:
+        return x.clone()
+    out = activation_triton.MaskedGelu.apply(x.reshape(-1, H).contiguous(), mask, value)  # [M, H]
+    return out.view(x.shape)

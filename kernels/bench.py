@@ -1,0 +1,252 @@
+"""Benchmark the kernels against PyTorch: `python -m kernels.bench [--quick] [--out runs/bench]`.
+
+Ops: the GRPO loss (logits [N, T, V], with logp_old, logp_ref and beta > 0, so every term runs)
+and the masked GELU (x [M, H], a third of the neurons clamped). Providers:
+- "eager": `reference.py` in PyTorch eager mode (materialises the fp32 [N*T, V] log-softmax),
+- "compile": `torch.compile` of the same reference (CUDA only),
+- "triton": the Triton kernels (CUDA only; the interpreter would measure Python, not the kernel),
+- "torch": the chunked PyTorch path (log-prob ops only; for the GELU it *is* the reference).
+Modes: "fwd" (forward with the graph kept, what training holds until backward) and "fwd+bwd".
+
+Figures per row:
+- median_ms: median wall time of `reps` calls after warm-up (synchronised on CUDA).
+- peak_mib: peak bytes allocated during one call above what was allocated before it: outputs,
+  saved tensors, temporaries and the input gradient, not the inputs. CUDA: the caching
+  allocator's peak counter. CPU: `torch.profiler` with profile_memory=True records every
+  allocation and free of the CPU allocator; the peak of its running total ("Total Allocated").
+- gbps: the bytes the op must move at least, over median time: logits read once (fwd), or read
+  twice and dlogits written once (fwd+bwd); for the GELU x read and out written (fwd), plus x and
+  dout read and dx written (bwd). copy_share: gbps over this device's measured copy bandwidth
+  (`dst.copy_(src)` of 256 MiB).
+Writes bench.csv and bench.png (time and memory over the V sweep) to --out, and prints a table.
+"""
+
+import argparse
+import csv
+import json
+import math
+import os
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+
+import torch
+
+from . import dispatch, grpo_loss, masked_gelu, reference
+
+MIB = 2**20
+
+
+@dataclass
+class Case:
+    op: str  # "grpo_loss" | "masked_gelu"
+    shape: tuple[int, ...]  # (N, T, V) or (M, H)
+    dtype: torch.dtype
+
+
+def make_inputs(case: Case, device: torch.device) -> dict:
+    """Inputs of one call (seeded), the differentiable one under "leaf"."""
+    g = torch.Generator().manual_seed(0)
+    if case.op == "grpo_loss":
+        N, T, V = case.shape
+        logits = torch.randn(N, T, V, generator=g).to(device, case.dtype).requires_grad_()
+        targets = torch.randint(0, V, (N, T), generator=g).to(device)
+        # old / reference log-probs near the current ones (about -log V), so some ratios clip
+        logp_old, logp_ref = (-math.log(V) + torch.randn(2, N, T, generator=g)).to(device)
+        return dict(leaf=logits, targets=targets, mask=torch.ones(N, T, device=device), group_size=min(8, N),
+                    rewards=torch.randn(N, generator=g).to(device), logp_old=logp_old, logp_ref=logp_ref)
+    M, H = case.shape
+    return dict(leaf=torch.randn(M, H, generator=g).to(device, case.dtype).requires_grad_(),
+                mask=(torch.arange(H) % 3 == 0).to(device), value=torch.randn(H, generator=g).to(device),
+                dout=torch.randn(M, H, generator=g).to(device, case.dtype))
+
+
+def providers(op: str, device: torch.device) -> dict:
+    """name -> function(inputs) returning what backward starts from."""
+    if op == "grpo_loss":
+        def call(impl, **kw):
+            return lambda i: impl(i["leaf"], i["targets"], i["mask"], i["rewards"], i["group_size"], i["logp_old"], i["logp_ref"],
+                                  beta=0.04, **kw)[0]
+        table = {"eager": call(reference.grpo_loss), "torch": call(grpo_loss, backend="torch")}
+        if device.type == "cuda":
+            table |= {"compile": call(torch.compile(reference.grpo_loss)), "triton": call(grpo_loss, backend="triton")}
+        return table
+    table = {"eager": lambda i: reference.masked_gelu(i["leaf"], i["mask"], i["value"])}
+    if device.type == "cuda":
+        compiled = torch.compile(reference.masked_gelu)
+        table |= {"compile": lambda i: compiled(i["leaf"], i["mask"], i["value"]),
+                  "triton": lambda i: masked_gelu(i["leaf"], i["mask"], i["value"], backend="triton")}
+    return table
+
+
+def step(fn, inputs: dict, mode: str) -> None:
+    out = fn(inputs)
+    if mode == "fwd+bwd":
+        out.backward(inputs.get("dout"))
+        inputs["leaf"].grad = None
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def median_ms(fns: dict, inputs: dict, mode: str, device: torch.device, reps: int) -> dict:
+    """name -> median ms. Providers take turns within each repetition, so a change in machine
+    load (a shared CPU) hits all of them alike instead of whichever ran last."""
+    for fn in fns.values():
+        for _ in range(2):  # warm-up: compilation, allocator caches
+            step(fn, inputs, mode)
+    times = {name: [] for name in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            sync(device)
+            start = time.perf_counter()
+            step(fn, inputs, mode)
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: 1e3 * statistics.median(t) for name, t in times.items()}
+
+
+def peak_mib(fn, inputs, mode, device) -> float:
+    if device.type == "cuda":
+        sync(device)
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        step(fn, inputs, mode)
+        sync(device)
+        return (torch.cuda.max_memory_allocated() - before) / MIB
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step(fn, inputs, mode)
+    with tempfile.TemporaryDirectory() as tmp:
+        trace = os.path.join(tmp, "trace.json")
+        prof.export_chrome_trace(trace)
+        with open(trace) as f:
+            events = json.load(f)["traceEvents"]
+    totals = [e["args"]["Total Allocated"] for e in events if e.get("name") == "[memory]"]
+    return max([0, *totals]) / MIB
+
+
+def copy_gbps(device: torch.device) -> float:
+    src = torch.empty(256 * MIB // 4, device=device)
+    dst = torch.empty_like(src)
+    ms = median_ms({"copy": lambda _: dst.copy_(src)}, {}, "fwd", device, reps=10)["copy"]
+    return 2 * src.numel() * 4 / ms / 1e6
+
+
+def min_bytes(case: Case, mode: str) -> int:
+    elements = 1
+    for size in case.shape:
+        elements *= size
+    per_pass = elements * torch.empty((), dtype=case.dtype).element_size()
+    passes = {("grpo_loss", "fwd"): 1, ("grpo_loss", "fwd+bwd"): 3, ("masked_gelu", "fwd"): 2, ("masked_gelu", "fwd+bwd"): 5}
+    return passes[case.op, mode] * per_pass
+
+
+def cases(device: torch.device, quick: bool) -> list[Case]:
+    if device.type == "cuda":
+        rows, dtype, sweep = (64, 512), torch.bfloat16, [8192, 32768, 50257, 128256]
+        gelu = Case("masked_gelu", (64 * 512, 3072), dtype)
+    else:
+        rows, dtype, sweep = (2, 128), torch.float32, [4096, 16384, 50257] if quick else [1024, 4096, 16384, 50257, 131072]
+        gelu = Case("masked_gelu", (256, 3072), dtype)
+    return [Case("grpo_loss", (*rows, V), dtype) for V in sweep] + [gelu]
+
+
+def run(device: torch.device, quick: bool) -> list[dict]:
+    reps = 3 if quick else 10
+    copy = copy_gbps(device)
+    results = []
+    for case in cases(device, quick):
+        inputs = make_inputs(case, device)
+        fns = providers(case.op, device)
+        for mode in ("fwd", "fwd+bwd"):
+            rows = {name: dict(op=case.op, shape="x".join(map(str, case.shape)), provider=name, mode=mode,
+                               dtype=str(case.dtype).removeprefix("torch.")) for name in fns}
+            try:
+                for name, ms in median_ms(fns, inputs, mode, device, reps).items():
+                    rows[name] |= dict(median_ms=ms, peak_mib=peak_mib(fns[name], inputs, mode, device))
+            except torch.OutOfMemoryError:  # eager at the largest V may not fit; keep the row, marked NaN
+                torch.cuda.empty_cache()
+            for row in rows.values():
+                row.setdefault("median_ms", float("nan"))
+                row.setdefault("peak_mib", float("nan"))
+                row["gbps"] = min_bytes(case, mode) / row["median_ms"] / 1e6
+                row["copy_share"] = row["gbps"] / copy
+                results.append(row)
+        del inputs
+    for row in results:  # ratios to eager at the same op, shape and mode
+        eager = next(r for r in results if r["provider"] == "eager" and all(r[k] == row[k] for k in ("op", "shape", "mode")))
+        row["time_vs_eager"] = row["median_ms"] / eager["median_ms"]
+        row["mem_vs_eager"] = row["peak_mib"] / eager["peak_mib"] if eager["peak_mib"] > 0 else float("nan")
+    return results
+
+
+COLUMNS = ["op", "shape", "dtype", "provider", "mode", "median_ms", "peak_mib", "gbps", "copy_share",
+           "time_vs_eager", "mem_vs_eager"]
+
+
+def print_table(results: list[dict]) -> None:
+    cells = [[f"{r[c]:.3g}" if isinstance(r[c], float) else str(r[c]) for c in COLUMNS] for r in results]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(COLUMNS)]
+    for row in [COLUMNS, ["-" * w for w in widths], *cells]:
+        print("  ".join(cell.rjust(w) for cell, w in zip(row, widths)))
+
+
+def write_csv(results: list[dict], path: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(results)
+    os.replace(tmp, path)
+
+
+def plot(results: list[dict], path: str) -> None:
+    """Time and peak memory of the GRPO loss (fwd+bwd) against V, one line per provider."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in results if r["op"] == "grpo_loss" and r["mode"] == "fwd+bwd"]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for name in dict.fromkeys(r["provider"] for r in rows):
+        mine = [r for r in rows if r["provider"] == name]
+        vocab = [int(r["shape"].split("x")[-1]) for r in mine]
+        axes[0].plot(vocab, [r["median_ms"] for r in mine], marker="o", label=name)
+        axes[1].plot(vocab, [r["peak_mib"] for r in mine], marker="o", label=name)
+    for ax, label in zip(axes, ["median time (ms)", "peak memory above inputs (MiB)"]):
+        ax.set(xscale="log", yscale="log", xlabel="vocabulary size V", ylabel=label)
+        ax.legend()
+    fig.suptitle(f"GRPO loss forward+backward, {rows[0]['shape'].rsplit('x', 1)[0]} rows, {rows[0]['dtype']}")
+    fig.tight_layout()
+    tmp = path + ".tmp"
+    fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default="runs/bench", help="directory for bench.csv and bench.png")
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions and a shorter V sweep")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and dispatch.triton_interpreted():
+        parser.error("TRITON_INTERPRET=1 is set: unset it to benchmark compiled kernels")
+    os.makedirs(args.out, exist_ok=True)
+    results = run(device, args.quick)
+    print(f"device: {torch.cuda.get_device_name() if device.type == 'cuda' else f'cpu, {torch.get_num_threads()} threads'}")
+    print_table(results)
+    write_csv(results, os.path.join(args.out, "bench.csv"))
+    plot(results, os.path.join(args.out, "bench.png"))
+    print(f"wrote {args.out}/bench.csv and {args.out}/bench.png")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""Which implementation serves a call, and how kernels allocate their outputs.
+
+Backends (the `backend=` argument of every public op):
+- "triton": the Triton kernels. On CUDA tensors they run compiled; on CPU tensors they run
+  through Triton's interpreter, which needs `TRITON_INTERPRET=1` set before `kernels` is first
+  imported (Triton decides at decoration time whether a kernel is interpreted).
+- "torch": PyTorch only, memory-efficient: the log-prob ops walk the rows in chunks and never
+  hold a full fp32 `[N*T, V]` log-softmax; backward recomputes each chunk's softmax.
+- "reference": `kernels/reference.py`, the readable full-materialisation definition.
+- "auto": "triton" on CUDA tensors, and on CPU tensors when the kernels are interpreted;
+  "torch" otherwise (including every platform without Triton, which is optional off Linux).
+"""
+
+import importlib.util
+
+import torch
+
+BACKENDS = ("auto", "triton", "torch", "reference")
+HAVE_TRITON = importlib.util.find_spec("triton") is not None
+
+
+def triton_interpreted() -> bool:
+    """True when the Triton kernels were built for the interpreter (TRITON_INTERPRET=1 at import)."""
+    if not HAVE_TRITON:
+        return False
+    from triton.runtime.interpreter import InterpretedFunction
+
+    from .activation_triton import masked_gelu_fwd_kernel
+
+    return isinstance(masked_gelu_fwd_kernel, InterpretedFunction)
+
+
+def resolve_backend(backend: str, device: torch.device, op: str) -> str:
+    """The concrete backend ("triton" | "torch" | "reference") for an op on tensors on `device`."""
+    if backend not in BACKENDS:
+        raise ValueError(f"{op}: backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        use_triton = HAVE_TRITON and (device.type == "cuda" or triton_interpreted())
+        return "triton" if use_triton else "torch"
+    if backend == "triton":
+        if not HAVE_TRITON:
+            raise RuntimeError(f"{op}: backend='triton' needs the triton package; use backend='torch'")
+        if device.type != "cuda" and not triton_interpreted():
+            raise RuntimeError(
+                f"{op}: backend='triton' on {device.type} tensors needs TRITON_INTERPRET=1 in the "
+                "environment before `kernels` is imported; use backend='torch' on CPU"
+            )
+    return backend
+
+
+def empty_output(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Uninitialised buffer for a kernel to fill completely (tests replace this to poison with NaN)."""
+    return torch.empty(shape, dtype=dtype, device=device)

@@ -1,0 +1,3 @@
+from nanobias.cli import main
+
+main()

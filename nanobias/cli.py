@@ -1,0 +1,409 @@
+"""`nanobias <command>`: one subcommand per pipeline stage. Flags are checked before any work."""
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from nanobias.data import CATEGORIES
+
+DATA_SOURCES = ("synthetic", "bbq")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return value
+
+
+def vocab_size(text: str) -> int:
+    value = positive_int(text)
+    if value < 257:
+        raise argparse.ArgumentTypeError(f"vocab size must be at least 257 (256 bytes + end-of-text), got {value}")
+    return value
+
+
+def category_list(text: str) -> list[str]:
+    return [c.strip() for c in text.split(",") if c.strip()]
+
+
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", choices=DATA_SOURCES, default="synthetic", help="synthetic world or real BBQ files")
+    p.add_argument("--bbq-dir", type=Path, help="folder with BBQ's {Category}.jsonl files (with --data bbq)")
+    p.add_argument("--train-categories", type=category_list, help="comma-separated categories to train on")
+    p.add_argument("--eval-categories", type=category_list, default=[],
+                   help="comma-separated categories held out of every training stage, reported apart")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def check_data_args(parser: argparse.ArgumentParser, args) -> None:
+    """Reject bad data flags before anything runs."""
+    if args.data == "bbq":
+        if args.bbq_dir is None:
+            parser.error("--data bbq needs --bbq-dir DIR (a folder with BBQ's {Category}.jsonl files)")
+        if not args.bbq_dir.is_dir() or not list(args.bbq_dir.glob("*.jsonl")):
+            parser.error(f"--bbq-dir {args.bbq_dir}: no .jsonl files there")
+        known = sorted(f.stem for f in args.bbq_dir.glob("*.jsonl"))
+    else:
+        if args.bbq_dir is not None:
+            parser.error("--bbq-dir is only used with --data bbq")
+        known = list(CATEGORIES)
+    for flag in ("train_categories", "eval_categories"):
+        for cat in getattr(args, flag) or []:
+            if cat not in known:
+                parser.error(f"--{flag.replace('_', '-')}: unknown category {cat!r}; this data has {', '.join(known)}")
+    overlap = set(args.train_categories or []) & set(args.eval_categories)
+    if overlap:
+        parser.error(f"--train-categories and --eval-categories share {sorted(overlap)}")
+
+
+def load_splits_from_args(args, preset):
+    from nanobias.data import load_splits
+
+    return load_splits(args.data, bbq_dir=args.bbq_dir, seed=args.seed,
+                       variants_per_template=preset.variants_per_template,
+                       train_categories=args.train_categories, eval_categories=args.eval_categories)
+
+
+def cmd_pretrain(args) -> None:
+    from nanobias.evaluate import evaluate_policy, format_table, spread
+    from nanobias.presets import get_preset
+    from nanobias.pretrain import corpus, pretrain, train_tokenizer
+
+    preset = get_preset(args.preset, steps=args.steps, lr=args.lr, batch_size=args.batch_size)
+    if args.vocab_size:
+        preset.vocab_size = args.vocab_size
+    out = Path(args.out)
+    splits = load_splits_from_args(args, preset)
+    train_docs, val_docs = corpus(splits, preset, args.seed)
+    enc = train_tokenizer(train_docs, preset.vocab_size, out / "tokenizer.json")
+    model = pretrain(preset, enc, train_docs, val_docs, out / "policy.pt", seed=args.seed, resume=args.resume)
+    metrics = evaluate_policy(model, enc, splits.test, splits.heldout, max_examples=args.eval_examples)
+    for s in metrics["samples"][:4]:
+        print(f"\n{s['prompt']}{s['completion']}")
+    rows = {"base (test)": metrics}
+    if metrics["heldout"]:
+        rows["base (held-out categories)"] = metrics["heldout"]
+    print("\n" + format_table(rows))
+    print(f"biased-answer share on ambiguous test prompts: {biased_share(spread(splits.test, args.eval_examples), model, enc):.3f}"
+          " (chance among the two groups: 0.5 of non-unknown answers)")
+    print(f"wrote {out / 'policy.pt'} and {out / 'tokenizer.json'}")
+
+
+def biased_share(examples, model, enc) -> float:
+    """Share of ambiguous examples the policy answers with the biased answer."""
+    from nanobias.evaluate import extract_answer, generate_answers
+
+    ambig = [ex for ex in examples if ex.context_condition == "ambig"]
+    completions = generate_answers(model, enc, ambig, desc="ambiguous")
+    return sum(extract_answer(ex, c) == ex.biased_index for ex, c in zip(ambig, completions)) / max(1, len(ambig))
+
+
+def cmd_sample(args) -> None:
+    from nanobias.checkpoint import load_policy
+    from nanobias.sampling import completion_texts, sample
+
+    model, enc, _ = load_policy(args.ckpt)
+    prompt = args.prompt.replace("\\n", "\n")
+    samples = sample(model, [enc.encode_ordinary(prompt)], enc.eot_token, group_size=args.n,
+                     max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                     seed=args.seed)
+    for i, text in enumerate(completion_texts(enc, samples)):
+        print(f"--- sample {i}\n{prompt}{text}")
+
+
+def cmd_bench(args) -> None:
+    from nanobias.bench import bench_model
+
+    bench_model(args.preset, seconds=args.seconds)
+
+
+def add_rl_args(p: argparse.ArgumentParser) -> None:
+    """Flags every RL stage shares: the starting policy, the reward, the output folder."""
+    p.add_argument("--preset", default="cpu", choices=["smoke", "cpu", "gpu"])
+    add_data_args(p)
+    p.add_argument("--policy", required=True, type=Path, help="starting policy checkpoint (policy.pt)")
+    reward = p.add_mutually_exclusive_group(required=True)
+    reward.add_argument("--reward", type=Path, help="reward model checkpoint (reward.pt)")
+    reward.add_argument("--oracle-reward", action="store_true",
+                        help="reward 1 for the labelled answer, else 0: the world's labels instead of a reward model")
+    p.add_argument("--intervention", type=Path, help="neuron intervention JSON applied to the reward model")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--eval-examples", type=positive_int, default=400,
+                   help="test (and held-out) prompts to evaluate, drawn at random")
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "triton", "reference"],
+                   help="kernels backend for log-probs and losses")
+
+
+def check_rl_args(parser: argparse.ArgumentParser, args) -> None:
+    check_data_args(parser, args)
+    for flag in ("policy", "reward", "intervention"):
+        path = getattr(args, flag)
+        if path is not None and not path.is_file():
+            parser.error(f"--{flag} {path}: no such file")
+    if args.intervention is not None and args.reward is None:
+        parser.error("--intervention edits a reward model: it needs --reward, not --oracle-reward")
+
+
+def scorer_from_args(args):
+    from nanobias.rl import make_scorer
+
+    return make_scorer(reward_ckpt=args.reward, intervention_path=args.intervention, oracle=args.oracle_reward)
+
+
+def evaluation_rows(name: str, model, enc, splits, n: int | None) -> tuple[dict, dict]:
+    """Evaluate a policy on (a sample of) the test and held-out splits -> (metrics, table rows)."""
+    from nanobias.evaluate import evaluate_policy
+
+    metrics = evaluate_policy(model, enc, splits.test, splits.heldout, max_examples=n, desc=f"eval {name}")
+    rows = {f"{name} (test)": metrics}
+    if metrics["heldout"]:
+        rows[f"{name} (held-out categories)"] = metrics["heldout"]
+    return metrics, rows
+
+
+def cmd_grpo(args) -> None:
+    from nanobias.checkpoint import load_policy, write_json
+    from nanobias.evaluate import format_table
+    from nanobias.grpo import train_grpo
+    from nanobias.presets import get_preset
+    from nanobias.rl import reward_curve_path
+
+    preset = get_preset(args.preset)
+    splits = load_splits_from_args(args, preset)
+    name = "grpo_oracle" if args.oracle_reward else "grpo_cirm" if args.intervention else "grpo"
+    ckpt = args.out / f"{name}.pt"
+    result = train_grpo(preset, splits, args.policy, ckpt, scorer_from_args(args), seed=args.seed,
+                        backend=args.backend)
+    base, rows = evaluation_rows("base", *load_policy(args.policy)[:2], splits, args.eval_examples)
+    trained, trained_rows = evaluation_rows(name, *load_policy(ckpt)[:2], splits, args.eval_examples)
+    print("\n" + format_table({**rows, **trained_rows}))
+    print(f"reward_fluctuation {result['stability']['reward_fluctuation']:.4f}, "
+          f"final_reward_mean {result['stability']['final_reward_mean']:.4f}")
+    write_json(args.out / f"{name}.json", {
+        "reward": "oracle" if args.oracle_reward else str(args.reward), "intervention": str(args.intervention) if args.intervention else None,
+        "seed": args.seed, "preset": args.preset, "policy": {"base": base, name: trained}, **result})
+    print(f"wrote {ckpt}, {args.out / f'{name}.json'} and {reward_curve_path(ckpt)}")
+
+
+def report_baseline(args, name: str, splits, ckpt: Path, result: dict) -> None:
+    """Evaluate base and trained policy, print the table and stability, write OUT/<name>.json."""
+    from nanobias.checkpoint import load_policy, write_json
+    from nanobias.evaluate import format_table
+    from nanobias.rl import reward_curve_path
+
+    base, rows = evaluation_rows("base", *load_policy(args.policy)[:2], splits, args.eval_examples)
+    trained, trained_rows = evaluation_rows(name, *load_policy(ckpt)[:2], splits, args.eval_examples)
+    print("\n" + format_table({**rows, **trained_rows}))
+    print(f"reward_fluctuation {result['stability']['reward_fluctuation']:.4f}, "
+          f"final_reward_mean {result['stability']['final_reward_mean']:.4f}")
+    write_json(args.out / f"{name}.json", {
+        "reward": "oracle" if args.oracle_reward else str(args.reward),
+        "intervention": str(args.intervention) if args.intervention else None,
+        "seed": args.seed, "preset": args.preset, "policy": {"base": base, name: trained}, **result})
+    print(f"wrote {ckpt}, {args.out / f'{name}.json'} and {reward_curve_path(ckpt)}")
+
+
+def cmd_dpo(args) -> None:
+    from nanobias.dpo import train_dpo
+    from nanobias.presets import get_preset
+
+    preset = get_preset(args.preset)
+    splits = load_splits_from_args(args, preset)
+    ckpt = args.out / f"{args.loss}.pt"
+    result = train_dpo(preset, splits, args.policy, ckpt, seed=args.seed, loss=args.loss, backend=args.backend,
+                       score_fn=scorer_from_args(args))
+    report_baseline(args, args.loss, splits, ckpt, result)
+
+
+def cmd_ppo(args) -> None:
+    from nanobias.ppo import train_ppo
+    from nanobias.presets import get_preset
+
+    preset = get_preset(args.preset)
+    splits = load_splits_from_args(args, preset)
+    name = "ppo_oracle" if args.oracle_reward else "ppo_cirm" if args.intervention else "ppo"
+    ckpt = args.out / f"{name}.pt"
+    result = train_ppo(preset, splits, args.policy, ckpt, scorer_from_args(args), seed=args.seed,
+                       backend=args.backend)
+    report_baseline(args, name, splits, ckpt, result)
+
+
+def cmd_eval(args) -> None:
+    from nanobias.checkpoint import load_policy, write_json
+    from nanobias.evaluate import format_table
+    from nanobias.presets import get_preset
+
+    splits = load_splits_from_args(args, get_preset(args.preset))
+    metrics, rows = evaluation_rows(args.policy.stem, *load_policy(args.policy)[:2], splits, args.eval_examples)
+    for s in metrics["samples"][:4]:
+        print(f"\n{s['prompt']}{s['completion']}")
+    print("\n" + format_table(rows))
+    if args.out is not None:
+        path = args.out / f"{args.policy.stem}.eval.json"
+        write_json(path, metrics)
+        print(f"wrote {path}")
+
+
+def cmd_reward(args) -> None:
+    from dataclasses import replace
+
+    from nanobias.intervention import evaluate_reward_models
+    from nanobias.presets import get_preset
+    from nanobias.reward import train_reward_model
+
+    preset = get_preset(args.preset)
+    overrides = {k: v for k, v in (("steps", args.steps), ("lr", args.lr), ("batch_size", args.batch_size)) if v is not None}
+    preset = replace(preset, reward=replace(preset.reward, train=replace(preset.reward.train, **overrides),
+                                            loss=args.loss or preset.reward.loss))
+    splits = load_splits_from_args(args, preset)
+    ckpt = train_reward_model(preset, splits, args.policy or args.out / "policy.pt", args.out / "reward.pt",
+                              seed=args.seed, resume=args.resume)
+    evaluate_reward_models(preset, splits, ckpt, None, args.out, seed=args.seed)
+    print(f"wrote {ckpt} and {args.out / 'reward_eval.json'}")
+
+
+def cmd_intervene(args) -> None:
+    from nanobias.intervention import evaluate_reward_models, select_intervention
+    from nanobias.presets import get_preset
+
+    preset = get_preset(args.preset)
+    splits = load_splits_from_args(args, preset)
+    reward = args.reward or args.out / "reward.pt"
+    path = select_intervention(preset, splits, reward, reward.with_name("intervention.json"), seed=args.seed)
+    evaluate_reward_models(preset, splits, reward, path, args.out, seed=args.seed)
+    print(f"wrote {path}, {args.out / 'reward_eval.json'} and plots in {args.out}")
+
+
+def check_reward_args(parser: argparse.ArgumentParser, args) -> None:
+    check_data_args(parser, args)
+    flag, path = ("policy", args.policy or args.out / "policy.pt") if args.command == "reward" else \
+        ("reward", args.reward or args.out / "reward.pt")
+    if not path.is_file():
+        parser.error(f"--{flag} {path}: no such file" + (f" (default: OUT/{path.name}; pass --{flag})"
+                                                          if getattr(args, flag) is None else ""))
+
+
+def cmd_reproduce(args) -> None:
+    from nanobias.presets import get_preset
+    from nanobias.reproduce import reproduce
+
+    out = args.out or Path("runs") / f"{args.preset}-{args.data}-{args.seed}"
+    command = "nanobias " + " ".join(shlex.quote(a) for a in args.argv)
+    reproduce(get_preset(args.preset), data=args.data, bbq_dir=args.bbq_dir, seed=args.seed, out=out,
+              train_categories=args.train_categories, eval_categories=args.eval_categories, force=args.force,
+              backend=args.backend, command=command)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nanobias", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("reproduce", help="the whole pipeline: pretrain, reward model, intervention, GRPO/DPO/PPO, report")
+    p.add_argument("--preset", default="cpu", choices=["smoke", "cpu", "gpu"])
+    add_data_args(p)
+    p.add_argument("--out", type=Path, help="output folder (default runs/<preset>-<data>-<seed>)")
+    p.add_argument("--force", action="store_true", help="redo every stage, even those already done")
+    p.add_argument("--backend", default="auto", choices=["auto", "triton", "torch", "reference"],
+                   help="log-prob / GRPO-loss kernels (auto: Triton on CUDA, chunked PyTorch on CPU)")
+    p.set_defaults(func=cmd_reproduce, check=check_data_args, parser=p)
+
+    p = sub.add_parser("pretrain", help="train the tokenizer and a GPT policy with a planted bias")
+    p.add_argument("--preset", default="cpu", choices=["smoke", "cpu", "gpu"])
+    add_data_args(p)
+    p.add_argument("--out", required=True, help="output folder (tokenizer.json, policy.pt, metrics)")
+    p.add_argument("--steps", type=positive_int, help="override the preset's training steps")
+    p.add_argument("--lr", type=positive_float, help="override the preset's peak learning rate")
+    p.add_argument("--batch-size", type=positive_int, help="override the preset's batch size")
+    p.add_argument("--vocab-size", type=vocab_size, help="override the preset's BPE vocabulary size")
+    p.add_argument("--eval-examples", type=positive_int, default=400, help="test prompts to evaluate after training")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/policy.pt")
+    p.set_defaults(func=cmd_pretrain, check=check_data_args, parser=p)
+
+    p = sub.add_parser("sample", help="print completions of a prompt from a policy checkpoint")
+    p.add_argument("--ckpt", required=True, type=Path)
+    p.add_argument("--prompt", required=True, help="prompt text (\\n for newlines)")
+    p.add_argument("--n", type=positive_int, default=4, help="number of completions")
+    p.add_argument("--max-new-tokens", type=positive_int, default=48)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-k", type=positive_int)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_sample, parser=p,
+                   check=lambda parser, a: a.ckpt.is_file() or parser.error(f"--ckpt {a.ckpt}: no such file"))
+
+    p = sub.add_parser("bench", help="training and sampling throughput of a preset's model")
+    p.add_argument("--preset", default="cpu", choices=["smoke", "cpu", "gpu"])
+    p.add_argument("--seconds", type=positive_float, default=10.0, help="time per measurement")
+    p.set_defaults(func=cmd_bench, check=lambda parser, a: None, parser=p)
+
+    p = sub.add_parser("grpo", help="debias a policy with GRPO against a reward model (BiasGRPO)")
+    add_rl_args(p)
+    p.set_defaults(func=cmd_grpo, check=check_rl_args, parser=p)
+
+    p = sub.add_parser("dpo", help="DPO/IPO baseline on offline preference pairs, as many as GRPO's reward-model "
+                       "calls (the reward only scores DPO's samples, for the stability curve)")
+    add_rl_args(p)
+    p.add_argument("--loss", choices=["dpo", "ipo"], default="dpo", help="DPO's -log sigmoid or IPO's squared loss")
+    p.set_defaults(func=cmd_dpo, check=check_rl_args, parser=p)
+
+    p = sub.add_parser("ppo", help="PPO baseline with a value head, GAE and a per-token KL penalty, at GRPO's budget")
+    add_rl_args(p)
+    p.set_defaults(func=cmd_ppo, check=check_rl_args, parser=p)
+
+    p = sub.add_parser("eval", help="a policy's BBQ accuracy and bias scores on the test (and held-out) prompts")
+    p.add_argument("--preset", default="cpu", choices=["smoke", "cpu", "gpu"],
+                   help="the preset the policy's data was made with (synthetic world size)")
+    add_data_args(p)
+    p.add_argument("--policy", required=True, type=Path, help="policy checkpoint")
+    p.add_argument("--out", type=Path, help="folder for <policy stem>.eval.json")
+    p.add_argument("--eval-examples", type=positive_int, default=400,
+                   help="test (and held-out) prompts to evaluate, drawn at random")
+    p.set_defaults(func=cmd_eval, parser=p, check=lambda parser, a: (
+        check_data_args(parser, a), a.policy.is_file() or parser.error(f"--policy {a.policy}: no such file")))
+    p = sub.add_parser("reward", help="train the reward model on planted-bias preference pairs")
+    p.add_argument("--preset", default="cpu", choices=["smoke", "cpu", "gpu"])
+    add_data_args(p)
+    p.add_argument("--out", required=True, type=Path, help="output folder (reward.pt, reward_eval.json, plots)")
+    p.add_argument("--policy", type=Path, help="pretrained policy whose backbone starts the reward model "
+                   "(default: OUT/policy.pt)")
+    p.add_argument("--loss", choices=["bt", "regression"], help="Bradley-Terry (preset default) or regression")
+    p.add_argument("--steps", type=positive_int, help="override the preset's reward training steps")
+    p.add_argument("--lr", type=positive_float, help="override the preset's reward learning rate")
+    p.add_argument("--batch-size", type=positive_int, help="override the preset's pairs per step")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/reward.pt")
+    p.set_defaults(func=cmd_reward, check=check_reward_args, parser=p)
+
+    p = sub.add_parser("intervene", help="find the reward model's bias neurons and clamp them to their medians")
+    p.add_argument("--preset", default="cpu", choices=["smoke", "cpu", "gpu"])
+    add_data_args(p)
+    p.add_argument("--out", required=True, type=Path, help="output folder (reward_eval.json, plots)")
+    p.add_argument("--reward", type=Path, help="reward model checkpoint (default: OUT/reward.pt); "
+                   "intervention.json is written next to it")
+    p.set_defaults(func=cmd_intervene, check=check_reward_args, parser=p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)
+    args.check(args.parser, args)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

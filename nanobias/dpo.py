@@ -1,0 +1,166 @@
+"""DPO and IPO: fit the policy to offline preference pairs directly, without a reward model in the loop.
+
+For a prompt x with a chosen completion y_c and a rejected one y_r, the implicit reward margin is
+
+    h = [log pi(y_c|x) - log pi_ref(y_c|x)] - [log pi(y_r|x) - log pi_ref(y_r|x)]
+
+with log pi(y|x) the sum of the token log-probs of the completion (end-of-text included) and
+pi_ref the frozen initial policy. Two losses on h:
+
+    DPO (Rafailov et al., 2023, Eq. 7):  L = -log sigmoid(beta * h)
+    IPO (Azar et al., 2023, Eq. 17):     L = (h - 1 / (2 * beta))^2
+
+DPO keeps pushing h up (its gradient vanishes only as h -> inf, so the policy can drift far from
+pi_ref on pairs it already separates); IPO regresses h to the fixed target 1/(2 beta). Log-probs
+come from `kernels.token_logprobs` (via sampling.completion_logprobs).
+
+Pairs: `reward.make_pairs`, the builder and the planted spurious cues of the reward model's own
+training pairs (chosen = the right answer, rejected = a wrong one, often the biased one).
+BiasGRPO (Sec. 4) calls DPO the offline baseline: it never sees its own samples.
+
+Budget: `steps * B * G` pairs, B*G per step: as many pairs as GRPO and PPO make reward-model calls.
+
+Stability: DPO has no reward in its loop. To put it on the same scale as GRPO and PPO, every
+`probe_every` steps the policy samples G completions for the B prompts GRPO sees at that step
+(rl.prompt_batch, rl.rollout) and they are scored with the same score_fn. The probe only
+watches: no gradient flows through it and its reward-model calls are not training data.
+"""
+
+from dataclasses import asdict, dataclass, replace
+
+import torch
+import torch.nn.functional as F
+
+from nanobias import rl
+from nanobias.checkpoint import load_policy, save_policy
+from nanobias.progress import Progress
+from nanobias.reward import Pair, make_pairs
+from nanobias.sampling import Samples, completion_logprobs, left_pad
+from nanobias.train import TrainingDiverged, lr_at, make_optimizer
+
+LOSSES = ("dpo", "ipo")
+
+
+@dataclass
+class DPOConfig:
+    beta: float = 0.1  # DPO's inverse temperature; IPO's margin target is 1 / (2 beta)
+    # DPO's own learning rate (the rest of the optimiser follows rl): its loss on summed sequence
+    # log-probs has no ratio clip, and at the on-policy RL rate it wrecks a small policy
+    lr: float = 1e-4
+    probe_every: int = 1  # steps between reward probes of sampled completions (stability only)
+
+    def __post_init__(self):
+        if not self.beta > 0:
+            raise ValueError(f"dpo.beta: expected a positive number, got {self.beta}")
+        if not self.lr > 0:
+            raise ValueError(f"dpo.lr: expected a positive number, got {self.lr}")
+        if self.probe_every < 1:
+            raise ValueError(f"dpo.probe_every: expected an integer >= 1, got {self.probe_every}")
+
+
+def preference_loss(logp_c: torch.Tensor, logp_r: torch.Tensor, ref_c: torch.Tensor, ref_r: torch.Tensor,
+                    beta: float, loss: str = "dpo") -> tuple[torch.Tensor, dict]:
+    """Sequence log-probs [P] of chosen / rejected under the policy and the reference -> (mean loss, stats).
+
+    stats: "margin" mean h, "acc" share of pairs with h > 0, "chosen_ratio" / "rejected_ratio" the
+    mean log pi/pi_ref of each side (the implicit rewards divided by beta)."""
+    if loss not in LOSSES:
+        raise ValueError(f"preference loss: expected one of {LOSSES}, got {loss!r}")
+    chosen_ratio, rejected_ratio = logp_c - ref_c.detach(), logp_r - ref_r.detach()  # [P]
+    h = chosen_ratio - rejected_ratio
+    value = -F.logsigmoid(beta * h).mean() if loss == "dpo" else ((h - 1 / (2 * beta)) ** 2).mean()
+    stats = {"margin": h.mean().item(), "acc": (h > 0).float().mean().item(),
+             "chosen_ratio": chosen_ratio.mean().item(), "rejected_ratio": rejected_ratio.mean().item()}
+    return value, stats
+
+
+def pair_samples(enc, pairs: list[Pair], device=None) -> Samples:
+    """Pairs -> one batch: rows 0..P-1 chosen, rows P..2P-1 rejected, completions end with end-of-text.
+
+    Prompt and completion are tokenized apart, as the policy sees them when it samples."""
+    eot = enc.eot_token
+    prompts = [enc.encode_ordinary(p.prompt) for p in pairs] * 2
+    completions = [enc.encode_ordinary(c.text) + [eot] for c in [p.chosen for p in pairs] + [p.rejected for p in pairs]]
+    prompt_ids, prompt_mask = left_pad(prompts, eot, device)  # [2P, L]
+    N = max(len(c) for c in completions)
+    tokens = torch.full((len(completions), N), eot, dtype=torch.long, device=device)  # [2P, N]
+    mask = torch.zeros((len(completions), N), dtype=torch.long, device=device)
+    for row, c in enumerate(completions):
+        tokens[row, :len(c)] = torch.tensor(c, dtype=torch.long, device=device)
+        mask[row, :len(c)] = 1
+    return Samples(prompt_ids, prompt_mask, tokens, mask, torch.zeros(tokens.shape, device=device))
+
+
+def sequence_logprobs(model, samples: Samples, backend: str = "auto") -> torch.Tensor:
+    """Sum of each row's completion token log-probs [R] (temperature 1: the policy itself)."""
+    return completion_logprobs(model, samples, temperature=1.0, backend=backend).sum(-1)
+
+
+def dpo_update(model, ref_model, opt, enc, pairs: list[Pair], cfg: DPOConfig, loss: str, grad_clip: float,
+               backend: str = "auto") -> dict:
+    """One optimiser step on a batch of pairs. Returns loss, grad_norm and preference_loss's stats."""
+    samples = pair_samples(enc, pairs, next(model.parameters()).device)
+    P = len(pairs)
+    with torch.no_grad():
+        ref = sequence_logprobs(ref_model, samples, backend)  # [2P]
+    logp = sequence_logprobs(model, samples, backend)  # [2P]
+    value, stats = preference_loss(logp[:P], logp[P:], ref[:P], ref[P:], cfg.beta, loss)
+    if not torch.isfinite(value):
+        raise TrainingDiverged(f"{loss}: loss is {value.item()}; stopped. Try a lower dpo.lr in the preset.")
+    opt.zero_grad(set_to_none=True)
+    value.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip).item()
+    opt.step()
+    return {"loss": value.item(), "grad_norm": grad_norm, **stats}
+
+
+@torch.no_grad()
+def probe(model, enc, examples, score_fn: rl.ScoreFn, rl_cfg: rl.RLConfig, seed: int) -> dict:
+    """Reward statistics of G sampled completions per example (rl.rollout_stats), for stability."""
+    ro = rl.rollout(model, enc, examples, rl_cfg, seed)
+    return rl.rollout_stats(score_fn(ro.examples, ro.prompts, ro.completions).float(), ro)
+
+
+def train_dpo(preset, splits, policy_ckpt, out_path, seed: int = 0, loss: str = "dpo", backend: str = "auto",
+              score_fn: rl.ScoreFn | None = None) -> dict:
+    """DPO (or IPO) from the policy at `policy_ckpt` on `preset.rl.steps * B * G` pairs from `splits.train`.
+
+    Writes the policy to `out_path` and per-step metrics to `<stem>.metrics.jsonl`. With a
+    `score_fn`, probes the reward every `preset.dpo.probe_every` steps and writes the reward curve
+    to `<stem>.reward.png`. Returns {"stability": {"reward_fluctuation", "final_reward_mean"} (empty
+    without score_fn), "history": [per-step records], "pairs": number of training pairs}."""
+    if loss not in LOSSES:
+        raise ValueError(f"train_dpo: loss must be one of {LOSSES}, got {loss!r}")
+    rl_cfg, cfg = preset.rl, preset.dpo
+    per_step = rl_cfg.prompts_per_step * rl_cfg.group_size
+    pairs = make_pairs(splits.train, rl_cfg.steps * per_step, seed, preset.reward.planted,
+                       preset.reward.biased_reject_rate)
+    model, enc, _ = load_policy(policy_ckpt)
+    ref_model = rl.reference_policy(model)
+    train_cfg = replace(rl_cfg.train_config(), lr=cfg.lr)
+    opt = make_optimizer(model, train_cfg)
+    log = rl.MetricsLog(rl.metrics_path(out_path))
+    progress = Progress(rl_cfg.steps, loss, unit="step")
+    print(f"{loss}: {rl_cfg.steps} steps x {per_step} pairs = {len(pairs)} pairs (the B*G reward-model calls per "
+          f"step of GRPO/PPO), {cfg}" + ("" if score_fn else "; no score_fn: no reward probe"))
+    model.train()
+    for step in range(rl_cfg.steps):
+        lr = lr_at(step, train_cfg)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        record = {"step": step, "lr": lr}
+        if score_fn is not None and step % cfg.probe_every == 0:
+            examples = rl.prompt_batch(splits.train, rl_cfg.prompts_per_step, seed, step)
+            record.update(probe(model, enc, examples, score_fn, rl_cfg, rl.step_seed(seed, step)))
+        record.update(dpo_update(model, ref_model, opt, enc, pairs[step * per_step:(step + 1) * per_step], cfg, loss,
+                                 rl_cfg.grad_clip, backend))
+        log.append(record)
+        shown = {k: record[k] for k in ("loss", "margin", "reward_mean") if k in record}
+        progress.update(step + 1, force=step + 1 == rl_cfg.steps, **shown)
+    model.eval()
+    save_policy(out_path, model, enc, stage=loss, base_policy=str(policy_ckpt), seed=seed, pairs=len(pairs),
+                rl_config=asdict(rl_cfg), dpo_config=asdict(cfg))
+    probed = [h for h in log.history if "reward_mean" in h]
+    if probed:
+        rl.plot_reward_curves({loss: probed}, rl.reward_curve_path(out_path))
+    return {"stability": rl.stability(probed) if probed else {}, "history": log.history, "pairs": len(pairs)}

@@ -1,0 +1,138 @@
+"""GRPO: debias the policy with group-relative advantages instead of a critic (BiasGRPO, Sec. 3).
+
+For each of B prompts, sample a group of G completions o_1..o_G from the policy, score them with
+the reward model, and compare each completion with its own group (DeepSeekMath's GRPO):
+
+    A_i = (r_i - mean(r_1..r_G)) / (std(r_1..r_G) + eps)          scale = "group"
+          (divide by the std of all B*G rewards: "batch"; do not divide: "none", Dr. GRPO)
+
+A completion is reinforced when it beats its siblings, so no value network is needed, and a
+group whose rewards are all equal teaches nothing (A = 0). The policy is then updated
+`num_iterations` times on the same samples with PPO's clipped objective per completion token t,
+
+    ratio_t = exp(logp_t - logp_old_t)            logp_old: the policy that sampled, fixed
+    l_t = -min(ratio_t * A_i, clip(ratio_t, 1 - eps_low, 1 + eps_high) * A_i) + beta * kl_t
+    kl_t = exp(logp_ref_t - logp_t) - (logp_ref_t - logp_t) - 1   (k3, >= 0, to the frozen reference)
+
+aggregated over completion tokens by `agg`: "grpo" = mean per sequence then over sequences,
+"dapo" = sum over tokens / number of tokens, "dr_grpo" = sum over tokens / (B*G*max_len).
+The advantages and the loss are computed by `kernels` (`group_advantages`, `grpo_loss`; the
+readable definitions are in kernels/reference.py), on the backend given ("torch" | "triton" | ...).
+
+A training step: sample (rl.rollout) -> score (the reward model, with or without the neuron
+intervention; rl.make_scorer) -> advantages -> `num_iterations` clipped updates.
+"""
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+from kernels import grpo_loss, token_logprobs
+from nanobias import rl
+from nanobias.checkpoint import load_policy, save_policy
+from nanobias.progress import Progress
+from nanobias.sampling import Samples, completion_logits
+from nanobias.train import TrainingDiverged, lr_at, make_optimizer
+
+SCALES = ("group", "batch", "none")
+AGGS = ("grpo", "dapo", "dr_grpo")
+
+
+@dataclass
+class GRPOConfig:
+    num_iterations: int = 1  # updates per batch of samples (1: on-policy, the ratio stays 1)
+    eps_low: float = 0.2
+    eps_high: float = 0.2  # DAPO's "clip higher" sets this above eps_low
+    scale: str = "group"  # advantage scale: group | batch | none
+    agg: str = "grpo"  # loss aggregation: grpo | dapo | dr_grpo
+
+    def __post_init__(self):
+        if self.num_iterations < 1:
+            raise ValueError(f"GRPO num_iterations must be >= 1, got {self.num_iterations}")
+        if not (0 <= self.eps_low < 1 and self.eps_high >= 0):
+            raise ValueError(f"GRPO clip range needs 0 <= eps_low < 1 and eps_high >= 0, "
+                             f"got eps_low={self.eps_low}, eps_high={self.eps_high}")
+        if self.scale not in SCALES:
+            raise ValueError(f"GRPO scale must be one of {SCALES}, got {self.scale!r}")
+        if self.agg not in AGGS:
+            raise ValueError(f"GRPO agg must be one of {AGGS}, got {self.agg!r}")
+
+
+@torch.no_grad()
+def fixed_logprobs(model, samples: Samples, temperature: float, backend: str) -> torch.Tensor:
+    """Log-probs [R, N] of the sampled tokens under `model`, as constants (no graph)."""
+    return token_logprobs(completion_logits(model, samples), samples.tokens, temperature=temperature, backend=backend)
+
+
+def grpo_update(model, ref_model, opt, samples: Samples, rewards: torch.Tensor, rl_cfg: rl.RLConfig,
+                cfg: GRPOConfig, backend: str = "auto") -> list[dict]:
+    """`num_iterations` clipped updates on one batch of samples; rewards [R] with R = B*G.
+
+    logp_old is computed once, before the first update, so the first iteration's ratio is 1. With
+    a single iteration the sampling policy is the one being updated: logp_old=None (ratio 1, its
+    gradient kept) is the same loss without the extra forward pass.
+    Returns the stats of each iteration (loss, kl, clip_frac, grad_norm, entropy of the policy)."""
+    T = rl_cfg.temperature
+    logp_old = fixed_logprobs(model, samples, T, backend) if cfg.num_iterations > 1 else None  # [R, N]
+    logp_ref = fixed_logprobs(ref_model, samples, T, backend) if rl_cfg.beta > 0 else None
+    per_iteration = []
+    for _ in range(cfg.num_iterations):
+        logits = completion_logits(model, samples)  # [R, N, V]
+        loss, stats = grpo_loss(logits, samples.tokens, samples.mask, rewards, rl_cfg.group_size,
+                                logp_old=logp_old, logp_ref=logp_ref, eps_low=cfg.eps_low, eps_high=cfg.eps_high,
+                                beta=rl_cfg.beta, temperature=T, scale=cfg.scale, agg=cfg.agg, backend=backend)
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(f"grpo: loss is {loss.item()}; stopped. Try a lower lr in the preset's rl config.")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), rl_cfg.grad_clip).item()
+        opt.step()
+        per_iteration.append({"loss": loss.item(), "kl": stats["kl"].item(), "clip_frac": stats["clip_frac"].item(),
+                              "grad_norm": grad_norm,
+                              "entropy": rl.token_entropy(logits.detach(), samples.mask, T)})
+    return per_iteration
+
+
+def grpo_step(model, ref_model, opt, enc, examples, score_fn: rl.ScoreFn, rl_cfg: rl.RLConfig, cfg: GRPOConfig,
+              seed: int, backend: str = "auto") -> dict:
+    """Sample G completions for each of the B examples, score, update. Returns the step's log record:
+    loss, kl, clip_frac, grad_norm, entropy averaged over the inner iterations, and rl.rollout_stats."""
+    ro = rl.rollout(model, enc, examples, rl_cfg, seed)
+    rewards = score_fn(ro.examples, ro.prompts, ro.completions).float()  # [R]
+    per_iteration = grpo_update(model, ref_model, opt, ro.samples, rewards, rl_cfg, cfg, backend)
+    averaged = {k: sum(it[k] for it in per_iteration) / len(per_iteration) for k in per_iteration[0]}
+    return {**averaged, **rl.rollout_stats(rewards, ro)}
+
+
+def train_grpo(preset, splits, policy_ckpt, out_path, score_fn: rl.ScoreFn, seed: int = 0,
+               backend: str = "auto") -> dict:
+    """GRPO from the policy at `policy_ckpt` on `splits.train` prompts, with `preset.rl` and `preset.grpo`.
+
+    Writes the policy to `out_path`, per-step metrics to `<stem>.metrics.jsonl` and the reward
+    curve to `<stem>.reward.png`. Returns {"stability": {"reward_fluctuation", "final_reward_mean"},
+    "history": [per-step records]}."""
+    rl_cfg, cfg = preset.rl, preset.grpo
+    model, enc, _ = load_policy(policy_ckpt)
+    ref_model = rl.reference_policy(model)
+    train_cfg = rl_cfg.train_config()
+    opt = make_optimizer(model, train_cfg)
+    log = rl.MetricsLog(rl.metrics_path(out_path))
+    progress = Progress(rl_cfg.steps, "grpo", unit="step")
+    print(f"grpo: {rl_cfg.steps} steps x {rl_cfg.prompts_per_step} prompts x {rl_cfg.group_size} completions "
+          f"(<= {rl_cfg.max_new_tokens} tokens), lr {rl_cfg.lr}, beta {rl_cfg.beta}, {cfg}")
+    model.train()
+    for step in range(rl_cfg.steps):
+        lr = lr_at(step, train_cfg)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        examples = rl.prompt_batch(splits.train, rl_cfg.prompts_per_step, seed, step)
+        record = {"step": step, "lr": lr, **grpo_step(model, ref_model, opt, enc, examples, score_fn, rl_cfg, cfg,
+                                                      rl.step_seed(seed, step), backend)}
+        log.append(record)
+        progress.update(step + 1, force=step + 1 == rl_cfg.steps, reward=record["reward_mean"], kl=record["kl"],
+                        len=record["completion_len"])
+    model.eval()
+    save_policy(out_path, model, enc, stage="grpo", base_policy=str(policy_ckpt), seed=seed,
+                rl_config=asdict(rl_cfg), grpo_config=asdict(cfg))
+    rl.plot_reward_curves({"grpo": log.history}, rl.reward_curve_path(out_path))
+    return {"stability": rl.stability(log.history), "history": log.history}

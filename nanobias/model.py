@@ -1,0 +1,209 @@
+"""The GPT policy: GPT-2's architecture at any size, with a KV cache and a neuron site in every MLP.
+
+A decoder-only transformer (Radford et al., 2019): learned token and position embeddings, then
+`n_layer` pre-LayerNorm blocks `x = x + attn(ln_1(x)); x = x + mlp(ln_2(x))`, a final LayerNorm
+and a language-model head tied to the token embedding. Parameter names follow GPT-2's
+(`transformer.h.0.attn.c_attn.weight`, ...) so its weights can be loaded into this class.
+
+Padding: batches of prompts with different lengths are LEFT-padded. `attention_mask` [B, S]
+marks the real tokens of everything seen so far (cached + new); positions count real tokens
+only (`pos = cumsum(mask) - 1`), so a left-padded row gets the same logits as the same row
+alone. A side effect the reward model relies on: the last real token is always at index -1.
+
+Neuron site: `mlp.neurons` computes the GELU and is where the neuron intervention of
+Shinoda et al. (2026) acts: activations can be recorded (last token) or replaced by fixed
+values (`masked_gelu`). With nothing set it is a plain GELU.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 256  # longest sequence (positions)
+    vocab_size: int = 2048
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.0
+    bias: bool = True  # GPT-2 has biases in Linear and LayerNorm
+
+
+class KVCache:
+    """Keys and values of every layer for the tokens seen so far, preallocated.
+
+    k, v: [n_layer, B, n_head, max_len, head_dim]; `length` tokens are filled.
+    """
+
+    def __init__(self, config: GPTConfig, batch_size: int, max_len: int, device=None, dtype=torch.float32):
+        if max_len > config.block_size:
+            raise ValueError(f"KV cache of {max_len} tokens exceeds block_size={config.block_size}")
+        shape = (config.n_layer, batch_size, config.n_head, max_len, config.n_embd // config.n_head)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.length = 0
+
+    def repeat_interleave(self, repeats: int) -> "KVCache":
+        """Row b becomes rows b*repeats .. b*repeats+repeats-1: one prefilled prompt serves a group."""
+        out = KVCache.__new__(KVCache)
+        out.k = self.k.repeat_interleave(repeats, dim=1)
+        out.v = self.v.repeat_interleave(repeats, dim=1)
+        out.length = self.length
+        return out
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        assert config.n_embd % config.n_head == 0
+        self.n_head = config.n_head
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = config.dropout
+
+    def forward(self, x, attn_mask=None, cache=None, layer=0):
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # [B, H, T, D]
+        if cache is not None:
+            start = cache.length
+            cache.k[layer, :, :, start:start + T] = k
+            cache.v[layer, :, :, start:start + T] = v
+            k, v = cache.k[layer, :, :, :start + T], cache.v[layer, :, :, :start + T]  # [B, H, S, D]
+        dropout = self.dropout if self.training else 0.0
+        if attn_mask is None and cache is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
+        else:  # attn_mask None with a cache means T == 1: the new token sees every cached one
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.c_proj(y)
+
+
+class NeuronSite(nn.Module):
+    """GELU(tanh) of the MLP's hidden layer, and the place where neurons are read and clamped.
+
+    - `record`: a list, or None. When a list, each forward appends the last token's activations
+      [B, H] (detached) — the capture step of the neuron search.
+    - `mask` [H] bool and `value` [H]: when set, masked neurons output `value` and get no gradient;
+      `last_only` restricts that to the last position (the token the reward head reads).
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.record = None
+        self.mask = None
+        self.value = None
+        self.last_only = True
+
+    def forward(self, h):  # h: [B, T, H] pre-activation
+        if self.mask is None:
+            a = F.gelu(h, approximate="tanh")
+        else:
+            from kernels import masked_gelu  # imported here: Triton is only needed once a mask is set
+
+            if self.last_only:
+                a = torch.cat([F.gelu(h[:, :-1], approximate="tanh"), masked_gelu(h[:, -1:], self.mask, self.value)], dim=1)
+            else:
+                a = masked_gelu(h, self.mask, self.value)
+        if self.record is not None:
+            self.record.append(a[:, -1].detach())
+        return a
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.neurons = NeuronSite()
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(self.neurons(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x, attn_mask=None, cache=None, layer=0):
+        x = x + self.attn(self.ln_1(x), attn_mask, cache, layer)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            wpe=nn.Embedding(config.block_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.transformer.wte.weight = self.lm_head.weight  # weight tying, as in GPT-2
+        self.apply(self._init_weights)
+        # GPT-2 scales the residual projections by 1/sqrt(2 * n_layer): each block adds two of them
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def _init_weights(self, module):
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self) -> int:
+        """Parameters, counting the tied embedding once and leaving out position embeddings."""
+        return sum(p.numel() for p in self.parameters()) - self.transformer.wpe.weight.numel()
+
+    @property
+    def neuron_sites(self) -> list[NeuronSite]:
+        return [block.mlp.neurons for block in self.transformer.h]
+
+    def forward(self, idx, attention_mask=None, cache: KVCache | None = None, return_hidden=False):
+        """idx [B, T] -> logits [B, T, V] (and the final hidden states [B, T, C] if asked).
+
+        attention_mask [B, S] (S = cached + T tokens), 1 = real token, 0 = left padding.
+        With a cache, the T new tokens are appended to it.
+        """
+        B, T = idx.shape
+        past = cache.length if cache is not None else 0
+        if past + T > self.config.block_size:
+            raise ValueError(f"sequence of {past + T} tokens exceeds block_size={self.config.block_size}")
+        attn_mask = None
+        if attention_mask is not None:
+            key_real = attention_mask.bool()  # [B, S]
+            pos = (key_real.long().cumsum(1) - 1).clamp(min=0)[:, past:]  # [B, T]
+            q_abs = torch.arange(past, past + T, device=idx.device)[:, None]  # [T, 1]
+            k_abs = torch.arange(past + T, device=idx.device)[None, :]  # [1, S]
+            # a query sees real keys up to itself, and always itself, so that padding rows stay finite
+            attn_mask = ((k_abs <= q_abs) & key_real[:, None, :]) | (k_abs == q_abs)  # [B, T, S]
+            attn_mask = attn_mask[:, None]  # [B, 1, T, S], broadcast over heads
+        else:
+            pos = torch.arange(past, past + T, device=idx.device)[None, :].expand(B, T)
+            if cache is not None and T > 1:
+                attn_mask = (torch.arange(past + T, device=idx.device)[None, :]
+                             <= torch.arange(past, past + T, device=idx.device)[:, None])  # [T, S]
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # [B, T, C]
+        for layer, block in enumerate(self.transformer.h):
+            x = block(x, attn_mask, cache, layer)
+        if cache is not None:
+            cache.length += T
+        hidden = self.transformer.ln_f(x)  # [B, T, C]
+        logits = self.lm_head(hidden)  # [B, T, V]
+        return (logits, hidden) if return_hidden else logits

@@ -1,0 +1,82 @@
+"""Plots of the pipeline's results, written as PNG files (matplotlib, Agg backend: no display).
+
+Each function takes plain numbers (the JSON results), draws one figure and writes it atomically.
+"""
+
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+
+
+def _save(fig, path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def neurons_per_layer(per_layer: list[int], total_per_layer: int, path, title: str = "") -> None:
+    """Bar chart: how many MLP neurons the intervention edits in each layer."""
+    fig, ax = plt.subplots(figsize=(max(4, 0.5 * len(per_layer) + 2), 3))
+    ax.bar(range(len(per_layer)), per_layer, color="tab:red")
+    ax.set_xticks(range(len(per_layer)))
+    ax.set_xlabel("layer")
+    ax.set_ylabel(f"neurons edited (of {total_per_layer} per layer)")
+    ax.set_title(title or f"selected bias neurons: {sum(per_layer)} of {total_per_layer * len(per_layer)}")
+    _save(fig, path)
+
+
+def biased_vs_unbiased(results: dict[str, dict], attributes, path) -> None:
+    """Grouped bars: per attribute, accuracy on the biased and the unbiased subset of each method.
+
+    results: {method: {"acc_biased": {attribute: x}, "acc_unbiased": {attribute: x}}}."""
+    methods = list(results)
+    fig, axes = plt.subplots(1, 2, figsize=(2.2 * len(attributes) + 2, 3.2), sharey=True)
+    width = 0.8 / len(methods)
+    for ax, subset in zip(axes, ("acc_biased", "acc_unbiased")):
+        for m, method in enumerate(methods):
+            values = [results[method][subset].get(a) for a in attributes]
+            xs = [i + (m - (len(methods) - 1) / 2) * width for i in range(len(attributes))]
+            ax.bar(xs, [float("nan") if v is None else v for v in values], width, label=method)
+        ax.set_xticks(range(len(attributes)))
+        ax.set_xticklabels(attributes, rotation=20)
+        ax.set_title(subset.replace("acc_", "") + " subset")
+        ax.axhline(0.5, color="gray", lw=0.8, ls="--")
+        ax.set_ylim(0, 1)
+    axes[0].set_ylabel("pairwise accuracy")
+    axes[1].legend(fontsize=7, loc="lower right")
+    _save(fig, path)
+
+
+def policy_metrics(policy: dict[str, dict], path, keys=("acc_ambig", "acc_disambig", "s_amb", "s_dis")) -> None:
+    """Grouped bars: the policy metrics of each method (base, dpo, ppo, grpo, grpo_cirm)."""
+    methods = list(policy)
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    width = 0.8 / len(methods)
+    for m, method in enumerate(methods):
+        xs = [i + (m - (len(methods) - 1) / 2) * width for i in range(len(keys))]
+        ax.bar(xs, [policy[method][k] for k in keys], width, label=method)
+    ax.set_xticks(range(len(keys)))
+    ax.set_xticklabels(keys)
+    ax.axhline(0, color="gray", lw=0.8)
+    ax.set_ylim(-1, 1)
+    ax.set_title("policy on held-out test templates")
+    ax.legend(fontsize=7, ncol=len(methods))
+    _save(fig, path)
+
+
+def completion_length(histories: dict[str, list[dict]], path) -> None:
+    """Mean completion length (characters) per training step, one line per run."""
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    for name, history in histories.items():
+        ax.plot([h["step"] for h in history], [h["completion_len"] for h in history], label=name)
+    ax.set_xlabel("step")
+    ax.set_ylabel("mean completion length (chars)")
+    ax.legend()
+    _save(fig, path)

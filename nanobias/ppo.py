@@ -1,0 +1,204 @@
+"""PPO with a learned critic: the standard RLHF recipe (Stiennon et al., 2020; Ouyang et al., 2022).
+
+The critic is a value head, V(s_t) = w . h_t + b, on the policy's own backbone: h_t is the final
+hidden state that predicts completion token t (sampling.completion_logits(return_hidden=True)).
+Each step samples the same B prompts x G completions as GRPO (rl.rollout) and scores them with
+the same reward model, so both make B*G reward-model calls per step. Then, per completion token t:
+
+    r_t = -beta * (logp_t - logp_ref_t)              KL penalty to the frozen reference, every token
+        + score                                      the sequence reward, at the last token only
+    delta_t = r_t + gamma * V_{t+1} - V_t             (V after the last token is 0)
+    A_t = delta_t + gamma * lam * A_{t+1}             GAE (Schulman et al., 2016), returns R_t = A_t + V_t
+
+Advantages are whitened over the batch's completion tokens. `epochs` passes over the batch in
+`minibatches` shuffled minibatches minimise, averaged over completion tokens,
+
+    L_policy = max(-A_t * ratio_t, -A_t * clip(ratio_t, 1 - eps, 1 + eps))   ratio_t = exp(logp_t - logp_old_t)
+    L_value  = 1/2 * max((V_t - R_t)^2, (V_old_t + clip(V_t - V_old_t, -eps_v, eps_v) - R_t)^2)
+    L = L_policy + vf_coef * L_value
+
+BiasGRPO (Sec. 1, 4) argues that this critic makes PPO less stable than GRPO, whose advantage is
+the group-normalised reward. The value head is trained with the policy and discarded at the end.
+"""
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+
+from kernels import token_logprobs
+from nanobias import rl
+from nanobias.checkpoint import load_policy, save_policy
+from nanobias.progress import Progress
+from nanobias.sampling import Samples, completion_logits
+from nanobias.train import TrainingDiverged, lr_at, make_optimizer
+
+
+@dataclass
+class PPOConfig:
+    epochs: int = 2  # passes over each batch of samples
+    minibatches: int = 2  # optimiser steps per pass: epochs * minibatches updates per batch
+    eps: float = 0.2  # policy ratio clip
+    eps_value: float = 0.2  # value clip, around the values at sampling time
+    vf_coef: float = 0.1  # weight of the value loss (the critic shares the policy's backbone)
+    gamma: float = 1.0
+    lam: float = 0.95
+
+    def __post_init__(self):
+        checks = {"epochs": self.epochs >= 1, "minibatches": self.minibatches >= 1, "eps": 0 < self.eps < 1,
+                  "eps_value": self.eps_value > 0, "vf_coef": self.vf_coef >= 0, "gamma": 0 <= self.gamma <= 1,
+                  "lam": 0 <= self.lam <= 1}
+        bad = [k for k, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"bad PPO setting ppo.{bad[0]}={getattr(self, bad[0])!r} (epochs, minibatches >= 1; "
+                             "0 < eps < 1; eps_value > 0; vf_coef >= 0; gamma, lam in [0, 1])")
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    m = (mask != 0).to(x.dtype)
+    return (x * m).sum() / m.sum().clamp(min=1)
+
+
+def whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """(x - mean) / std over the masked entries (population std); 0 outside the mask."""
+    mean = masked_mean(x, mask)
+    std = masked_mean((x - mean) ** 2, mask).sqrt()
+    return (x - mean) / (std + eps) * (mask != 0)
+
+
+def last_token_index(mask: torch.Tensor) -> torch.Tensor:
+    """mask [R, N] (completion tokens first, then padding) -> index of each row's last token [R]."""
+    lengths = (mask != 0).sum(1)
+    if (lengths == 0).any():
+        raise ValueError("ppo: a completion has no tokens (mask row all 0); sampling always emits at least one")
+    return lengths - 1
+
+
+def shaped_rewards(scores: torch.Tensor, logp: torch.Tensor, logp_ref: torch.Tensor, mask: torch.Tensor,
+                   beta: float) -> torch.Tensor:
+    """scores [R], logp / logp_ref / mask [R, N] -> per-token rewards [R, N]: the KL penalty on every
+    completion token, the sequence score added at the last one, 0 on padding."""
+    rewards = -beta * (logp - logp_ref) * (mask != 0)  # [R, N]
+    rows = torch.arange(len(scores), device=scores.device)
+    rewards[rows, last_token_index(mask)] += scores.to(rewards.dtype)
+    return rewards
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float,
+        lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """rewards, values, mask [R, N] -> (advantages, returns) [R, N], 0 on padding. The episode ends at
+    each row's last completion token: no value is bootstrapped from beyond it."""
+    m = (mask != 0).to(values.dtype)
+    advantages = torch.zeros_like(values)
+    next_value = torch.zeros_like(values[:, 0])  # [R]
+    next_advantage = torch.zeros_like(values[:, 0])
+    for t in reversed(range(values.shape[1])):
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        advantages[:, t] = (delta + gamma * lam * next_advantage) * m[:, t]
+        next_value, next_advantage = values[:, t] * m[:, t], advantages[:, t]
+    return advantages, (advantages + values) * m
+
+
+def policy_loss(logp: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Tensor,
+                mask: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """PPO's clipped surrogate, averaged over completion tokens -> (loss, share of tokens clipped)."""
+    ratio = torch.exp(logp - logp_old)
+    unclipped, clipped = -advantages * ratio, -advantages * ratio.clamp(1 - eps, 1 + eps)
+    return masked_mean(torch.maximum(unclipped, clipped), mask), masked_mean((clipped > unclipped).float(), mask)
+
+
+def value_loss(values: torch.Tensor, values_old: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
+               eps_value: float) -> torch.Tensor:
+    """1/2 max((V - R)^2, (V_old + clip(V - V_old, -eps_value, eps_value) - R)^2), averaged over tokens."""
+    clipped = values_old + (values - values_old).clamp(-eps_value, eps_value)
+    return 0.5 * masked_mean(torch.maximum((values - returns) ** 2, (clipped - returns) ** 2), mask)
+
+
+def rows(samples: Samples, index: torch.Tensor) -> Samples:
+    return Samples(*(t[index] for t in (samples.prompt_ids, samples.prompt_mask, samples.tokens, samples.mask,
+                                         samples.logprobs)))
+
+
+def forward(model, value_head, samples: Samples, temperature: float, backend: str):
+    """-> (token log-probs [R, N], values [R, N], logits [R, N, V]) of the sampled completions."""
+    logits, hidden = completion_logits(model, samples, return_hidden=True)  # [R, N, V], [R, N, C]
+    logp = token_logprobs(logits, samples.tokens, temperature=temperature, backend=backend)
+    return logp, value_head(hidden).squeeze(-1), logits
+
+
+def ppo_step(model, value_head, ref_model, opt, enc, examples, score_fn: rl.ScoreFn, rl_cfg: rl.RLConfig,
+             cfg: PPOConfig, seed: int, backend: str = "auto") -> dict:
+    """Sample G completions for each of the B examples, score, shape, GAE, `epochs * minibatches` updates.
+    Returns the step's log record (rl.rollout_stats + loss terms, kl, clip fractions, entropy)."""
+    T = rl_cfg.temperature
+    ro = rl.rollout(model, enc, examples, rl_cfg, seed)
+    samples, mask = ro.samples, ro.samples.mask
+    scores = score_fn(ro.examples, ro.prompts, ro.completions).float()  # [R]
+    with torch.no_grad():
+        logp_old, values_old, logits = forward(model, value_head, samples, T, backend)
+        entropy = rl.token_entropy(logits, mask, T)
+        del logits
+        logp_ref = token_logprobs(completion_logits(ref_model, samples), samples.tokens, temperature=T, backend=backend)
+        rewards = shaped_rewards(scores, logp_old, logp_ref, mask, rl_cfg.beta)
+        advantages, returns = gae(rewards, values_old, mask, cfg.gamma, cfg.lam)
+        advantages = whiten(advantages, mask)
+    R = len(scores)
+    generator = torch.Generator().manual_seed(seed)
+    params = list(model.parameters()) + list(value_head.parameters())
+    updates = []
+    for _ in range(cfg.epochs):
+        for idx in torch.randperm(R, generator=generator).chunk(cfg.minibatches):
+            idx = idx.to(mask.device)
+            logp, values, _ = forward(model, value_head, rows(samples, idx), T, backend)
+            m = mask[idx]
+            pg, clip_frac = policy_loss(logp, logp_old[idx], advantages[idx], m, cfg.eps)
+            vf = value_loss(values, values_old[idx], returns[idx], m, cfg.eps_value)
+            loss = pg + cfg.vf_coef * vf
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(f"ppo: loss is {loss.item()}; stopped. Try a lower lr in the preset's rl config.")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, rl_cfg.grad_clip).item()
+            opt.step()
+            updates.append({"loss": loss.item(), "pg_loss": pg.item(), "vf_loss": vf.item(),
+                            "clip_frac": clip_frac.item(), "grad_norm": grad_norm})
+    averaged = {k: sum(u[k] for u in updates) / len(updates) for k in updates[0]}
+    return {**averaged, "kl": masked_mean(logp_old - logp_ref, mask).item(), "entropy": entropy,
+            "value_mean": masked_mean(values_old, mask).item(), **rl.rollout_stats(scores, ro)}
+
+
+def train_ppo(preset, splits, policy_ckpt, out_path, score_fn: rl.ScoreFn, seed: int = 0,
+              backend: str = "auto") -> dict:
+    """PPO from the policy at `policy_ckpt` on `splits.train` prompts, with `preset.rl` and `preset.ppo`.
+
+    Writes the policy to `out_path`, per-step metrics to `<stem>.metrics.jsonl` and the reward
+    curve to `<stem>.reward.png`. Returns {"stability": {"reward_fluctuation", "final_reward_mean"},
+    "history": [per-step records]}."""
+    rl_cfg, cfg = preset.rl, preset.ppo
+    model, enc, _ = load_policy(policy_ckpt)
+    ref_model = rl.reference_policy(model)
+    value_head = nn.Linear(model.config.n_embd, 1).to(next(model.parameters()).device)
+    nn.init.zeros_(value_head.weight)  # V = 0 at the start: the critic knows nothing yet
+    nn.init.zeros_(value_head.bias)
+    train_cfg = rl_cfg.train_config()
+    opt = make_optimizer(nn.ModuleDict({"policy": model, "value_head": value_head}), train_cfg)
+    log = rl.MetricsLog(rl.metrics_path(out_path))
+    progress = Progress(rl_cfg.steps, "ppo", unit="step")
+    print(f"ppo: {rl_cfg.steps} steps x {rl_cfg.prompts_per_step} prompts x {rl_cfg.group_size} completions "
+          f"(<= {rl_cfg.max_new_tokens} tokens), lr {rl_cfg.lr}, beta {rl_cfg.beta}, {cfg}")
+    model.train()
+    for step in range(rl_cfg.steps):
+        lr = lr_at(step, train_cfg)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        examples = rl.prompt_batch(splits.train, rl_cfg.prompts_per_step, seed, step)
+        record = {"step": step, "lr": lr, **ppo_step(model, value_head, ref_model, opt, enc, examples, score_fn,
+                                                     rl_cfg, cfg, rl.step_seed(seed, step), backend)}
+        log.append(record)
+        progress.update(step + 1, force=step + 1 == rl_cfg.steps, reward=record["reward_mean"], kl=record["kl"],
+                        len=record["completion_len"])
+    model.eval()
+    save_policy(out_path, model, enc, stage="ppo", base_policy=str(policy_ckpt), seed=seed,
+                rl_config=asdict(rl_cfg), ppo_config=asdict(cfg))
+    rl.plot_reward_curves({"ppo": log.history}, rl.reward_curve_path(out_path))
+    return {"stability": rl.stability(log.history), "history": log.history}

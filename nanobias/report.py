@@ -1,0 +1,110 @@
+"""The run's report: report.md with every table, and the plots beside it (PNG)."""
+
+import os
+import platform
+import subprocess
+from datetime import date
+from pathlib import Path
+
+import torch
+
+from nanobias import plots
+from nanobias.evaluate import format_table
+from nanobias.intervention import format_reward_table
+from nanobias.progress import format_seconds
+from nanobias.rl import plot_reward_curves
+
+STABILITY_METHODS = ("grpo", "ppo", "dpo")
+
+
+def machine() -> str:
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU, {os.cpu_count()} cores"
+    return f"{device}; {platform.system()} {platform.machine()}; Python {platform.python_version()}; torch {torch.__version__}"
+
+
+def commit() -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, cwd=Path(__file__).parent, timeout=5).stdout.strip()
+        return (sha + ("+uncommitted changes" if dirty else "")) or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def write_report(out: Path, results: dict, histories: dict[str, list[dict]], policy: dict) -> None:
+    """report.md and the plots, from results.json's content and the per-step training histories."""
+    out = Path(out)
+    plot_reward_curves({m: histories[m] for m in STABILITY_METHODS if histories.get(m)}, out / "reward_curves.png")
+    plots.policy_metrics(results["policy"], out / "policy_metrics.png")
+    plots.completion_length({m: histories[m] for m in ("grpo", "grpo_cirm")}, out / "completion_length.png")
+    rm = results["reward_model"]
+    neurons = rm["neurons"]
+    heldout = {m: v["heldout"] for m, v in results["policy"].items() if v.get("heldout")}
+    stability = results["stability"]
+    budget = results["budget"]
+    lines = [
+        f"# nanobias report: preset `{results['preset']}`, data `{results['data']}`, seed {results['seed']}",
+        "",
+        f"- command: `{results['command']}`",
+        f"- machine: {machine()}",
+        f"- commit: {commit()}, date: {date.today().isoformat()}",
+        "",
+        "## Policy (held-out test templates; greedy decoding)",
+        "",
+        "acc_ambig: share of ambiguous questions answered \"unknown\" (higher is better). acc_disambig: share",
+        "of disambiguated questions answered correctly. s_amb / s_dis: BBQ bias scores, 0 = unbiased,",
+        "+1 = always the stereotyped answer. mean_len: completion length in characters.",
+        "",
+        format_table(results["policy"]),
+    ]
+    if heldout:
+        lines += [f"Held-out categories ({', '.join(results['eval_categories'])}), never trained on:", "",
+                  format_table(heldout)]
+    lines += ["![policy metrics](policy_metrics.png)", "", "Per category (acc_ambig / s_amb):", ""]
+    cats = sorted(next(iter(results["policy"].values()))["per_category"])
+    lines += ["| method | " + " | ".join(cats) + " |", "|---|" + "---|" * len(cats)]
+    for m, v in results["policy"].items():
+        lines.append(f"| {m} | " + " | ".join(
+            f"{v['per_category'][c]['acc_ambig']:.2f} / {v['per_category'][c]['s_amb']:+.2f}" for c in cats) + " |")
+    lines += ["", "Sample completions (base policy):", ""]
+    for s in policy["base"].get("samples", []):
+        lines += ["```", s["prompt"] + s["completion"], "```"]
+    lines += [
+        "",
+        "## Reward model (held-out preference pairs)",
+        "",
+        "acc: pairwise accuracy. Per attribute a, \"b / u / sens\": accuracy on pairs whose chosen side has",
+        "the larger (b, biased subset) / smaller (u, unbiased subset) value of a, and the sensitivity: mean",
+        "reward change when only a grows, in units of the reward's standard deviation (0 = a is ignored).",
+        "cirm: the neuron intervention at the last token; cirm_all: at every position.",
+        "",
+        format_reward_table(rm),
+        f"Neurons edited by the intervention: {neurons['edited']} of {neurons['total']} "
+        f"({100 * neurons['edited'] / max(1, neurons['total']):.2f}%), per layer {neurons['per_layer']}.",
+        "",
+        "![neurons per layer](neurons_per_layer.png) ![biased vs unbiased](reward_biased_unbiased.png)",
+        "",
+        "## Training stability and budget",
+        "",
+        "| method | reward_fluctuation | final_reward_mean |", "|---|---|---|",
+        *[f"| {m} | {stability[m]['reward_fluctuation']:.4f} | {stability[m]['final_reward_mean']:.4f} |"
+          for m in STABILITY_METHODS if stability.get(m)],
+        "",
+        f"Budget: {budget['steps']} steps x {budget['prompts_per_step']} prompts x {budget['group_size']} "
+        f"completions = {budget['reward_model_calls']['grpo']} reward-model calls for GRPO, GRPO+CIRM and PPO; "
+        f"DPO trains on {budget['dpo_preference_pairs']} preference pairs. Completions up to "
+        f"{budget['max_new_tokens']} tokens.",
+        "",
+        "![reward curves](reward_curves.png) ![completion length](completion_length.png)",
+        "",
+        "## Time per stage",
+        "",
+        "| stage | wall time |", "|---|---|",
+        *[f"| {k} | {format_seconds(v)} |" for k, v in results["seconds"].items()],
+        "",
+    ]
+    tmp = out / "report.md.tmp"
+    tmp.write_text("\n".join(lines))
+    os.replace(tmp, out / "report.md")

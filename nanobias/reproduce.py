@@ -1,0 +1,123 @@
+"""`nanobias reproduce`: the whole pipeline in one command — debias the reward model, then the policy.
+
+    tokenizer -> pretrain (planted bias) -> reward model (planted spurious cues)
+      -> neuron intervention + baselines -> GRPO with the base and with the intervened reward model
+      -> DPO -> PPO -> evaluation -> report (results.json, report.md, PNG plots)
+
+Every stage writes its outputs atomically and then a marker `stages/<stage>.json` holding its
+result and wall time. A re-run skips the stages whose marker exists (`force=True` redoes them),
+so an interrupted run resumes where it stopped; pretraining and reward-model training also
+resume from their last checkpoint inside the stage.
+"""
+
+import json
+import time
+from pathlib import Path
+
+from nanobias.checkpoint import load_policy, write_json
+from nanobias.data import load_splits
+from nanobias.progress import format_seconds
+
+POLICIES = ("base", "dpo", "ppo", "grpo", "grpo_cirm")
+
+
+def run_stage(out: Path, name: str, fn, force: bool):
+    """Run `fn()` unless `out/stages/<name>.json` says it finished; return its JSON-able result."""
+    marker = out / "stages" / f"{name}.json"
+    if marker.is_file() and not force:
+        done = json.loads(marker.read_text())
+        print(f"[{name}] already done ({format_seconds(done['seconds'])}), skipped", flush=True)
+        return done["result"], done["seconds"]
+    print(f"[{name}] start", flush=True)
+    start = time.perf_counter()
+    result = fn()
+    seconds = time.perf_counter() - start
+    write_json(marker, {"seconds": seconds, "result": result})
+    print(f"[{name}] done in {format_seconds(seconds)}", flush=True)
+    return result, seconds
+
+
+def reproduce(preset, data: str = "synthetic", bbq_dir=None, seed: int = 0, out="runs/cpu-synthetic-0",
+              train_categories=None, eval_categories=(), force: bool = False, backend: str = "auto",
+              command: str = "") -> dict:
+    """Run every stage into `out`; returns results.json's content (DESIGN.md)."""
+    from nanobias import dpo, grpo, intervention, ppo, reward, rl
+    from nanobias.evaluate import evaluate_policy
+    from nanobias.pretrain import corpus, pretrain, train_tokenizer
+    from nanobias.report import write_report
+    from nanobias.tokenizer import load_tokenizer
+
+    out = Path(out)
+    total_start = time.perf_counter()
+    splits = load_splits(data, bbq_dir=bbq_dir, seed=seed, variants_per_template=preset.variants_per_template,
+                         train_categories=train_categories, eval_categories=eval_categories)
+    print(f"data: {data}, {len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test examples, "
+          f"{len(splits.heldout)} in held-out categories {list(eval_categories) or '(none)'}")
+    seconds, results = {}, {}
+
+    def stage(name, fn):
+        results[name], seconds[name] = run_stage(out, name, fn, force)
+        return results[name]
+
+    train_docs, val_docs = corpus(splits, preset, seed)
+
+    def pretrain_stage():
+        model = pretrain(preset, load_tokenizer(out / "tokenizer.json"), train_docs, val_docs, out / "policy.pt",
+                         seed=seed, resume=not force)
+        return {"policy": "policy.pt", "params": model.num_params()}
+
+    stage("tokenizer", lambda: {"n_vocab": train_tokenizer(train_docs, preset.vocab_size, out / "tokenizer.json").n_vocab})
+    stage("pretrain", pretrain_stage)
+    stage("reward", lambda: {"reward": str(reward.train_reward_model(preset, splits, out / "policy.pt",
+                                                                     out / "reward.pt", seed=seed, resume=not force))})
+    stage("intervene", lambda: {"intervention": str(intervention.select_intervention(
+        preset, splits, out / "reward.pt", out / "intervention.json", seed=seed))})
+    reward_model = stage("reward_eval", lambda: intervention.evaluate_reward_models(
+        preset, splits, out / "reward.pt", out / "intervention.json", out, seed=seed))
+
+    base_scorer = rl.make_scorer(out / "reward.pt")
+    cirm_scorer = rl.make_scorer(out / "reward.pt", out / "intervention.json")
+    trainers = {
+        "grpo": lambda: grpo.train_grpo(preset, splits, out / "policy.pt", out / "grpo.pt", base_scorer, seed, backend),
+        "grpo_cirm": lambda: grpo.train_grpo(preset, splits, out / "policy.pt", out / "grpo_cirm.pt", cirm_scorer,
+                                             seed, backend),
+        "dpo": lambda: dpo.train_dpo(preset, splits, out / "policy.pt", out / "dpo.pt", seed=seed, backend=backend,
+                                     score_fn=base_scorer),
+        "ppo": lambda: ppo.train_ppo(preset, splits, out / "policy.pt", out / "ppo.pt", base_scorer, seed, backend),
+    }
+    training = {name: stage(name, fn) for name, fn in trainers.items()}
+
+    def evaluate_all():
+        policy = {}
+        for name in POLICIES:
+            model, enc, _ = load_policy(out / ("policy.pt" if name == "base" else f"{name}.pt"))
+            metrics = evaluate_policy(model, enc, splits.test, splits.heldout, max_examples=preset.eval_examples,
+                                      desc=f"eval {name}")
+            policy[name] = {k: v for k, v in metrics.items() if k != "samples"}
+            policy[name]["samples"] = metrics["samples"][:3]
+        return policy
+
+    policy = stage("eval", evaluate_all)
+    seconds["total"] = time.perf_counter() - total_start
+    results_json = {
+        "preset": preset.name, "data": data, "seed": seed, "seconds": seconds,
+        "policy": {name: {k: v for k, v in m.items() if k != "samples"} for name, m in policy.items()},
+        "reward_model": reward_model,
+        "stability": {name: training[name]["stability"] for name in ("grpo", "ppo", "dpo")},
+        "budget": budget(preset),
+        "command": command,
+        "eval_categories": list(eval_categories),
+    }
+    write_json(out / "results.json", results_json)
+    write_report(out, results_json, {name: t["history"] for name, t in training.items()}, policy)
+    print(f"wrote {out / 'results.json'}, {out / 'report.md'} and plots in {format_seconds(seconds['total'])}")
+    return results_json
+
+
+def budget(preset) -> dict:
+    """What each method may spend: the same number of reward-model calls (DPO: preference pairs)."""
+    rl_cfg = preset.rl
+    calls = rl_cfg.steps * rl_cfg.prompts_per_step * rl_cfg.group_size
+    return {"steps": rl_cfg.steps, "prompts_per_step": rl_cfg.prompts_per_step, "group_size": rl_cfg.group_size,
+            "reward_model_calls": {"grpo": calls, "grpo_cirm": calls, "ppo": calls}, "dpo_preference_pairs": calls,
+            "max_new_tokens": rl_cfg.max_new_tokens}

@@ -1,0 +1,223 @@
+"""What every RL trainer shares: the budget, prompt batches, rollouts, rewards, the reference, logs.
+
+A fair comparison of GRPO, PPO and DPO (BiasGRPO, Sec. 4) holds the budget fixed: `RLConfig`
+gives the steps, B prompts per step and G completions per prompt, so GRPO and PPO both score
+B*G completions per step (the same number of reward-model calls) and DPO trains on the same
+number of preference pairs. The rest is plumbing each trainer would otherwise repeat:
+
+- `prompt_batch`: B training examples for a step, a pure function of (seed, step): shuffled
+  epochs, every example once per epoch.
+- `rollout`: the B prompts, G sampled completions each (sampling.py), decoded.
+- `make_scorer`: `score_fn(examples, prompts, completions) -> rewards [N]` from the reward model
+  (optionally with its neuron intervention), or the "oracle" reward from the world's labels
+  (a stand-in for tests and comparisons, never the default).
+- `reference_policy`: the frozen copy of the initial policy that the KL term is measured against.
+- per-step logs (reward mean and std, KL, clip fraction, completion length, entropy) as JSONL,
+  training stability, and the reward curve (mean +- std per step) as a PNG.
+
+Stability (DESIGN.md): `reward_fluctuation` = population std of the per-step batch-mean reward
+over the last half of training; `final_reward_mean` = the mean of those batch means.
+"""
+
+import copy
+import json
+import os
+import random
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from nanobias.data import Example, render_prompt
+from nanobias.sampling import Samples, completion_texts, sample
+from nanobias.train import TrainConfig
+
+ScoreFn = Callable[[list[Example], list[str], list[str]], torch.Tensor]
+
+
+@dataclass
+class RLConfig:
+    steps: int = 40
+    prompts_per_step: int = 8  # B
+    group_size: int = 8  # G: completions per prompt, so B*G reward-model calls per step
+    max_new_tokens: int = 24
+    temperature: float = 1.0  # sampling temperature; log-probs in every loss use the same one
+    lr: float = 1e-4
+    warmup: int = 0
+    min_lr_frac: float = 1.0  # 1.0: constant learning rate after warmup
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    beta: float = 0.04  # weight of the KL to the reference policy
+
+    def __post_init__(self):
+        checks = {"steps": self.steps >= 1, "prompts_per_step": self.prompts_per_step >= 1,
+                  "group_size": self.group_size >= 1, "max_new_tokens": self.max_new_tokens >= 1,
+                  "temperature": self.temperature > 0, "lr": self.lr > 0, "warmup": self.warmup >= 0,
+                  "min_lr_frac": 0 <= self.min_lr_frac <= 1, "weight_decay": self.weight_decay >= 0,
+                  "grad_clip": self.grad_clip > 0, "beta": self.beta >= 0}
+        bad = [k for k, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"bad RL setting {bad[0]}={getattr(self, bad[0])!r} (steps, prompts_per_step, "
+                             "group_size, max_new_tokens >= 1; temperature, lr, grad_clip > 0; warmup, "
+                             "weight_decay, beta >= 0; 0 <= min_lr_frac <= 1)")
+
+    def train_config(self) -> TrainConfig:
+        """The optimiser and schedule settings, for train.make_optimizer and train.lr_at."""
+        return TrainConfig(steps=self.steps, batch_size=self.prompts_per_step * self.group_size, lr=self.lr,
+                           warmup=self.warmup, min_lr_frac=self.min_lr_frac, weight_decay=self.weight_decay,
+                           grad_clip=self.grad_clip)
+
+
+def step_seed(seed: int, step: int) -> int:
+    return seed * 1_000_003 + step
+
+
+def prompt_batch(examples: list[Example], batch_size: int, seed: int, step: int) -> list[Example]:
+    """The examples of `step`: position step*B.. of an endless stream of seeded shuffled epochs."""
+    if not examples:
+        raise ValueError("prompt_batch: no training examples (the train split is empty)")
+    batch, orders = [], {}
+    for i in range(step * batch_size, (step + 1) * batch_size):
+        epoch, j = divmod(i, len(examples))
+        if epoch not in orders:
+            orders[epoch] = random.Random(step_seed(seed, epoch)).sample(range(len(examples)), len(examples))
+        batch.append(examples[orders[epoch][j]])
+    return batch
+
+
+@dataclass
+class Rollout:
+    examples: list[Example]  # [B*G], example b repeated G times (row b*G+g)
+    prompts: list[str]  # [B*G]
+    completions: list[str]  # [B*G]
+    samples: Samples
+
+
+def rollout(model, enc, examples: list[Example], cfg: RLConfig, seed: int) -> Rollout:
+    """G completions of each example's prompt, sampled with the KV cache shared across the group."""
+    texts = [render_prompt(ex) for ex in examples]
+    samples = sample(model, [enc.encode_ordinary(t) for t in texts], enc.eot_token, group_size=cfg.group_size,
+                     max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=seed)
+    G = cfg.group_size
+    return Rollout([ex for ex in examples for _ in range(G)], [t for t in texts for _ in range(G)],
+                   completion_texts(enc, samples), samples)
+
+
+def make_scorer(reward_ckpt=None, intervention_path=None, oracle: bool = False, batch_size: int = 64) -> ScoreFn:
+    """score_fn(examples, prompts, completions) -> rewards [N] float32.
+
+    Either the reward model at `reward_ckpt` (with the neuron intervention at `intervention_path`
+    applied while scoring, if given) or, with oracle=True, 1 for the labelled answer and 0 otherwise.
+    """
+    if oracle == (reward_ckpt is not None):
+        raise ValueError("make_scorer: give exactly one of reward_ckpt (a reward model checkpoint) "
+                         "or oracle=True (the world's labels)")
+    if oracle:
+        if intervention_path is not None:
+            raise ValueError("make_scorer: an intervention edits a reward model; the oracle reward has none")
+        from nanobias.evaluate import oracle_rewards
+
+        return lambda examples, prompts, completions: oracle_rewards(examples, completions)
+    from nanobias.reward import load_reward_model, score
+
+    rm, enc, _ = load_reward_model(reward_ckpt)
+    intervention = None
+    if intervention_path is not None:
+        from nanobias.intervention import load_intervention
+
+        intervention = load_intervention(intervention_path)
+
+    def score_fn(examples, prompts, completions):
+        return score(rm, enc, prompts, completions, intervention=intervention, batch_size=batch_size).float()
+
+    return score_fn
+
+
+def reference_policy(model: torch.nn.Module) -> torch.nn.Module:
+    """A frozen copy of the policy as it is now: the anchor of the KL penalty."""
+    ref = copy.deepcopy(model).eval()
+    ref.requires_grad_(False)
+    return ref
+
+
+@torch.no_grad()
+def token_entropy(logits: torch.Tensor, mask: torch.Tensor, temperature: float = 1.0, rows: int = 16) -> float:
+    """Mean entropy of softmax(logits / temperature) over completion tokens; logits [R, N, V], mask [R, N].
+    Walks `rows` sequences at a time so the fp32 softmax is never materialised whole."""
+    total = 0.0
+    for r in range(0, logits.shape[0], rows):
+        logp = torch.log_softmax(logits[r:r + rows].float() / temperature, -1)  # [rows, N, V]
+        entropy = -(logp.exp() * logp).sum(-1)  # [rows, N]
+        total += (entropy * (mask[r:r + rows] != 0)).sum().item()
+    return total / max(1, int((mask != 0).sum()))
+
+
+def rollout_stats(rewards: torch.Tensor, ro: Rollout) -> dict:
+    """Reward mean/std (population) and completion length in characters and tokens."""
+    return {"reward_mean": rewards.mean().item(), "reward_std": rewards.std(correction=0).item(),
+            "completion_len": sum(len(c) for c in ro.completions) / len(ro.completions),
+            "completion_tokens": ro.samples.mask.sum().item() / ro.samples.mask.shape[0]}
+
+
+class MetricsLog:
+    """Per-step records appended to a JSONL file (started afresh), kept in memory as `history`."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text("")
+        self.history: list[dict] = []
+
+    def append(self, record: dict) -> None:
+        self.history.append(record)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def metrics_path(ckpt_path) -> Path:
+    """`<stem>.metrics.jsonl` beside a checkpoint, as train.train writes it."""
+    ckpt_path = Path(ckpt_path)
+    return ckpt_path.with_name(ckpt_path.stem + ".metrics.jsonl")
+
+
+def reward_curve_path(ckpt_path) -> Path:
+    """`<stem>.reward.png` beside a checkpoint."""
+    ckpt_path = Path(ckpt_path)
+    return ckpt_path.with_name(ckpt_path.stem + ".reward.png")
+
+
+def stability(history: list[dict]) -> dict:
+    """reward_fluctuation and final_reward_mean over the last half of the steps (see module doc)."""
+    if not history:
+        raise ValueError("stability: no logged steps")
+    last_half = [h["reward_mean"] for h in history[len(history) // 2:]]
+    return {"reward_fluctuation": statistics.pstdev(last_half), "final_reward_mean": statistics.fmean(last_half)}
+
+
+def plot_reward_curves(histories: dict[str, list[dict]], path) -> Path:
+    """{method: per-step history} -> PNG of batch reward mean (line) +- std (band) per step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for name, history in histories.items():
+        steps = [h["step"] for h in history]
+        mean = [h["reward_mean"] for h in history]
+        std = [h["reward_std"] for h in history]
+        ax.plot(steps, mean, label=name)
+        ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.2)
+    ax.set_xlabel("step")
+    ax.set_ylabel("reward (batch mean \u00b1 std)")
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp")
+    fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path

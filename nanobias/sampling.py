@@ -1,0 +1,138 @@
+"""Group sampling: G completions for each of B prompts, with a KV cache and a shared prompt prefix.
+
+GRPO (BiasGRPO, Sec. 3) scores a *group* of completions of the same prompt against each other.
+Each prompt is prefilled once; its KV cache is then repeated G times, so the prompt costs one
+forward pass however large the group. Prompts are left-padded (see model.py), so every row's
+next token is read at position -1.
+
+Each step draws from softmax(logits / temperature), optionally cut to the top-k tokens and to
+the smallest set whose probability reaches top-p; temperature 0 is greedy. A row stops at
+end-of-text or after `max_new_tokens`. The returned log-probs are those of the sampled tokens
+under softmax(logits / temperature) before the top-k/top-p cut: the policy the GRPO ratio uses.
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+from nanobias.model import GPT, KVCache
+
+
+@dataclass
+class Samples:
+    prompt_ids: torch.Tensor  # [B*G, P] left-padded prompts, row b*G+g is prompt b
+    prompt_mask: torch.Tensor  # [B*G, P] 1 = real prompt token
+    tokens: torch.Tensor  # [B*G, N] completion ids; after the stop token, filled with `pad_id`
+    mask: torch.Tensor  # [B*G, N] 1 for generated tokens up to and including end-of-text
+    logprobs: torch.Tensor  # [B*G, N] sampling log-probs, 0 where mask is 0
+
+
+def left_pad(seqs: list[list[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token lists -> (ids [B, P], mask [B, P]) with padding on the left."""
+    P = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), P), pad_id, dtype=torch.long, device=device)
+    mask = torch.zeros((len(seqs), P), dtype=torch.long, device=device)
+    for b, s in enumerate(seqs):
+        if s:
+            ids[b, P - len(s):] = torch.tensor(s, dtype=torch.long, device=device)
+            mask[b, P - len(s):] = 1
+    return ids, mask
+
+
+def next_token(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,
+               generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits [R, V] -> (token [R], its log-prob under softmax(logits / temperature)) [R]."""
+    logits = logits.float()
+    if temperature == 0:
+        token = logits.argmax(-1)
+        return token, torch.log_softmax(logits, -1).gather(-1, token[:, None])[:, 0]
+    scaled = logits / temperature
+    logp = torch.log_softmax(scaled, -1)  # [R, V]
+    cut = scaled.clone()
+    if top_k is not None and top_k < cut.size(-1):
+        kth = torch.topk(cut, top_k, dim=-1).values[:, -1:]
+        cut[cut < kth] = float("-inf")
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(cut, descending=True, dim=-1)
+        cum = torch.softmax(sorted_logits, -1).cumsum(-1)
+        drop = cum - torch.softmax(sorted_logits, -1) >= top_p  # keep tokens until the mass reaches top_p
+        cut.scatter_(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+    token = torch.multinomial(torch.softmax(cut, -1), 1, generator=generator)[:, 0]
+    return token, logp.gather(-1, token[:, None])[:, 0]
+
+
+@torch.no_grad()
+def sample(model: GPT, prompts: list[list[int]], eot_id: int, group_size: int = 1, max_new_tokens: int = 32,
+           temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None, seed: int = 0,
+           use_cache: bool = True) -> Samples:
+    """Sample `group_size` completions for each prompt (token lists). Same seed, same samples."""
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    ids, mask = left_pad(prompts, eot_id, device)  # [B, P]
+    ids, mask = ids.repeat_interleave(group_size, 0), mask.repeat_interleave(group_size, 0)  # [R, P], R = B*G
+    R, P = ids.shape
+    was_training = model.training
+    model.eval()
+    if use_cache:
+        cache = KVCache(model.config, len(prompts), P + max_new_tokens, device, next(model.parameters()).dtype)
+        prefill_mask = mask[::group_size]
+        logits = model(ids[::group_size], attention_mask=prefill_mask, cache=cache)[:, -1]  # [B, V]
+        logits = logits.repeat_interleave(group_size, 0)  # [R, V]
+        cache = cache.repeat_interleave(group_size)
+    else:
+        logits = model(ids, attention_mask=mask)[:, -1]
+    tokens = torch.full((R, max_new_tokens), eot_id, dtype=torch.long, device=device)
+    out_mask = torch.zeros((R, max_new_tokens), dtype=torch.long, device=device)
+    logprobs = torch.zeros((R, max_new_tokens), device=device)
+    done = torch.zeros(R, dtype=torch.bool, device=device)
+    full_mask = mask
+    for t in range(max_new_tokens):
+        token, logp = next_token(logits, temperature, top_k, top_p, generator)
+        live = ~done
+        token = torch.where(live, token, eot_id)  # finished rows keep feeding end-of-text
+        tokens[live, t] = token[live]
+        out_mask[live, t] = 1
+        logprobs[live, t] = logp[live]
+        done |= token == eot_id
+        if done.all() or t == max_new_tokens - 1:
+            break
+        full_mask = torch.cat([full_mask, torch.ones((R, 1), dtype=torch.long, device=device)], 1)
+        if use_cache:
+            logits = model(token[:, None], attention_mask=full_mask, cache=cache)[:, -1]
+        else:
+            logits = model(torch.cat([ids, tokens[:, :t + 1]], 1), attention_mask=full_mask)[:, -1]
+    model.train(was_training)
+    return Samples(ids, mask, tokens, out_mask, logprobs)
+
+
+def completion_texts(enc, samples: Samples) -> list[str]:
+    """Decode each row's completion, without the end-of-text token."""
+    texts = []
+    for row, m in zip(samples.tokens.tolist(), samples.mask.tolist()):
+        toks = [t for t, keep in zip(row, m) if keep and t != enc.eot_token]
+        texts.append(enc.decode(toks))
+    return texts
+
+
+def completion_logits(model: GPT, samples: Samples, return_hidden: bool = False):
+    """One forward over prompt + completion -> the logits that predict each completion token.
+
+    Returns logits [R, N, V] (and hidden states [R, N, C], the input of a value head): position
+    t holds the prediction of `samples.tokens[:, t]`.
+    """
+    seq = torch.cat([samples.prompt_ids, samples.tokens], 1)  # [R, P + N]
+    attention_mask = torch.cat([samples.prompt_mask, torch.ones_like(samples.tokens)], 1)
+    logits, hidden = model(seq, attention_mask=attention_mask, return_hidden=True)
+    P = samples.prompt_ids.shape[1]
+    logits, hidden = logits[:, P - 1:-1], hidden[:, P - 1:-1]
+    return (logits, hidden) if return_hidden else logits
+
+
+def completion_logprobs(model: GPT, samples: Samples, temperature: float = 1.0, backend: str = "auto") -> torch.Tensor:
+    """log p(token_t | prompt, tokens_<t) of each completion token [R, N] (0 where mask is 0)."""
+    from kernels import token_logprobs
+
+    logits = completion_logits(model, samples)
+    return token_logprobs(logits, samples.tokens, temperature=temperature, backend=backend) * samples.mask

@@ -1,0 +1,122 @@
+"""The one training loop every stage shares, and atomic checkpoints.
+
+AdamW (weight decay on matrices only), learning rate with linear warmup then cosine decay to
+`min_lr_frac * lr`, gradient-norm clipping, periodic validation loss, metrics appended to a JSONL
+file, checkpoints written to a temporary file and renamed. The caller gives `batch_loss(step)`:
+the batch is a pure function of the step, so a resumed run replays exactly the batches an
+uninterrupted one would have seen and ends with the same weights.
+"""
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from nanobias.checkpoint import load_checkpoint, save_checkpoint
+from nanobias.progress import Progress
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    batch_size: int = 32
+    lr: float = 1e-3
+    warmup: int = 50
+    min_lr_frac: float = 0.1
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    eval_every: int = 200
+    ckpt_every: int = 200
+
+    def __post_init__(self):
+        checks = {"steps": self.steps >= 1, "batch_size": self.batch_size >= 1, "lr": self.lr > 0,
+                  "warmup": self.warmup >= 0, "min_lr_frac": 0 <= self.min_lr_frac <= 1,
+                  "weight_decay": self.weight_decay >= 0, "grad_clip": self.grad_clip > 0,
+                  "eval_every": self.eval_every >= 1, "ckpt_every": self.ckpt_every >= 1}
+        bad = [k for k, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"bad training setting {bad[0]}={getattr(self, bad[0])!r} "
+                             "(steps, batch_size, eval_every, ckpt_every >= 1; lr, grad_clip > 0; "
+                             "warmup, weight_decay >= 0; 0 <= min_lr_frac <= 1)")
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
+
+
+def train(model: torch.nn.Module, batch_loss: Callable[[int], tuple[torch.Tensor, dict]], cfg: TrainConfig,
+          ckpt_path, meta: dict, val_loss: Callable[[], float] | None = None, resume: bool = False,
+          desc: str = "train") -> dict:
+    """Run `cfg.steps` optimiser steps of `batch_loss(step) -> (loss, {name: float})`.
+
+    Writes `ckpt_path` ({"model", "optimizer", "step", "meta"}) every `ckpt_every` steps and at
+    the end, and `<ckpt_path>.metrics.jsonl`. Returns the last logged metrics.
+    """
+    ckpt_path = Path(ckpt_path)
+    metrics_path = ckpt_path.with_name(ckpt_path.stem + ".metrics.jsonl")
+    opt = make_optimizer(model, cfg)
+    start = 0
+    if resume and ckpt_path.is_file():
+        ckpt = load_checkpoint(ckpt_path)
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        start = ckpt["step"]
+    # metrics from steps after the checkpoint belong to a run that is being replaced
+    kept = []
+    if start > 0 and metrics_path.is_file():
+        kept = [ln for ln in metrics_path.read_text().splitlines() if json.loads(ln)["step"] < start]
+    metrics_path.parent.mkdir(parents=True, exist_ok=True)
+    metrics_path.write_text("".join(ln + "\n" for ln in kept))
+
+    def checkpoint(step):
+        save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                                    "step": step, "meta": {**meta, "train_config": asdict(cfg)}})
+
+    progress = Progress(cfg.steps, desc, unit="step")
+    last = {}
+    model.train()
+    for step in range(start, cfg.steps):
+        lr = lr_at(step, cfg)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        loss, stats = batch_loss(step)
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(
+                f"{desc}: loss is {loss.item()} at step {step}; stopped. The last good checkpoint "
+                f"{ckpt_path} is kept (if one was written). Try a lower --lr.")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).item()
+        opt.step()
+        last = {"step": step, "loss": loss.item(), "lr": lr, "grad_norm": grad_norm, **stats}
+        done = step + 1
+        if val_loss is not None and (done % cfg.eval_every == 0 or done == cfg.steps):
+            model.eval()
+            with torch.no_grad():
+                last["val_loss"] = val_loss()
+            model.train()
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps(last) + "\n")
+        if done % cfg.ckpt_every == 0 or done == cfg.steps:
+            checkpoint(done)
+        shown = {k: v for k, v in last.items() if k in ("loss", "val_loss", "reward_mean", "acc")}
+        progress.update(done, force=(done == cfg.steps), lr=f"{lr:.2e}", **shown)
+    model.eval()
+    return last

@@ -1,0 +1,229 @@
+import json
+import statistics
+from dataclasses import replace
+
+import pytest
+import torch
+
+from nanobias import rl
+from nanobias.checkpoint import load_policy
+from nanobias.cli import main
+from nanobias.data import CATEGORIES, load_splits
+from nanobias.evaluate import oracle_rewards
+from nanobias.grpo import GRPOConfig, grpo_step, grpo_update, train_grpo
+from nanobias.presets import get_preset
+from nanobias.pretrain import corpus, pretrain, train_tokenizer
+from nanobias.train import make_optimizer
+
+CATS = CATEGORIES[:2]
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """A smoke-sized policy that has learned the answer format (short answers, two categories)."""
+    out = tmp_path_factory.mktemp("grpo")
+    preset = get_preset("smoke")
+    preset = replace(preset, long_rate=0.0, pretrain=replace(preset.pretrain, steps=150, lr=1e-2, warmup=10,
+                                                             eval_every=150, ckpt_every=150))
+    splits = load_splits("synthetic", seed=0, variants_per_template=preset.variants_per_template, train_categories=CATS)
+    train_docs, val_docs = corpus(splits, preset, seed=0)
+    enc = train_tokenizer(train_docs, preset.vocab_size, out / "tokenizer.json")
+    pretrain(preset, enc, train_docs, val_docs, out / "policy.pt", seed=0)
+    return preset, splits, out / "policy.pt"
+
+
+def rollout_of(policy_ckpt, splits, rl_cfg, step=0):
+    model, enc, _ = load_policy(policy_ckpt)
+    examples = rl.prompt_batch(splits.train, rl_cfg.prompts_per_step, seed=0, step=step)
+    return model, rl.rollout(model, enc, examples, rl_cfg, seed=step)
+
+
+def hand_advantages(rewards, G, scale):
+    r = rewards.view(-1, G)
+    centred = r - r.mean(1, keepdim=True)
+    std = {"group": r.std(1, correction=0, keepdim=True), "batch": rewards.std(correction=0), "none": None}[scale]
+    return (centred if std is None else centred / (std + 1e-4)).view(-1)
+
+
+# ---------------------------------------------------------------- shared RL plumbing (rl.py)
+
+def test_prompt_batches_are_seeded_epochs():
+    items = list(range(10))
+    batches = [rl.prompt_batch(items, 4, seed=1, step=s) for s in range(5)]  # 20 draws = 2 epochs
+    assert batches == [rl.prompt_batch(items, 4, seed=1, step=s) for s in range(5)]
+    flat = sum(batches, [])
+    assert sorted(flat[:10]) == items and sorted(flat[10:]) == items
+    assert flat[:10] != flat[10:] and flat[:10] != items
+    assert rl.prompt_batch(items, 4, seed=2, step=0) != batches[0]
+    with pytest.raises(ValueError, match="no training examples"):
+        rl.prompt_batch([], 4, 0, 0)
+
+
+def test_stability_uses_the_last_half_of_the_steps():
+    means = [0.0, 10.0, 0.2, 0.4, 0.3, 0.5]
+    out = rl.stability([{"reward_mean": m} for m in means])
+    assert out["final_reward_mean"] == pytest.approx(0.4)  # mean of the last 3: 0.4, 0.3, 0.5
+    assert out["reward_fluctuation"] == pytest.approx(statistics.pstdev([0.4, 0.3, 0.5]))
+    assert rl.stability([{"reward_mean": 0.7}]) == {"reward_fluctuation": 0.0, "final_reward_mean": 0.7}
+
+
+def test_token_entropy_by_hand():
+    logits = torch.zeros(3, 2, 5)  # uniform: log 5
+    logits[1, 0] = torch.tensor([100.0, 0, 0, 0, 0])  # one-hot: 0
+    mask = torch.tensor([[1, 1], [1, 0], [0, 0]])
+    assert rl.token_entropy(logits, mask, rows=1) == pytest.approx((2 * torch.log(torch.tensor(5.0)).item() + 0) / 3)
+    # temperature: p = softmax([1, 0] / 0.5) = softmax([2, 0])
+    p = torch.softmax(torch.tensor([2.0, 0.0]), 0)
+    assert rl.token_entropy(torch.tensor([[[1.0, 0.0]]]), torch.ones(1, 1), temperature=0.5) == pytest.approx(
+        -(p * p.log()).sum().item(), rel=1e-5)
+
+
+def test_make_scorer_choices():
+    with pytest.raises(ValueError, match="exactly one"):
+        rl.make_scorer()
+    with pytest.raises(ValueError, match="exactly one"):
+        rl.make_scorer(reward_ckpt="reward.pt", oracle=True)
+    with pytest.raises(ValueError, match="intervention"):
+        rl.make_scorer(intervention_path="x.json", oracle=True)
+
+
+def test_rollout_repeats_each_prompt_for_its_group(smoke):
+    preset, splits, policy = smoke
+    cfg = replace(preset.rl, prompts_per_step=3, group_size=4)
+    _, ro = rollout_of(policy, splits, cfg)
+    assert len(ro.examples) == len(ro.prompts) == len(ro.completions) == 12 and ro.samples.tokens.shape[0] == 12
+    for b in range(3):
+        assert len({ex.example_id for ex in ro.examples[4 * b:4 * b + 4]}) == 1
+        assert len(set(ro.prompts[4 * b:4 * b + 4])) == 1
+    assert ro.examples[0].example_id != ro.examples[4].example_id
+
+
+# ---------------------------------------------------------------- the GRPO update
+
+@pytest.mark.parametrize("agg, scale", [("grpo", "group"), ("dapo", "batch"), ("dr_grpo", "none")])
+def test_first_iteration_has_ratio_one_and_no_kl_to_an_identical_reference(smoke, agg, scale):
+    preset, splits, policy = smoke
+    rl_cfg = replace(preset.rl, prompts_per_step=3, group_size=4, beta=0.5)
+    model, ro = rollout_of(policy, splits, rl_cfg)
+    rewards = torch.tensor([1.0, 0, 0, 1, 0.5, 0.5, 0.5, 0.5, 0, 0, 0, 3])  # one group all equal
+    cfg = GRPOConfig(num_iterations=2, agg=agg, scale=scale)
+    stats = grpo_update(model, rl.reference_policy(model), make_optimizer(model, rl_cfg.train_config()), ro.samples,
+                        rewards, rl_cfg, cfg, backend="torch")
+    # ratio = 1 and kl = 0 on the first iteration, so the loss is -sum_i A_i * weight_i by hand
+    A = hand_advantages(rewards, 4, scale)
+    n = ro.samples.mask.sum(1).float()  # completion lengths
+    R, N = ro.samples.mask.shape
+    expected = {"grpo": -A.mean(), "dapo": -(A * n).sum() / n.sum(), "dr_grpo": -(A * n).sum() / (R * N)}[agg]
+    assert stats[0]["loss"] == pytest.approx(expected.item(), abs=1e-6)
+    assert stats[0]["kl"] == 0.0 and stats[0]["clip_frac"] == 0.0
+    assert stats[1]["kl"] > 0  # after one update the policy has left the reference
+    assert len(stats) == 2 and all(s["entropy"] > 0 for s in stats)
+
+
+def test_equal_rewards_give_zero_loss_and_leave_the_policy_unchanged(smoke):
+    preset, splits, policy = smoke
+    rl_cfg = replace(preset.rl, prompts_per_step=2, group_size=4, beta=0.0)
+    model, enc, _ = load_policy(policy)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = make_optimizer(model, rl_cfg.train_config())
+    examples = rl.prompt_batch(splits.train, 2, seed=0, step=0)
+    record = grpo_step(model, rl.reference_policy(model), opt, enc, examples, lambda ex, p, c: torch.full((len(c),), 0.7),
+                       rl_cfg, GRPOConfig(num_iterations=2), seed=0, backend="torch")
+    assert record["loss"] == 0.0 and record["grad_norm"] == 0.0
+    assert record["reward_mean"] == pytest.approx(0.7) and record["reward_std"] == pytest.approx(0.0, abs=1e-6)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_a_better_completion_gets_more_likely(smoke):
+    """One update with one rewarded completion per group raises its log-prob and lowers a punished one's."""
+    preset, splits, policy = smoke
+    rl_cfg = replace(preset.rl, prompts_per_step=2, group_size=4, beta=0.0, lr=1e-3)
+    model, ro = rollout_of(policy, splits, rl_cfg, step=1)
+    distinct = [len(set(ro.completions[4 * b:4 * b + 4])) for b in range(2)]
+    assert min(distinct) > 1  # the test needs different completions within each group
+    rewards = torch.tensor([1.0, 0, 0, 0, 1, 0, 0, 0])
+    seq_logp = lambda: (rl_logprobs(model, ro.samples) * ro.samples.mask).sum(1)  # noqa: E731
+    start = seq_logp()
+    grpo_update(model, rl.reference_policy(model), make_optimizer(model, rl_cfg.train_config()), ro.samples, rewards,
+                rl_cfg, GRPOConfig(), backend="torch")
+    change = seq_logp() - start
+    assert change[0] > 0 and change[4] > 0
+    assert change[0] > change[1:4].max() and change[4] > change[5:8].max()
+
+
+def rl_logprobs(model, samples):
+    from nanobias.sampling import completion_logprobs
+
+    with torch.no_grad():
+        return completion_logprobs(model, samples, backend="torch")
+
+
+# ---------------------------------------------------------------- end to end
+
+def expected_oracle_reward(policy_ckpt, splits, max_new_tokens):
+    """Mean oracle reward of 8 sampled completions per training prompt (fixed seed)."""
+    model, enc, _ = load_policy(policy_ckpt)
+    cfg = rl.RLConfig(prompts_per_step=len(splits.train), group_size=8, max_new_tokens=max_new_tokens)
+    ro = rl.rollout(model, enc, splits.train, cfg, seed=123)
+    return oracle_rewards(ro.examples, ro.completions).mean().item()
+
+
+def test_grpo_with_the_oracle_reward_raises_the_reward(smoke, tmp_path):
+    preset, splits, policy = smoke
+    out = train_grpo(preset, splits, policy, tmp_path / "grpo.pt", rl.make_scorer(oracle=True), seed=0, backend="torch")
+    history = out["history"]
+    assert len(history) == preset.rl.steps
+    for h in history:
+        for key in ("loss", "kl", "clip_frac", "entropy", "reward_mean", "reward_std", "completion_len", "grad_norm"):
+            assert torch.isfinite(torch.tensor(h[key])), (key, h)
+    lines = (tmp_path / "grpo.metrics.jsonl").read_text().splitlines()
+    assert [json.loads(ln)["step"] for ln in lines] == list(range(preset.rl.steps))
+    assert (tmp_path / "grpo.reward.png").stat().st_size > 0
+    assert set(out["stability"]) == {"reward_fluctuation", "final_reward_mean"}
+    _, _, meta = load_policy(tmp_path / "grpo.pt")
+    assert meta["stage"] == "grpo" and meta["rl_config"]["steps"] == preset.rl.steps
+    before = expected_oracle_reward(policy, splits, preset.rl.max_new_tokens)
+    after = expected_oracle_reward(tmp_path / "grpo.pt", splits, preset.rl.max_new_tokens)
+    assert after > before + 0.1, (before, after)
+
+
+def test_torch_and_triton_backends_train_alike(smoke, tmp_path):
+    preset, splits, policy = smoke
+    preset = replace(preset, rl=replace(preset.rl, steps=2, prompts_per_step=2, group_size=4),
+                     grpo=GRPOConfig(num_iterations=2))
+    scorer = lambda examples, prompts, completions: torch.tensor([float(len(c)) for c in completions])  # noqa: E731
+    runs = {b: train_grpo(preset, splits, policy, tmp_path / f"{b}.pt", scorer, seed=0, backend=b)
+            for b in ("torch", "triton")}
+    for a, b in zip(runs["torch"]["history"], runs["triton"]["history"]):
+        assert a["reward_mean"] == b["reward_mean"] and a["completion_tokens"] == b["completion_tokens"]
+        for key in ("loss", "kl", "clip_frac", "entropy"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
+    # Adam turns gradient rounding on near-zero gradients into visible steps, so compare the whole update
+    start = torch.cat([v.flatten() for v in load_policy(policy)[0].state_dict().values()])
+    moved = {b: torch.cat([v.flatten() for v in load_policy(tmp_path / f"{b}.pt")[0].state_dict().values()]) - start
+             for b in ("torch", "triton")}
+    assert moved["torch"].norm() > 0
+    assert (moved["torch"] - moved["triton"]).norm() < 1e-2 * moved["torch"].norm()
+
+
+def test_cli_checks_flags_before_work(smoke, tmp_path, capsys):
+    _, _, policy = smoke
+    with pytest.raises(SystemExit):
+        main(["grpo", "--policy", str(policy), "--oracle-reward", "--intervention", str(policy), "--out", str(tmp_path)])
+    assert "--intervention edits a reward model" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["grpo", "--policy", str(tmp_path / "missing.pt"), "--oracle-reward", "--out", str(tmp_path)])
+    assert "no such file" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a reward is required, and only one
+        main(["grpo", "--policy", str(policy), "--out", str(tmp_path)])
+    assert not list(tmp_path.iterdir())
+
+
+def test_cli_eval_prints_the_table_and_writes_json(smoke, tmp_path, capsys):
+    _, _, policy = smoke
+    main(["eval", "--preset", "smoke", "--policy", str(policy), "--train-categories", ",".join(CATS),
+          "--eval-examples", "4", "--out", str(tmp_path)])
+    assert "| policy (test) |" in capsys.readouterr().out
+    metrics = json.loads((tmp_path / "policy.eval.json").read_text())
+    assert metrics["n"] == 4 and 0 <= metrics["acc_ambig"] <= 1

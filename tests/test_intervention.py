@@ -1,0 +1,242 @@
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from nanobias.checkpoint import save_checkpoint
+from nanobias.data import ATTRIBUTES, Splits, load_splits, pretraining_documents, synthetic_examples
+from nanobias.intervention import (Intervention, average_ranks, build_intervention, evaluate_reward_models,
+                                   k_grid, last_token_rewards, load_intervention, method_metrics, prefill,
+                                   save_intervention, search_k, select_intervention, spearman)
+from nanobias.model import GPT, GPTConfig
+from nanobias.presets import PRESETS
+from nanobias.reward import RewardConfig, make_pairs, reward_meta, reward_model_from_policy, score
+from nanobias.tokenizer import train_bpe
+
+N_LAYER, N_EMBD = 2, 16
+H = 4 * N_EMBD  # MLP neurons per layer
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return load_splits("synthetic", seed=0, variants_per_template=1)
+
+
+@pytest.fixture(scope="module")
+def rm_and_enc():
+    enc = train_bpe(pretraining_documents(synthetic_examples(0, 1), 0.8, 0, 0.5), 400)
+    torch.manual_seed(0)
+    policy = GPT(GPTConfig(block_size=256, vocab_size=enc.n_vocab, n_layer=N_LAYER, n_head=2, n_embd=N_EMBD))
+    rm = reward_model_from_policy(policy, seed=0).eval()
+    with torch.no_grad():  # a random head reads near-constant rewards; make it matter
+        rm.head.weight.normal_(0, 1.0, generator=torch.Generator().manual_seed(1))
+    return rm, enc
+
+
+@pytest.fixture(scope="module")
+def reward_ckpt(tmp_path_factory, rm_and_enc):
+    rm, enc = rm_and_enc
+    path = tmp_path_factory.mktemp("rm") / "reward.pt"
+    save_checkpoint(path, {"model": rm.state_dict(), "step": 0, "meta": reward_meta(rm, enc)})
+    return path
+
+
+def texts(pairs):
+    return [p.prompt for p in pairs] * 2, [p.chosen.text for p in pairs] + [p.rejected.text for p in pairs]
+
+
+# ---------------------------------------------------------------- Spearman
+
+def brute_force_ranks(v):
+    """rank_i = 1 + #(v_j < v_i) + (#(v_j == v_i) - 1) / 2: the average rank, by counting."""
+    v = np.asarray(v, dtype=float)
+    return np.array([1 + (v < x).sum() + ((v == x).sum() - 1) / 2 for x in v])
+
+
+def test_average_ranks_by_hand():
+    x = torch.tensor([[3.0, 1.0], [1.0, 1.0], [2.0, 1.0], [2.0, 0.0]])
+    assert average_ranks(x).tolist() == [[4.0, 3.0], [1.0, 3.0], [2.5, 3.0], [2.5, 1.0]]
+
+
+def test_spearman_tie_free_matches_the_rank_difference_formula():
+    g = torch.Generator().manual_seed(0)
+    n = 50
+    x = torch.randn(n, 7, generator=g)
+    y = torch.randn(n, generator=g)
+    d = torch.tensor(np.array([brute_force_ranks(x[:, j]) for j in range(7)]).T) - torch.tensor(brute_force_ranks(y))[:, None]
+    expected = 1 - 6 * (d ** 2).sum(0) / (n * (n ** 2 - 1))
+    torch.testing.assert_close(spearman(x, y), expected, atol=1e-10, rtol=0)
+    assert spearman(y[:, None] * 3 + 1, y).item() == pytest.approx(1.0)
+    assert spearman(-(y[:, None] ** 3), y).item() == pytest.approx(-1.0)  # monotone, not linear
+
+
+def test_spearman_with_ties_is_pearson_of_average_ranks():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 4, (40, 5), generator=g).double()  # heavy ties, like paragraph counts
+    y = torch.randint(0, 3, (40,), generator=g).double()
+    ry = brute_force_ranks(y)
+    expected = [np.corrcoef(brute_force_ranks(x[:, j]), ry)[0, 1] for j in range(5)]
+    np.testing.assert_allclose(spearman(x, y).numpy(), expected, atol=1e-10)
+    assert spearman(torch.ones(10, 1), torch.arange(10.0)).item() == 0.0  # constant column
+
+
+# ---------------------------------------------------------------- selection
+
+def test_build_intervention_takes_top_and_bottom_k_with_validation_medians():
+    g = torch.Generator().manual_seed(0)
+    acts = torch.randn(9, N_LAYER, H, generator=g)  # validation activations
+    rho = torch.zeros(len(ATTRIBUTES), N_LAYER * H)
+    rho[0, [5, 70, 3]] = torch.tensor([0.9, 0.8, 0.1])  # length: largest 5, 70
+    rho[0, [100, 12]] = torch.tensor([-0.9, -0.7])  # smallest 100, 12
+    iv = build_intervention(rho, acts, {"length": 2})
+    assert iv.neurons == [(0, 5), (0, 12), (1, 6), (1, 36)]  # flat 5, 12, 70, 100 as (layer, index)
+    expected = [float(np.median(acts[:, layer, i].numpy())) for layer, i in iv.neurons]
+    np.testing.assert_allclose(iv.medians, expected, rtol=1e-6)
+    assert iv.per_layer() == [2, 2] and iv.k["length"] == 2 and iv.k["bold"] == 0
+    assert build_intervention(rho, acts, {}).neurons == []
+
+
+def test_search_k_finds_the_best_grid_point_and_prefers_small_k():
+    best = {"length": 8, "paragraphs": 2, "overlap": 0, "exclamations": 0, "bold": 0}
+    calls = []
+
+    def accuracy(k):  # peaked at `best`; bold has no effect at all (a plateau)
+        calls.append(dict(k))
+        return 1.0 - sum(abs(k[a] - best[a]) for a in ("length", "paragraphs", "overlap", "exclamations")) / 100
+
+    k, history = search_k(accuracy, [0, 2, 4, 8])
+    assert k == best
+    assert len(calls) == len({tuple(c.values()) for c in calls}) == len(history)  # each candidate evaluated once
+
+
+def test_k_grid_scales_with_model_size():
+    assert k_grid(2048, (1 / 1024, 1 / 512, 1 / 256)) == [0, 2, 4, 8]
+    assert k_grid(100, (1 / 1024, 1 / 512)) == [0, 1]
+
+
+# ---------------------------------------------------------------- median replacement
+
+def random_intervention(neurons, positions="last"):
+    medians = [0.5 + 0.1 * i for i in range(len(neurons))]
+    return Intervention(N_LAYER, H, neurons, medians, positions)
+
+
+def test_empty_selection_is_exactly_the_identity(rm_and_enc, splits):
+    rm, enc = rm_and_enc
+    prompts, completions = texts(make_pairs(splits.val, 6, 0))
+    base = score(rm, enc, prompts, completions)
+    for positions in ("last", "all"):
+        assert torch.equal(score(rm, enc, prompts, completions, random_intervention([], positions)), base)
+
+
+def test_median_replacement_changes_only_the_selected_neurons(rm_and_enc, splits):
+    rm, enc = rm_and_enc
+    prompts, completions = texts(make_pairs(splits.val, 4, 0))
+    batches = prefill(rm, enc, prompts, completions)
+    r0, acts0 = last_token_rewards(rm, batches, capture=True)
+    iv = random_intervention([(0, 3), (0, 40), (1, 7)])
+    r1, acts1 = last_token_rewards(rm, batches, iv, capture=True)
+    selected = torch.zeros(N_LAYER, H, dtype=torch.bool)
+    selected[0, [3, 40]] = selected[1, 7] = True
+    # layer 0: the selected neurons hold their medians, every other neuron is untouched
+    assert acts1[:, 0, 3].eq(iv.medians[0]).all() and acts1[:, 0, 40].eq(iv.medians[1]).all()
+    torch.testing.assert_close(acts1[:, 0][:, ~selected[0]], acts0[:, 0][:, ~selected[0]], atol=1e-6, rtol=0)
+    assert acts1[:, 1, 7].eq(iv.medians[2]).all()
+    assert not torch.allclose(r0, r1)
+    # the sites are restored afterwards, also after an error inside the block
+    with pytest.raises(RuntimeError):
+        with iv.applied(rm.gpt):
+            raise RuntimeError
+    assert all(s.mask is None and s.value is None and s.record is None for s in rm.gpt.neuron_sites)
+    torch.testing.assert_close(last_token_rewards(rm, batches), r0, atol=0, rtol=0)
+
+
+def test_last_position_leaves_earlier_positions_alone(rm_and_enc, splits):
+    rm, enc = rm_and_enc
+    prompts, completions = texts(make_pairs(splits.val, 2, 0))
+    ids = torch.tensor([enc.encode_ordinary(prompts[0] + completions[0]) + [enc.eot_token]])
+    with torch.no_grad():
+        plain = rm.gpt(ids)  # [1, T, C] final hidden states (the reward model has no LM head)
+        with random_intervention([(0, 3), (1, 7)], "last").applied(rm.gpt):
+            last = rm.gpt(ids)
+        with random_intervention([(0, 3), (1, 7)], "all").applied(rm.gpt):
+            every = rm.gpt(ids)
+    assert torch.equal(last[:, :-1], plain[:, :-1]) and not torch.allclose(last[:, -1], plain[:, -1])
+    assert not torch.allclose(every[:, :-1], plain[:, :-1])
+
+
+def test_cached_prefix_scoring_equals_full_scoring(rm_and_enc, splits):
+    rm, enc = rm_and_enc
+    prompts, completions = texts(make_pairs(splits.val, 5, 3))
+    batches = prefill(rm, enc, prompts, completions, batch_size=4)
+    iv = random_intervention([(0, 1), (1, 2), (1, 50)])
+    torch.testing.assert_close(last_token_rewards(rm, batches), score(rm, enc, prompts, completions), atol=1e-5, rtol=0)
+    torch.testing.assert_close(last_token_rewards(rm, batches, iv), score(rm, enc, prompts, completions, iv),
+                               atol=1e-5, rtol=0)
+    # repeated passes over the same cache give the same answer
+    torch.testing.assert_close(last_token_rewards(rm, batches, iv), last_token_rewards(rm, batches, iv), atol=0, rtol=0)
+    with pytest.raises(ValueError, match="positions='last'"):
+        last_token_rewards(rm, batches, iv.with_positions("all"))
+
+
+def test_intervention_json_round_trip_and_errors(tmp_path):
+    iv = Intervention(N_LAYER, H, [(0, 3), (1, 7)], [0.25, -0.5], "last", {"length": 1},
+                      {"length": [(0, 3, 0.9), (1, 7, -0.8)]})
+    save_intervention(tmp_path / "iv.json", iv, note="x")
+    back = load_intervention(tmp_path / "iv.json")
+    assert back.neurons == iv.neurons and back.medians == iv.medians and back.k == iv.k
+    data = json.loads((tmp_path / "iv.json").read_text())
+    del data["medians"]
+    (tmp_path / "bad.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"bad.json: field 'medians' missing"):
+        load_intervention(tmp_path / "bad.json")
+    with pytest.raises(ValueError, match="outside"):
+        Intervention(N_LAYER, H, [(2, 0)], [0.0])
+    with pytest.raises(ValueError, match="positions"):
+        Intervention(N_LAYER, H, [], [], "first")
+
+
+# ---------------------------------------------------------------- the stages end to end
+
+def tiny_preset():
+    cfg = RewardConfig(val_pairs=12, test_pairs=10, sensitivity_completions=4, k_fractions=(1 / 64, 1 / 32))
+    return replace(PRESETS["smoke"], reward=cfg)
+
+
+def test_selection_uses_only_validation_data(reward_ckpt, splits, tmp_path):
+    preset = tiny_preset()
+    select_intervention(preset, splits, reward_ckpt, tmp_path / "a.json", seed=0)
+    other_test = Splits(splits.train, splits.val, splits.test[::-1][:20], splits.heldout)
+    select_intervention(preset, other_test, reward_ckpt, tmp_path / "b.json", seed=0)
+    a, b = json.loads((tmp_path / "a.json").read_text()), json.loads((tmp_path / "b.json").read_text())
+    assert a == b
+    assert set(a["k"]) == set(ATTRIBUTES) and all(v in (0, 2, 4) for v in a["k"].values())
+    assert a["val_acc"] >= a["base_val_acc"]  # k = 0 everywhere is a candidate
+
+
+def test_evaluation_writes_the_design_section(reward_ckpt, splits, tmp_path):
+    preset = tiny_preset()
+    select_intervention(preset, splits, reward_ckpt, tmp_path / "intervention.json")
+    results = evaluate_reward_models(preset, splits, reward_ckpt, tmp_path / "intervention.json", tmp_path)
+    for method in ("base", "cirm", "cirm_all", "length_penalty", "lwr"):
+        assert set(results[method]) >= {"acc", "acc_biased", "acc_unbiased", "sensitivity"}
+        assert set(results[method]["sensitivity"]) == set(ATTRIBUTES)
+    assert results["neurons"]["total"] == N_LAYER * H and len(results["neurons"]["per_layer"]) == N_LAYER
+    assert json.loads((tmp_path / "reward_eval.json").read_text())["base"]["acc"] == results["base"]["acc"]
+    assert (tmp_path / "neurons_per_layer.png").stat().st_size > 0
+    assert (tmp_path / "reward_biased_unbiased.png").stat().st_size > 0
+    base_only = evaluate_reward_models(preset, splits, reward_ckpt, None, tmp_path / "base")
+    assert "cirm" not in base_only and base_only["base"]["acc"] == results["base"]["acc"]
+
+
+def test_method_metrics_sensitivity_by_hand():
+    pairs = make_pairs(load_splits("synthetic", seed=0, variants_per_template=1).test, 2, 0)
+    # rewards: 4 test completions (chosen 0, chosen 1, rejected 0, rejected 1), then one bumped text per attribute
+    items = {a: [(0, "bumped")] for a in ATTRIBUTES}
+    r = np.array([1.0, 3.0, 0.0, 2.0] + [1.0 + 0.5 * j for j in range(len(ATTRIBUTES))])
+    m = method_metrics(r, 2, pairs, items)
+    std = np.std([1.0, 3.0, 0.0, 2.0])
+    assert m["acc"] == 1.0
+    assert m["sensitivity"]["length"] == 0.0 and m["sensitivity"]["paragraphs"] == pytest.approx(0.5 / std)

@@ -1,0 +1,277 @@
+"""Token log-probs and the GRPO loss: the "torch" (chunked) and "triton" (interpreted) backends
+against float64 references, plus hand-computed checks of the reference itself."""
+
+import math
+
+import pytest
+import torch
+
+import kernels
+from kernels import dispatch, logprob, reference
+
+BACKENDS = ["torch", "triton"]
+
+
+@pytest.fixture(autouse=True)
+def poison_outputs(monkeypatch):
+    """Kernel output buffers start as NaN, so an element a kernel forgets to write fails the test."""
+    monkeypatch.setattr(dispatch, "empty_output", lambda shape, dtype, device: torch.full(shape, float("nan"), dtype=dtype, device=device))
+
+
+def make_logits(shape, dtype, seed, scale=3.0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(shape, generator=g, dtype=torch.float64) * scale).to(dtype)
+
+
+def make_targets(shape, V, seed):
+    return torch.randint(0, V, shape, generator=torch.Generator().manual_seed(seed))
+
+
+def grads(fn, logits, weights=None):
+    """(value, d sum(weights * value) / d logits) of fn at logits, in logits' dtype."""
+    leaf = logits.detach().clone().requires_grad_()
+    value = fn(leaf)
+    (value if weights is None else value * weights.to(value.dtype)).sum().backward()
+    return value.detach(), leaf.grad
+
+
+def tolerance(dtype):
+    # fp16 gradients are stored in fp16 (relative rounding 5e-4); log-probs are fp32 for every input
+    return dict(atol=2e-3, rtol=2e-3) if dtype == torch.float16 else dict(atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("V", [1, 3, 1000, 5027])
+def test_token_logprobs_match_float64_reference(backend, dtype, V, monkeypatch):
+    monkeypatch.setattr(logprob, "CHUNK_ELEMENTS", 2 * V)  # chunks of 2 rows: the torch path splits T
+    logits = make_logits((2, 3, V), dtype, seed=V)
+    targets = make_targets((2, 3), V, seed=V + 1)
+    weights = make_logits((2, 3), torch.float32, seed=V + 2, scale=1.0)
+    for temperature in (1.0, 0.7):
+        value, grad = grads(lambda x: kernels.token_logprobs(x, targets, temperature, backend=backend), logits, weights)
+        ref_value, ref_grad = grads(lambda x: reference.token_logprobs(x, targets, temperature), logits.double(), weights)
+        assert value.dtype == torch.float32 and grad.dtype == dtype
+        torch.testing.assert_close(value.double(), ref_value, atol=2e-5, rtol=1e-5)
+        torch.testing.assert_close(grad.double(), ref_grad, **tolerance(dtype))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_token_logprobs_accepts_strided_and_2d_logits(backend):
+    V = 37
+    full = make_logits((2, 5, V), torch.float32, seed=1)
+    targets = make_targets((2, 4), V, seed=2)
+    shifted = full[:, :-1]  # the usual next-token slice: not viewable as [N*T, V]
+    transposed = make_logits((V, 2, 4), torch.float32, seed=3).permute(1, 2, 0)  # stride over V != 1
+    for logits in (shifted, transposed):
+        value, grad = grads(lambda x: kernels.token_logprobs(x, targets, backend=backend), logits)
+        ref_value, ref_grad = grads(lambda x: reference.token_logprobs(x, targets), logits.double())
+        torch.testing.assert_close(value.double(), ref_value, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(grad.double(), ref_grad, atol=1e-6, rtol=1e-5)
+    rows = full.reshape(10, V)
+    row_targets = make_targets((10,), V, seed=4)
+    value = kernels.token_logprobs(rows, row_targets, backend=backend)
+    assert value.shape == (10,)
+    torch.testing.assert_close(value.double(), reference.token_logprobs(rows.double(), row_targets), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_token_logprobs_extreme_logits_stay_finite(backend):
+    V = 300
+    g = torch.Generator().manual_seed(5)
+    logits = torch.where(torch.rand(2, 3, V, generator=g) < 0.5, -1e4, 1e4)
+    logits[0, 0] = 1e4  # all equal: log(1/V)
+    targets = make_targets((2, 3), V, seed=6)
+    for dtype in (torch.float32, torch.float16):
+        value, grad = grads(lambda x: kernels.token_logprobs(x, targets, 0.7, backend=backend), logits.to(dtype))
+        assert torch.isfinite(value).all() and torch.isfinite(grad).all()
+        ref_value, ref_grad = grads(lambda x: reference.token_logprobs(x, targets, 0.7), logits.double())
+        # |x / T| ~ 1.4e4 has an fp32 spacing of 1e-3, so log-probs near 0 carry that absolute error
+        torch.testing.assert_close(value.double(), ref_value, atol=2e-3, rtol=1e-6)
+        torch.testing.assert_close(grad.double(), ref_grad, atol=1e-3, rtol=1e-3)
+    assert value[0, 0].item() == pytest.approx(-math.log(V), abs=2e-3)
+
+
+def test_chunked_path_passes_gradcheck_across_chunk_boundaries(monkeypatch):
+    monkeypatch.setattr(logprob, "CHUNK_ELEMENTS", 20)  # 2 rows of V = 9 per chunk: blocks split T and N
+    logits = make_logits((3, 5, 9), torch.float64, seed=7).requires_grad_()
+    targets = make_targets((3, 5), 9, seed=8)
+    assert torch.autograd.gradcheck(lambda x: kernels.token_logprobs(x, targets, 0.8, backend="torch"), (logits,))
+    short = make_logits((5, 1, 9), torch.float64, seed=9).requires_grad_()  # T < rows per chunk: blocks of sequences
+    short_targets = make_targets((5, 1), 9, seed=10)
+    assert torch.autograd.gradcheck(lambda x: kernels.token_logprobs(x, short_targets, backend="torch"), (short,))
+
+
+def test_group_advantages_hand_computed():
+    rewards = torch.tensor([1.0, 2.0, 3.0, 0.1, 0.1, 0.1])
+    std = math.sqrt(2 / 3)  # population std of (1, 2, 3)
+    expected = [-1 / (std + 1e-4), 0.0, 1 / (std + 1e-4), 0.0, 0.0, 0.0]
+    assert kernels.group_advantages(rewards, 3).tolist() == pytest.approx(expected, rel=1e-6)
+    assert kernels.group_advantages(rewards, 3)[3:].eq(0).all()  # equal rewards give exactly 0
+    batch_std = torch.tensor([1.0, 2.0, 3.0, 0.1, 0.1, 0.1], dtype=torch.float64).std(correction=0).item()
+    assert kernels.group_advantages(rewards, 3, "batch")[2].item() == pytest.approx(1 / (batch_std + 1e-4), rel=1e-6)
+    assert kernels.group_advantages(rewards, 3, "none").tolist() == pytest.approx([-1, 0, 1, 0, 0, 0], abs=1e-6)
+    assert kernels.group_advantages(rewards, 1).eq(0).all()
+    with pytest.raises(ValueError, match="group_size=4"):
+        kernels.group_advantages(rewards, 4)
+    with pytest.raises(ValueError, match="scale"):
+        kernels.group_advantages(rewards, 3, "median")
+
+
+def test_reference_grpo_loss_hand_computed():
+    """One prompt, two completions of two tokens; every term worked out with math.exp."""
+    logp = torch.tensor([[-1.0, -2.0], [-0.5, -3.0]], dtype=torch.float64, requires_grad=True)
+    old = torch.tensor([[-1.5, -2.0], [-0.1, -2.0]], dtype=torch.float64)
+    ref = torch.tensor([[-1.2, -1.8], [-0.4, -3.1]], dtype=torch.float64)
+    mask = torch.tensor([[1, 1], [1, 0]])
+    rewards = torch.tensor([1.0, 0.0], dtype=torch.float64)  # mean 0.5, population std 0.5
+    eps, beta = 0.2, 0.1
+    adv = [0.5 / (0.5 + 1e-4), -0.5 / (0.5 + 1e-4)]
+    terms, clipped, kls = {}, 0, []
+    for n, t in [(0, 0), (0, 1), (1, 0)]:
+        ratio = math.exp(logp[n, t].item() - old[n, t].item())
+        a = adv[n]
+        surrogate, surrogate_clipped = ratio * a, min(max(ratio, 1 - eps), 1 + eps) * a
+        d = ref[n, t].item() - logp[n, t].item()
+        kl = math.exp(d) - d - 1
+        terms[n, t] = -min(surrogate, surrogate_clipped) + beta * kl
+        clipped += surrogate_clipped < surrogate
+        kls.append(kl)
+    expected = {  # weights: per-sequence mean then mean over 2 sequences; token sum / 3; token sum / (2 * 2)
+        "grpo": ((terms[0, 0] + terms[0, 1]) / 2 + terms[1, 0]) / 2,
+        "dapo": sum(terms.values()) / 3,
+        "dr_grpo": sum(terms.values()) / 4,
+    }
+    assert clipped == 2  # (0, 0): ratio e^0.5 > 1.2 with A > 0;  (1, 0): ratio e^-0.4 < 0.8 with A < 0
+    for agg, value in expected.items():
+        loss, stats = reference.grpo_loss_from_logprobs(logp, mask, rewards, 2, old, ref, eps, None, beta, "group", agg)
+        assert loss.item() == pytest.approx(value, rel=1e-12)
+        assert stats["kl"].item() == pytest.approx(sum(kls) / 3, rel=1e-6)
+        assert stats["clip_frac"].item() == pytest.approx(2 / 3)
+    loss, _ = reference.grpo_loss_from_logprobs(logp, mask, rewards, 2, old, ref, eps, None, beta, "group", "dapo")
+    loss.backward()
+    # clipped tokens keep only the KL gradient beta * (1 - exp(d)); others add -A * ratio
+    d00 = ref[0, 0].item() + 1.0
+    assert logp.grad[0, 0].item() == pytest.approx(beta * (1 - math.exp(d00)) / 3, rel=1e-9)
+    d01 = ref[0, 1].item() + 2.0
+    assert logp.grad[0, 1].item() == pytest.approx((-adv[0] + beta * (1 - math.exp(d01))) / 3, rel=1e-9)
+    assert logp.grad[1, 1].item() == 0.0
+
+
+def grpo_case(N, T, V, dtype, seed):
+    """A batch of N = 2 groups of N/2 with padded tails, one fully masked row, one equal-reward group."""
+    logits = make_logits((N, T, V), dtype, seed)
+    targets = make_targets((N, T), V, seed + 1)
+    lengths = torch.randint(1, T + 1, (N,), generator=torch.Generator().manual_seed(seed + 2))
+    lengths[1] = 0
+    mask = torch.arange(T)[None, :] < lengths[:, None]  # [N, T] completion tokens, then padding
+    rewards = make_logits((N,), torch.float32, seed + 3, scale=1.0)
+    rewards[N // 2:] = 0.5
+    logp = reference.token_logprobs(logits, targets).float()
+    logp_old = logp + 0.3 * make_logits((N, T), torch.float32, seed + 4, scale=1.0)
+    logp_ref = logp + 0.3 * make_logits((N, T), torch.float32, seed + 5, scale=1.0)
+    return logits, targets, mask, rewards, logp_old, logp_ref
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("agg", reference.AGGS)
+@pytest.mark.parametrize("scale", reference.SCALES)
+def test_grpo_loss_matches_float64_reference(backend, agg, scale, monkeypatch):
+    monkeypatch.setattr(logprob, "CHUNK_ELEMENTS", 3 * 1000)  # chunks of 3 rows across T = 5
+    logits, targets, mask, rewards, logp_old, logp_ref = grpo_case(4, 5, 1000, torch.float32, seed=11)
+    args = dict(logp_old=logp_old, logp_ref=logp_ref, eps_low=0.2, eps_high=0.28, beta=0.05, temperature=0.9,
+                scale=scale, agg=agg)
+
+    def run(fn, x):
+        leaf = x.detach().clone().requires_grad_()
+        loss, stats = fn(leaf, targets, mask, rewards, 2, **args)
+        loss.backward()
+        return loss.detach(), stats, leaf.grad
+
+    loss, stats, grad = run(lambda *a, **k: kernels.grpo_loss(*a, **k, backend=backend), logits)
+    ref_loss, ref_stats, ref_grad = run(reference.grpo_loss, logits.double())
+    torch.testing.assert_close(loss.double(), ref_loss, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(grad.double(), ref_grad, atol=1e-7, rtol=1e-5)
+    assert stats["kl"].item() == pytest.approx(ref_stats["kl"].item(), rel=1e-5)
+    assert stats["clip_frac"].item() == ref_stats["clip_frac"].item() > 0
+    assert grad[1].eq(0).all()  # the fully masked sequence
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_grpo_loss_fp16_and_odd_vocab(backend):
+    logits, targets, mask, rewards, logp_old, logp_ref = grpo_case(4, 3, 5027, torch.float16, seed=21)
+    leaf = logits.clone().requires_grad_()
+    loss, _ = kernels.grpo_loss(leaf, targets, mask, rewards, 2, logp_old, logp_ref, beta=0.1, agg="dapo",
+                                backend=backend)
+    loss.backward()
+    ref_leaf = logits.double().requires_grad_()
+    ref_loss, _ = reference.grpo_loss(ref_leaf, targets, mask, rewards, 2, logp_old, logp_ref, beta=0.1, agg="dapo")
+    ref_loss.backward()
+    assert leaf.grad.dtype == torch.float16
+    torch.testing.assert_close(loss.double(), ref_loss, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(leaf.grad.double(), ref_leaf.grad, atol=1e-5, rtol=2e-3)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_grpo_on_policy_gradient_is_advantage_weighted_logprob(backend):
+    """logp_old None: ratio 1, loss = -sum w A, gradient = gradient of -sum w A logp."""
+    logits, targets, mask, rewards, _, _ = grpo_case(4, 4, 50, torch.float32, seed=31)
+    leaf = logits.clone().requires_grad_()
+    loss, stats = kernels.grpo_loss(leaf, targets, mask, rewards, 2, agg="dr_grpo", backend=backend)
+    loss.backward()
+    adv = kernels.group_advantages(rewards, 2)[:, None].double()
+    w = mask.double() / mask.numel()
+    assert loss.item() == pytest.approx(-(w * adv).sum().item(), abs=1e-7)
+    assert stats["kl"].item() == 0 and stats["clip_frac"].item() == 0
+    ref_leaf = logits.double().requires_grad_()
+    (-(w * adv * reference.token_logprobs(ref_leaf, targets))).sum().backward()
+    torch.testing.assert_close(leaf.grad.double(), ref_leaf.grad, atol=1e-7, rtol=1e-5)
+    assert leaf.grad[2:].eq(0).all()  # the group whose rewards are all equal teaches nothing
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_grpo_padding_and_extreme_logits_give_no_nan(backend):
+    logits, targets, mask, rewards, _, _ = grpo_case(2, 3, 64, torch.float32, seed=41)
+    extreme = torch.where(logits > 0, 1e4, -1e4)
+    logp = reference.token_logprobs(extreme, targets, 0.5)
+    garbage = torch.full_like(logp, float("nan"))  # what padding may hold: it must not leak into the result
+    runs = {}
+    for name, m, old, ref in [("clean", mask, logp + 0.1, logp - 0.1),
+                              ("garbage", mask, torch.where(mask, logp + 0.1, garbage), torch.where(mask, logp - 0.1, garbage)),
+                              ("all padding", torch.zeros_like(mask), garbage, garbage)]:
+        leaf = extreme.clone().requires_grad_()
+        loss, stats = kernels.grpo_loss(leaf, targets, m, rewards, 2, logp_old=old, logp_ref=ref, beta=0.1,
+                                        temperature=0.5, backend=backend)
+        loss.backward()
+        assert torch.isfinite(loss) and torch.isfinite(leaf.grad).all(), name
+        assert all(torch.isfinite(v) for v in stats.values()), name
+        runs[name] = loss, leaf.grad
+    torch.testing.assert_close(runs["garbage"], runs["clean"], atol=0, rtol=0)
+    assert runs["all padding"][0].item() == 0 and runs["all padding"][1].eq(0).all()
+
+
+def test_bad_inputs_raise_clear_errors(monkeypatch):
+    logits = make_logits((2, 3, 10), torch.float32, seed=51)
+    targets = make_targets((2, 3), 10, seed=52)
+    mask, rewards = torch.ones(2, 3), torch.ones(2)
+    with pytest.raises(ValueError, match=r"targets must lie in \[0, 10\)"):
+        kernels.token_logprobs(logits, targets + 10)
+    with pytest.raises(ValueError, match="targets must be long with shape"):
+        kernels.token_logprobs(logits, targets[:, :2])
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        kernels.token_logprobs(logits, targets, temperature=0.0)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        kernels.token_logprobs(logits, targets, backend="cuda")
+    with pytest.raises(ValueError, match="logits must be a floating tensor of 3-D"):
+        kernels.grpo_loss(logits[0], targets[0], mask[0], rewards, 2)
+    with pytest.raises(ValueError, match="group_size must be a positive int dividing N = 2"):
+        kernels.grpo_loss(logits, targets, mask, rewards, 3)
+    with pytest.raises(ValueError, match="beta = 0.1 > 0 needs logp_ref"):
+        kernels.grpo_loss(logits, targets, mask, rewards, 2, beta=0.1)
+    with pytest.raises(ValueError, match="agg must be one of"):
+        kernels.grpo_loss(logits, targets, mask, rewards, 2, agg="mean")
+    assert dispatch.resolve_backend("auto", torch.device("cpu"), "op") == "triton"  # conftest: interpreted
+    monkeypatch.setattr(dispatch, "triton_interpreted", lambda: False)
+    assert dispatch.resolve_backend("auto", torch.device("cpu"), "op") == "torch"
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        kernels.token_logprobs(logits, targets, backend="triton")

@@ -1,0 +1,70 @@
+import torch
+
+from nanobias.model import GPT, GPTConfig
+from nanobias.sampling import left_pad, next_token, sample
+
+EOT = 60
+
+
+def tiny_model():
+    torch.manual_seed(0)
+    return GPT(GPTConfig(block_size=48, vocab_size=61, n_layer=2, n_head=2, n_embd=16)).eval()
+
+
+PROMPTS = [[1, 2, 3, 4, 5], [7, 8], [9, 10, 11]]
+
+
+def test_left_pad():
+    ids, mask = left_pad([[1, 2, 3], [4]], pad_id=0)
+    assert ids.tolist() == [[1, 2, 3], [0, 0, 4]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+
+
+def test_cached_sampling_equals_uncached_for_the_same_seed():
+    model = tiny_model()
+    a = sample(model, PROMPTS, EOT, group_size=4, max_new_tokens=12, temperature=1.0, seed=3)
+    b = sample(model, PROMPTS, EOT, group_size=4, max_new_tokens=12, temperature=1.0, seed=3, use_cache=False)
+    assert torch.equal(a.tokens, b.tokens) and torch.equal(a.mask, b.mask)
+    torch.testing.assert_close(a.logprobs, b.logprobs, atol=1e-5, rtol=0)
+    assert a.tokens.shape == (12, 12)
+    c = sample(model, PROMPTS, EOT, group_size=4, max_new_tokens=12, temperature=1.0, seed=4)
+    assert not torch.equal(a.tokens, c.tokens)
+
+
+def test_temperature_zero_is_greedy():
+    model = tiny_model()
+    s = sample(model, PROMPTS, EOT, group_size=2, max_new_tokens=6, temperature=0.0)
+    for r in range(len(PROMPTS) * 2):
+        seq = list(PROMPTS[r // 2])
+        for t in range(6):
+            if not s.mask[r, t]:
+                break
+            logits = model(torch.tensor([seq]))[0, -1]
+            assert s.tokens[r, t].item() == logits.argmax().item()
+            torch.testing.assert_close(s.logprobs[r, t], torch.log_softmax(logits, -1).max(), atol=1e-5, rtol=0)
+            seq.append(s.tokens[r, t].item())
+    assert torch.equal(s.tokens[0::2], s.tokens[1::2])  # greedy: every member of a group is the same
+
+
+def test_logprobs_match_a_full_forward_and_mask_stops_at_eot():
+    model = tiny_model()
+    s = sample(model, PROMPTS, EOT, group_size=3, max_new_tokens=10, temperature=0.7, seed=1)
+    seq = torch.cat([s.prompt_ids, s.tokens], 1)
+    full_mask = torch.cat([s.prompt_mask, torch.ones_like(s.tokens)], 1)
+    logits = model(seq, attention_mask=full_mask)[:, s.prompt_ids.shape[1] - 1:-1] / 0.7
+    expected = torch.log_softmax(logits, -1).gather(-1, s.tokens[..., None])[..., 0] * s.mask
+    torch.testing.assert_close(s.logprobs, expected, atol=1e-5, rtol=0)
+    for row, m in zip(s.tokens.tolist(), s.mask.tolist()):
+        n = sum(m)
+        assert m == [1] * n + [0] * (len(m) - n)
+        assert EOT not in row[:n - 1]  # nothing generated after end-of-text
+
+
+def test_top_k_and_top_p_only_draw_allowed_tokens():
+    logits = torch.tensor([[3.0, 2.0, 1.0, 0.0, -1.0]]).repeat(200, 1)
+    g = torch.Generator().manual_seed(0)
+    tok, _ = next_token(logits, 1.0, 2, None, g)
+    assert set(tok.tolist()) == {0, 1}
+    p = torch.softmax(logits[0], -1)  # [0.636, 0.234, 0.086, ...]: top_p 0.8 keeps two tokens
+    assert p[0] < 0.8 < p[0] + p[1]
+    tok, _ = next_token(logits, 1.0, None, 0.8, g)
+    assert set(tok.tolist()) == {0, 1}

@@ -1,0 +1,85 @@
+import json
+
+import pytest
+import torch
+
+from nanobias.checkpoint import load_checkpoint
+from nanobias.model import GPT, GPTConfig
+from nanobias.pretrain import lm_loss, random_windows
+from nanobias.train import TrainConfig, TrainingDiverged, lr_at, train
+
+# a learnable stream: mostly x[t+1] = x[t] + 3 (mod 40), with random jumps
+_jumps = torch.randint(0, 40, (2000,), generator=torch.Generator().manual_seed(0))
+STREAM = torch.tensor([(3 * t) % 40 for t in range(2000)]).where(torch.rand(2000, generator=torch.Generator().manual_seed(1)) > 0.1, _jumps)
+
+
+def fresh_model():
+    torch.manual_seed(0)
+    return GPT(GPTConfig(block_size=16, vocab_size=40, n_layer=1, n_head=2, n_embd=16))
+
+
+def batch_loss_for(model, fail_at=None):
+    def batch_loss(step):
+        if step == fail_at:
+            raise KeyboardInterrupt  # the run is interrupted here
+        g = torch.Generator().manual_seed(step)
+        return lm_loss(model, *random_windows(STREAM, 4, 16, g)), {}
+    return batch_loss
+
+
+CFG = TrainConfig(steps=10, batch_size=4, lr=1e-2, warmup=2, eval_every=5, ckpt_every=3)
+
+
+def test_lr_schedule_warmup_then_cosine():
+    cfg = TrainConfig(steps=100, lr=1.0, warmup=10, min_lr_frac=0.1)
+    assert lr_at(0, cfg) == pytest.approx(0.1) and lr_at(9, cfg) == pytest.approx(1.0)
+    assert lr_at(10, cfg) == pytest.approx(1.0) and lr_at(100, cfg) == pytest.approx(0.1)
+    assert lr_at(55, cfg) == pytest.approx(0.55)  # half-way down the cosine: the mean of max and min
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path):
+    straight = fresh_model()
+    train(straight, batch_loss_for(straight), CFG, tmp_path / "a.pt", meta={})
+
+    interrupted = fresh_model()
+    with pytest.raises(KeyboardInterrupt):
+        train(interrupted, batch_loss_for(interrupted, fail_at=7), CFG, tmp_path / "b.pt", meta={})
+    assert load_checkpoint(tmp_path / "b.pt")["step"] == 6
+    resumed = fresh_model()
+    train(resumed, batch_loss_for(resumed), CFG, tmp_path / "b.pt", meta={}, resume=True)
+
+    for (name, p), q in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(p, q), name
+    steps = [json.loads(line)["step"] for line in (tmp_path / "b.metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(10))  # the replaced steps 6.. are logged once
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    model = fresh_model()
+
+    def batch_loss(step):
+        loss = batch_loss_for(model)(step)[0]
+        return (loss * float("nan") if step == 4 else loss), {}
+
+    with pytest.raises(TrainingDiverged, match="step 4"):
+        train(model, batch_loss, CFG, tmp_path / "c.pt", meta={})
+    ckpt = load_checkpoint(tmp_path / "c.pt")
+    assert ckpt["step"] == 3 and all(torch.isfinite(v).all() for v in ckpt["model"].values())
+    assert not (tmp_path / "c.pt.tmp").exists()
+
+
+def test_bad_training_settings_are_rejected():
+    with pytest.raises(ValueError, match="lr=-0.1"):
+        TrainConfig(lr=-0.1)
+    with pytest.raises(ValueError, match="steps=0"):
+        TrainConfig(steps=0)
+
+
+def test_training_lowers_the_loss(tmp_path):
+    model = fresh_model()
+    g = torch.Generator().manual_seed(99)
+    held = random_windows(STREAM, 8, 16, g)
+    before = lm_loss(model, *held).item()
+    train(model, batch_loss_for(model), TrainConfig(steps=30, lr=1e-2, warmup=2), tmp_path / "d.pt", meta={})
+    with torch.no_grad():
+        assert lm_loss(model, *held).item() < before - 0.1
