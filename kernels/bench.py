@@ -66,8 +66,8 @@ def providers(op: str, device: torch.device) -> dict:
     """name -> function(inputs) returning what backward starts from."""
     if op == "grpo_loss":
         def call(impl, **kw):
-            return lambda i: impl(i["leaf"], i["targets"], i["mask"], i["rewards"], i["group_size"], i["logp_old"], i["logp_ref"],
-                                  beta=0.04, **kw)[0]
+            return lambda i: impl(i["leaf"], i["targets"], i["mask"], i["rewards"], i["group_size"],
+                                  i["logp_old"], i["logp_ref"], beta=0.04, **kw)[0]
         table = {"eager": call(reference.grpo_loss), "torch": call(grpo_loss, backend="torch")}
         if device.type == "cuda":
             table |= {"compile": call(torch.compile(reference.grpo_loss)), "triton": call(grpo_loss, backend="triton")}
@@ -92,12 +92,23 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def warm_up(fns: dict, inputs: dict, mode: str) -> dict:
+    """Run each provider twice (compilation, allocator caches); keep those that fit in memory."""
+    fitting = {}
+    for name, fn in fns.items():
+        try:
+            for _ in range(2):
+                step(fn, inputs, mode)
+            fitting[name] = fn
+        except torch.OutOfMemoryError:  # eager at the largest V may not fit on the GPU
+            inputs["leaf"].grad = None
+            torch.cuda.empty_cache()
+    return fitting
+
+
 def median_ms(fns: dict, inputs: dict, mode: str, device: torch.device, reps: int) -> dict:
     """name -> median ms. Providers take turns within each repetition, so a change in machine
     load (a shared CPU) hits all of them alike instead of whichever ran last."""
-    for fn in fns.values():
-        for _ in range(2):  # warm-up: compilation, allocator caches
-            step(fn, inputs, mode)
     times = {name: [] for name in fns}
     for _ in range(reps):
         for name, fn in fns.items():
@@ -133,7 +144,8 @@ def peak_mib(fn, inputs, mode, device) -> float:
 def copy_gbps(device: torch.device) -> float:
     src = torch.empty(256 * MIB // 4, device=device)
     dst = torch.empty_like(src)
-    ms = median_ms({"copy": lambda _: dst.copy_(src)}, {}, "fwd", device, reps=10)["copy"]
+    copy = warm_up({"copy": lambda _: dst.copy_(src)}, {}, "fwd")
+    ms = median_ms(copy, {}, "fwd", device, reps=10)["copy"]
     return 2 * src.numel() * 4 / ms / 1e6
 
 
@@ -156,9 +168,9 @@ def cases(device: torch.device, quick: bool) -> list[Case]:
     return [Case("grpo_loss", (*rows, V), dtype) for V in sweep] + [gelu]
 
 
-def run(device: torch.device, quick: bool) -> list[dict]:
+def run(device: torch.device, quick: bool, copy: float) -> list[dict]:
+    """Every case x provider x mode; copy is the device's copy bandwidth in GB/s."""
     reps = 3 if quick else 10
-    copy = copy_gbps(device)
     results = []
     for case in cases(device, quick):
         inputs = make_inputs(case, device)
@@ -166,12 +178,10 @@ def run(device: torch.device, quick: bool) -> list[dict]:
         for mode in ("fwd", "fwd+bwd"):
             rows = {name: dict(op=case.op, shape="x".join(map(str, case.shape)), provider=name, mode=mode,
                                dtype=str(case.dtype).removeprefix("torch.")) for name in fns}
-            try:
-                for name, ms in median_ms(fns, inputs, mode, device, reps).items():
-                    rows[name] |= dict(median_ms=ms, peak_mib=peak_mib(fns[name], inputs, mode, device))
-            except torch.OutOfMemoryError:  # eager at the largest V may not fit; keep the row, marked NaN
-                torch.cuda.empty_cache()
-            for row in rows.values():
+            fitting = warm_up(fns, inputs, mode)
+            for name, ms in median_ms(fitting, inputs, mode, device, reps).items():
+                rows[name] |= dict(median_ms=ms, peak_mib=peak_mib(fns[name], inputs, mode, device))
+            for row in rows.values():  # a provider that did not fit keeps its row, marked NaN
                 row.setdefault("median_ms", float("nan"))
                 row.setdefault("peak_mib", float("nan"))
                 row["gbps"] = min_bytes(case, mode) / row["median_ms"] / 1e6
@@ -235,13 +245,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="runs/bench", help="directory for bench.csv and bench.png")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions and a shorter V sweep")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                        help="CPU threads (1 gives steadier numbers on a CPU shared with other jobs)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
+    torch.set_num_threads(args.threads)
     if device.type == "cuda" and dispatch.triton_interpreted():
         parser.error("TRITON_INTERPRET=1 is set: unset it to benchmark compiled kernels")
     os.makedirs(args.out, exist_ok=True)
-    results = run(device, args.quick)
-    print(f"device: {torch.cuda.get_device_name() if device.type == 'cuda' else f'cpu, {torch.get_num_threads()} threads'}")
+    load_before = os.getloadavg()[0]  # other jobs on the machine skew CPU timings; say how busy it was
+    copy = copy_gbps(device)
+    results = run(device, args.quick, copy)
+    load_after = os.getloadavg()[0]
+    where = torch.cuda.get_device_name() if device.type == "cuda" else f"cpu, {args.threads} threads"
+    print(f"device: {where}; copy bandwidth {copy:.1f} GB/s; load average before {load_before:.1f}, after {load_after:.1f}")
     print_table(results)
     write_csv(results, os.path.join(args.out, "bench.csv"))
     plot(results, os.path.join(args.out, "bench.png"))

@@ -11,12 +11,16 @@ Backends (the `backend=` argument of every public op):
   "torch" otherwise (including every platform without Triton, which is optional off Linux).
 """
 
-import importlib.util
-
 import torch
 
+try:  # Triton is optional off Linux (pyproject); without it every op runs on the torch backend
+    import triton  # noqa: F401
+except ImportError:
+    HAVE_TRITON = False
+else:
+    HAVE_TRITON = True
+
 BACKENDS = ("auto", "triton", "torch", "reference")
-HAVE_TRITON = importlib.util.find_spec("triton") is not None
 
 
 def triton_interpreted() -> bool:

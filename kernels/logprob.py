@@ -19,9 +19,10 @@ from . import dispatch, reference
 if dispatch.HAVE_TRITON:
     from . import logprob_triton
 
-# 2^18 fp32 logits = 1 MiB per temporary: small enough to stay in cache, big enough that the
-# Python loop over chunks costs little next to the arithmetic.
-CHUNK_ELEMENTS = 1 << 18
+# 2^20 logits = 4 MiB per fp32 temporary. Smaller chunks save a little memory but multiply the
+# number of multi-threaded ops, each of which stalls while another job holds a core: on a busy
+# 2-core machine 2^18 measured 1.2-6x eager time, 2^20 0.7-1.2x (kernels/BENCHMARKS.md).
+CHUNK_ELEMENTS = 1 << 20
 
 
 def _row_blocks(N: int, T: int, V: int):
@@ -63,8 +64,10 @@ class ChunkedTokenLogprobs(torch.autograd.Function):
         scale = grad_logp.to(compute) / ctx.temperature  # [N, T]
         dlogits = dispatch.empty_output(logits.shape, logits.dtype, logits.device)
         for ns, ts in _row_blocks(*logits.shape):
-            grad = torch.softmax(_chunk(logits, ns, ts, compute, ctx.temperature), dim=-1).mul_(-scale[ns, ts, None])
-            dlogits[ns, ts] = grad.scatter_add_(-1, targets[ns, ts, None], scale[ns, ts, None])
+            probs = torch.softmax(_chunk(logits, ns, ts, compute, ctx.temperature), dim=-1)  # [n, t, V]
+            index = targets[ns, ts, None]
+            probs.scatter_(-1, index, probs.gather(-1, index) - 1)  # softmax - onehot, in fp32
+            torch.mul(probs, -scale[ns, ts, None], out=dlogits[ns, ts])  # one pass: scale, cast, store
         return dlogits, None, None
 
 

@@ -171,7 +171,7 @@ class GRPOLoss(torch.autograd.Function):
             *rows, targets, 1.0 / temperature,
             adv.float().contiguous(), weights.float().contiguous(),
             _optional_rows(logp_old, lse), _optional_rows(logp_ref, lse),
-            clip_low, clip_high, beta,
+            float(clip_low), float(clip_high), float(beta),  # floats: Triton would specialise an int 1
             lse, loss, coef, kl, clipped,
             HAS_OLD=logp_old is not None, HAS_REF=logp_ref is not None, BLOCK_V=_block_v(logits.shape[2]),
         )

@@ -4,7 +4,7 @@ Everything here materialises the full `[N, T, V]` log-softmax in fp32: simple an
 memory cost the fused kernels remove. Gradients come from autograd.
 
 - Token log-probs: `logp[n, t] = log_softmax(logits[n, t] / temperature)[targets[n, t]]`.
-- Group-normalised advantage (BiasGRPO, Reddy et al. 2026; GRPO of DeepSeekMath): rewards `r` of the G
+- Group-normalised advantage (BiasGRPO, Reddy et al. 2026; GRPO of DeepSeekMath): for rewards `r` of the G
   completions of one prompt, `A_i = (r_i - mean(r)) / (std(r) + eps)`, with the population std
   (divide by G, so G = 1 is allowed). A group whose rewards are all equal carries no signal: A = 0.
 - GRPO loss per completion token, with `ratio = exp(logp - logp_old)` and k3 KL to the reference:

@@ -22,14 +22,14 @@ def _rate(fn, units_per_call: int, seconds: float) -> float:
     return calls * units_per_call / (time.perf_counter() - start)
 
 
-def bench_model(preset_name: str, seconds: float = 10.0, device: str | None = None) -> dict:
+def bench_model(preset_name: str, seconds: float = 10.0, seq_len: int = 128, device: str | None = None) -> dict:
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     preset = get_preset(preset_name)
     torch.manual_seed(0)
     model = GPT(replace(preset.model, vocab_size=preset.vocab_size)).to(device)
     cfg = preset.pretrain
     g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, preset.vocab_size, (cfg.batch_size, preset.seq_len + 1), generator=g).to(device)
+    x = torch.randint(0, preset.vocab_size, (cfg.batch_size, seq_len + 1), generator=g).to(device)
     opt = make_optimizer(model, cfg)
 
     def train_step():
@@ -42,14 +42,14 @@ def bench_model(preset_name: str, seconds: float = 10.0, device: str | None = No
     new_tokens = 64
     no_eot = preset.vocab_size  # an id never sampled, so every row runs all new_tokens
     results = {"device": device, "preset": preset_name, "params_M": model.num_params() / 1e6,
-               "train_tok_s": _rate(train_step, cfg.batch_size * preset.seq_len, seconds)}
+               "train_tok_s": _rate(train_step, cfg.batch_size * seq_len, seconds)}
     model.eval()
     for use_cache in (True, False):
         results[f"sample_tok_s_{'cache' if use_cache else 'no_cache'}"] = _rate(
             lambda: sample(model, prompts, no_eot, max_new_tokens=new_tokens, use_cache=use_cache),
             len(prompts) * new_tokens, seconds)
     print(f"{preset_name} model ({results['params_M']:.2f}M params) on {device}, {torch.get_num_threads()} threads")
-    print(f"  training (fwd+bwd+AdamW, {cfg.batch_size}x{preset.seq_len}): {results['train_tok_s']:,.0f} tokens/s")
+    print(f"  training (fwd+bwd+AdamW, {cfg.batch_size}x{seq_len}): {results['train_tok_s']:,.0f} tokens/s")
     print(f"  sampling 16 prompts x 64 new tokens, KV cache:    {results['sample_tok_s_cache']:,.0f} tokens/s")
     print(f"  sampling 16 prompts x 64 new tokens, no cache:    {results['sample_tok_s_no_cache']:,.0f} tokens/s")
     return results

@@ -3,6 +3,7 @@
 import argparse
 import shlex
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from nanobias.data import CATEGORIES
@@ -80,13 +81,13 @@ def load_splits_from_args(args, preset):
 
 
 def cmd_pretrain(args) -> None:
-    from nanobias.evaluate import evaluate_policy, format_table, spread
+    from nanobias.evaluate import evaluate_policy, format_table
     from nanobias.presets import get_preset
     from nanobias.pretrain import corpus, pretrain, train_tokenizer
 
     preset = get_preset(args.preset, steps=args.steps, lr=args.lr, batch_size=args.batch_size)
     if args.vocab_size:
-        preset.vocab_size = args.vocab_size
+        preset = replace(preset, vocab_size=args.vocab_size)
     out = Path(args.out)
     splits = load_splits_from_args(args, preset)
     train_docs, val_docs = corpus(splits, preset, args.seed)
@@ -99,18 +100,9 @@ def cmd_pretrain(args) -> None:
     if metrics["heldout"]:
         rows["base (held-out categories)"] = metrics["heldout"]
     print("\n" + format_table(rows))
-    print(f"biased-answer share on ambiguous test prompts: {biased_share(spread(splits.test, args.eval_examples), model, enc):.3f}"
-          " (chance among the two groups: 0.5 of non-unknown answers)")
+    print(f"biased-answer share on ambiguous test prompts: {metrics['biased_ambig']:.3f} "
+          "(a policy that picks one of the two people at random: 0.5)")
     print(f"wrote {out / 'policy.pt'} and {out / 'tokenizer.json'}")
-
-
-def biased_share(examples, model, enc) -> float:
-    """Share of ambiguous examples the policy answers with the biased answer."""
-    from nanobias.evaluate import extract_answer, generate_answers
-
-    ambig = [ex for ex in examples if ex.context_condition == "ambig"]
-    completions = generate_answers(model, enc, ambig, desc="ambiguous")
-    return sum(extract_answer(ex, c) == ex.biased_index for ex, c in zip(ambig, completions)) / max(1, len(ambig))
 
 
 def cmd_sample(args) -> None:

@@ -270,9 +270,9 @@ def synthetic_examples(seed: int = 0, variants_per_template: int = 8) -> list[Ex
                                                    b=_mention(phrases[b], names, False), place=rng.choice(places))
                 scene = scene[0].upper() + scene[1:]
                 neg_doer = v % 2  # index into people: the targeted person in even variants
-                acts = [(neg_doer, neg), (1 - neg_doer, nonneg)]
-                rng.shuffle(acts)
-                (p1, act1), (p2, act2) = acts
+                # the negative behaviour is stated first: a nano-scale policy learns to read the
+                # context in minutes that way (which person is asked about still varies by question)
+                (p1, act1), (p2, act2) = (neg_doer, neg), (1 - neg_doer, nonneg)
                 facts = (f"{_mention(phrases[p1], names, True)} {act1}{rng.choice(_CONNECTORS)}"
                          f"{_mention(phrases[p2], names, False)} {act2}.")
                 unknown = rng.choice(UNKNOWN_PHRASES)
@@ -280,14 +280,17 @@ def synthetic_examples(seed: int = 0, variants_per_template: int = 8) -> list[Ex
                 rng.shuffle(order)
                 answers = tuple(unknown if k == 2 else _mention(phrases[k], names, True) for k in order)
                 info = {f"ans{i}": [unknown, "unknown"] if k == 2 else list(people[k]) for i, k in enumerate(order)}
-                for polarity, predicate in (("neg", neg), ("nonneg", nonneg)):
+                # the non-negative question negates the negative one, as many of BBQ's do ("Who was
+                # not forgetful?"): its polarity is then one visible cue, not a fact per predicate
+                questions = (("neg", f"Who {neg}?"), ("nonneg", f"Who was not the one who {neg}?"))
+                for polarity, question in questions:
                     doer = neg_doer if polarity == "neg" else 1 - neg_doer
                     for condition in CONDITIONS:
                         examples.append(Example(
                             example_id=len(examples), category=category, question_index=str(t + 1),
                             question_polarity=polarity, context_condition=condition,
                             context=scene if condition == "ambig" else f"{scene} {facts}",
-                            question=f"Who {predicate}?", answers=answers,
+                            question=question, answers=answers,
                             label=order.index(2 if condition == "ambig" else doer),
                             answer_info={k: list(pair) for k, pair in info.items()}, stereotyped_groups=stereotyped))
     return examples

@@ -8,7 +8,7 @@ with log pi(y|x) the sum of the token log-probs of the completion (end-of-text i
 pi_ref the frozen initial policy. Two losses on h:
 
     DPO (Rafailov et al., 2023, Eq. 7):  L = -log sigmoid(beta * h)
-    IPO (Azar et al., 2023, Eq. 17):     L = (h - 1 / (2 * beta))^2
+    IPO (Azar et al., 2023):             L = (h - 1 / (2 * beta))^2
 
 DPO keeps pushing h up (its gradient vanishes only as h -> inf, so the policy can drift far from
 pi_ref on pairs it already separates); IPO regresses h to the fixed target 1/(2 beta). Log-probs
@@ -16,7 +16,7 @@ come from `kernels.token_logprobs` (via sampling.completion_logprobs).
 
 Pairs: `reward.make_pairs`, the builder and the planted spurious cues of the reward model's own
 training pairs (chosen = the right answer, rejected = a wrong one, often the biased one).
-BiasGRPO (Sec. 4) calls DPO the offline baseline: it never sees its own samples.
+BiasGRPO compares with DPO as the offline baseline: it never learns from its own samples.
 
 Budget: `steps * B * G` pairs, B*G per step: as many pairs as GRPO and PPO make reward-model calls.
 
@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from nanobias import rl
 from nanobias.checkpoint import load_policy, save_policy
 from nanobias.progress import Progress
-from nanobias.reward import Pair, make_pairs
+from nanobias.reward import Pair, length_batches, make_pairs
 from nanobias.sampling import Samples, completion_logprobs, left_pad
 from nanobias.train import TrainingDiverged, lr_at, make_optimizer
 
@@ -48,14 +48,16 @@ class DPOConfig:
     # log-probs has no ratio clip, and at the on-policy RL rate it wrecks a small policy
     lr: float = 1e-4
     probe_every: int = 1  # steps between reward probes of sampled completions (stability only)
+    chunk: int = 32  # sequences per forward pass, grouped by length (less padding)
 
     def __post_init__(self):
         if not self.beta > 0:
             raise ValueError(f"dpo.beta: expected a positive number, got {self.beta}")
         if not self.lr > 0:
             raise ValueError(f"dpo.lr: expected a positive number, got {self.lr}")
-        if self.probe_every < 1:
-            raise ValueError(f"dpo.probe_every: expected an integer >= 1, got {self.probe_every}")
+        if self.probe_every < 1 or self.chunk < 1:
+            raise ValueError(f"dpo.probe_every, dpo.chunk: expected integers >= 1, "
+                             f"got {self.probe_every}, {self.chunk}")
 
 
 def preference_loss(logp_c: torch.Tensor, logp_r: torch.Tensor, ref_c: torch.Tensor, ref_r: torch.Tensor,
@@ -74,16 +76,29 @@ def preference_loss(logp_c: torch.Tensor, logp_r: torch.Tensor, ref_c: torch.Ten
     return value, stats
 
 
-def pair_samples(enc, pairs: list[Pair], device=None) -> Samples:
-    """Pairs -> one batch: rows 0..P-1 chosen, rows P..2P-1 rejected, completions end with end-of-text.
+def encode_pairs(enc, pairs: list[Pair], block_size: int) -> tuple[list[list[int]], list[list[int]]]:
+    """Pairs -> (prompt ids, completion ids + end-of-text) of 2P rows: 0..P-1 chosen, P..2P-1 rejected.
 
-    Prompt and completion are tokenized apart, as the policy sees them when it samples."""
-    eot = enc.eot_token
+    Prompt and completion are tokenized apart, as the policy sees them when it samples. Batches
+    put left-padded prompts before right-padded completions, so a prompt longer than block_size
+    minus the longest completion loses its first tokens (the reward model also cuts from the
+    left); completions are always whole."""
     prompts = [enc.encode_ordinary(p.prompt) for p in pairs] * 2
-    completions = [enc.encode_ordinary(c.text) + [eot] for c in [p.chosen for p in pairs] + [p.rejected for p in pairs]]
-    prompt_ids, prompt_mask = left_pad(prompts, eot, device)  # [2P, L]
+    texts = [p.chosen.text for p in pairs] + [p.rejected.text for p in pairs]
+    completions = [enc.encode_ordinary(t) + [enc.eot_token] for t in texts]
+    longest = max(range(len(texts)), key=lambda i: len(completions[i]))
+    room = block_size - len(completions[longest])  # prompt tokens that fit beside every completion
+    if room < 1:
+        raise ValueError(f"preference pair completion of {len(completions[longest])} tokens leaves no room for "
+                         f"its prompt in block_size={block_size}: {texts[longest][:60]!r}...")
+    return [p[-room:] for p in prompts], completions
+
+
+def completion_batch(prompts: list[list[int]], completions: list[list[int]], pad_id: int, device=None) -> Samples:
+    """Given prompts (left-padded) and completions (right-padded) as one batch of Samples."""
+    prompt_ids, prompt_mask = left_pad(prompts, pad_id, device)  # [R, L]
     N = max(len(c) for c in completions)
-    tokens = torch.full((len(completions), N), eot, dtype=torch.long, device=device)  # [2P, N]
+    tokens = torch.full((len(completions), N), pad_id, dtype=torch.long, device=device)  # [R, N]
     mask = torch.zeros((len(completions), N), dtype=torch.long, device=device)
     for row, c in enumerate(completions):
         tokens[row, :len(c)] = torch.tensor(c, dtype=torch.long, device=device)
@@ -91,19 +106,36 @@ def pair_samples(enc, pairs: list[Pair], device=None) -> Samples:
     return Samples(prompt_ids, prompt_mask, tokens, mask, torch.zeros(tokens.shape, device=device))
 
 
+def pair_samples(enc, pairs: list[Pair], block_size: int, device=None) -> Samples:
+    """Pairs -> one batch of 2P rows: 0..P-1 chosen, P..2P-1 rejected."""
+    return completion_batch(*encode_pairs(enc, pairs, block_size), enc.eot_token, device)
+
+
 def sequence_logprobs(model, samples: Samples, backend: str = "auto") -> torch.Tensor:
     """Sum of each row's completion token log-probs [R] (temperature 1: the policy itself)."""
     return completion_logprobs(model, samples, temperature=1.0, backend=backend).sum(-1)
 
 
+def pair_logprobs(model, enc, pairs: list[Pair], chunk: int, backend: str = "auto") -> torch.Tensor:
+    """Sequence log-probs [2P] (chosen, then rejected) computed `chunk` sequences at a time, grouped by
+    length: completions run from a few tokens to a few dozen, so one padded batch would be mostly padding."""
+    prompts, completions = encode_pairs(enc, pairs, model.config.block_size)
+    device = next(model.parameters()).device
+    parts, order = [], []
+    for rows in length_batches([p + c for p, c in zip(prompts, completions)], chunk):
+        samples = completion_batch([prompts[i] for i in rows], [completions[i] for i in rows], enc.eot_token, device)
+        parts.append(sequence_logprobs(model, samples, backend))
+        order += rows
+    return torch.cat(parts)[torch.tensor(order, device=device).argsort()]
+
+
 def dpo_update(model, ref_model, opt, enc, pairs: list[Pair], cfg: DPOConfig, loss: str, grad_clip: float,
                backend: str = "auto") -> dict:
     """One optimiser step on a batch of pairs. Returns loss, grad_norm and preference_loss's stats."""
-    samples = pair_samples(enc, pairs, next(model.parameters()).device)
     P = len(pairs)
     with torch.no_grad():
-        ref = sequence_logprobs(ref_model, samples, backend)  # [2P]
-    logp = sequence_logprobs(model, samples, backend)  # [2P]
+        ref = pair_logprobs(ref_model, enc, pairs, cfg.chunk, backend)  # [2P]
+    logp = pair_logprobs(model, enc, pairs, cfg.chunk, backend)  # [2P]
     value, stats = preference_loss(logp[:P], logp[P:], ref[:P], ref[P:], cfg.beta, loss)
     if not torch.isfinite(value):
         raise TrainingDiverged(f"{loss}: loss is {value.item()}; stopped. Try a lower dpo.lr in the preset.")

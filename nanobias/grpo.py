@@ -1,4 +1,7 @@
-"""GRPO: debias the policy with group-relative advantages instead of a critic (BiasGRPO, Sec. 3).
+"""GRPO: debias the policy with group-relative advantages instead of a critic.
+
+BiasGRPO (Reddy, Yang, Zhai, 2026, Sec. 3) applies Group Relative Policy Optimization (Shao et
+al., 2024, DeepSeekMath) with a bias reward model; this module is that update.
 
 For each of B prompts, sample a group of G completions o_1..o_G from the policy, score them with
 the reward model, and compare each completion with its own group (DeepSeekMath's GRPO):
@@ -15,7 +18,8 @@ group whose rewards are all equal teaches nothing (A = 0). The policy is then up
     kl_t = exp(logp_ref_t - logp_t) - (logp_ref_t - logp_t) - 1   (k3, >= 0, to the frozen reference)
 
 aggregated over completion tokens by `agg`: "grpo" = mean per sequence then over sequences,
-"dapo" = sum over tokens / number of tokens, "dr_grpo" = sum over tokens / (B*G*max_len).
+"dapo" = sum over tokens / number of tokens, "dr_grpo" = sum over tokens / (B*G*N), N the
+width of the batch's completion tensor (a constant, so long completions are not down-weighted).
 The advantages and the loss are computed by `kernels` (`group_advantages`, `grpo_loss`; the
 readable definitions are in kernels/reference.py), on the backend given ("torch" | "triton" | ...).
 
@@ -28,15 +32,12 @@ from dataclasses import asdict, dataclass
 import torch
 
 from kernels import grpo_loss, token_logprobs
+from kernels.reference import AGGS, SCALES
 from nanobias import rl
 from nanobias.checkpoint import load_policy, save_policy
 from nanobias.progress import Progress
 from nanobias.sampling import Samples, completion_logits
 from nanobias.train import TrainingDiverged, lr_at, make_optimizer
-
-SCALES = ("group", "batch", "none")
-AGGS = ("grpo", "dapo", "dr_grpo")
-
 
 @dataclass
 class GRPOConfig:

@@ -12,7 +12,8 @@ holds the neurons that carry the attributes at fixed values, do(a_n = m_n).
        rho = Pearson(rank(a_n), rank(A)),  ties get the average of their ranks.
 3. Select: per attribute, the k_A neurons with the largest rho and the k_A with the smallest.
    k_A comes from a grid (fractions of all neurons), by coordinate ascent on validation pairwise
-   accuracy. The search stays cheap: with positions="last" the edit changes only the last
+   accuracy; candidates editing more than `max_edit_frac` of all neurons are skipped (the
+   paper edits under 2%). The search stays cheap: with positions="last" the edit changes only the last
    token, so every earlier position's keys and values are computed once (`prefill`) and each
    candidate costs one token per sequence (`last_token_rewards`).
 4. Intervene: the selected neurons output their validation medians m_n, at the last position
@@ -220,9 +221,10 @@ def build_intervention(rho: torch.Tensor, acts: torch.Tensor, k: dict, positions
                         positions, {a: k.get(a, 0) for a in ATTRIBUTES}, by_attribute)
 
 
-def search_k(accuracy: Callable[[dict], float], grid: list[int], max_sweeps: int = 3) -> tuple[dict, list]:
+def search_k(accuracy: Callable[[dict], float | None], grid: list[int], max_sweeps: int = 3) -> tuple[dict, list]:
     """Coordinate ascent over the attributes: each k_A in turn takes the grid value that maximises
-    accuracy(k) with the others fixed (ties: the smaller k), until a sweep changes nothing."""
+    accuracy(k) with the others fixed (ties: the smaller k), until a sweep changes nothing.
+    accuracy(k) None marks a candidate that is not allowed (over the neuron budget)."""
     k = {a: 0 for a in ATTRIBUTES}
     seen = {}
 
@@ -235,7 +237,7 @@ def search_k(accuracy: Callable[[dict], float], grid: list[int], max_sweeps: int
     for _ in range(max_sweeps):
         changed = False
         for a in ATTRIBUTES:
-            best = max(grid, key=lambda v: (acc({**k, a: v}), -v))
+            best = max(grid, key=lambda v: (acc({**k, a: v}) is not None, acc({**k, a: v}) or 0.0, -v))
             changed |= best != k[a]
             k[a] = best
         if not changed:
@@ -257,16 +259,20 @@ def select_intervention(preset, splits, reward_ckpt, out_path, seed: int = 0):
                           for c in [p.chosen for p in pairs] + [p.rejected for p in pairs]])  # [2n, A]
     rho = torch.stack([spearman(acts.flatten(1), attrs[:, j]) for j in range(len(ATTRIBUTES))])  # [A, L*H]
 
+    total = acts.shape[1] * acts.shape[2]
+
     def accuracy(k):
-        r = last_token_rewards(rm, batches, build_intervention(rho, acts, k))
+        intervention = build_intervention(rho, acts, k)
+        if len(intervention.neurons) > cfg.max_edit_frac * total:
+            return None
+        r = last_token_rewards(rm, batches, intervention)
         return (r[:n] > r[n:]).float().mean().item()
 
-    total = acts.shape[1] * acts.shape[2]
     grid = k_grid(total, cfg.k_fractions)
     k, history = search_k(accuracy, grid)
     intervention = build_intervention(rho, acts, k)
     base_acc = (rewards[:n] > rewards[n:]).float().mean().item()
-    val_acc = max(h["val_acc"] for h in history if h["k"] == k)
+    val_acc = next(h["val_acc"] for h in history if h["k"] == k)
     print(f"intervene: k grid {grid}; chose k = {k}: {len(intervention.neurons)} of {total} neurons "
           f"(per layer {intervention.per_layer()}); validation accuracy {base_acc:.3f} -> {val_acc:.3f}")
     save_intervention(out_path, intervention, val_pairs=n, base_val_acc=base_acc, val_acc=val_acc,

@@ -50,7 +50,7 @@ def biased_vs_unbiased(results: dict[str, dict], attributes, path) -> None:
         ax.axhline(0.5, color="gray", lw=0.8, ls="--")
         ax.set_ylim(0, 1)
     axes[0].set_ylabel("pairwise accuracy")
-    axes[1].legend(fontsize=7, loc="lower right")
+    axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
     _save(fig, path)
 
 

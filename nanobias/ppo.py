@@ -17,11 +17,13 @@ Advantages are whitened over the batch's completion tokens. `epochs` passes over
     L_value  = 1/2 * max((V_t - R_t)^2, (V_old_t + clip(V_t - V_old_t, -eps_v, eps_v) - R_t)^2)
     L = L_policy + vf_coef * L_value
 
-BiasGRPO (Sec. 1, 4) argues that this critic makes PPO less stable than GRPO, whose advantage is
-the group-normalised reward. The value head is trained with the policy and discarded at the end.
+BiasGRPO reports that this critic makes PPO's reward fluctuate more than GRPO's, whose advantage
+is the group-normalised reward. The value head is trained with the policy and discarded at the end.
+The logged "kl" is the mean of logp - logp_ref over completion tokens (the estimator inside r_t;
+GRPO logs its k3 estimator, which is >= 0 per token).
 """
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn as nn
@@ -36,6 +38,9 @@ from nanobias.train import TrainingDiverged, lr_at, make_optimizer
 
 @dataclass
 class PPOConfig:
+    # PPO's own learning rate (the rest of the optimiser follows rl): it takes epochs * minibatches
+    # steps per batch where GRPO takes one, and at GRPO's smoke rate it collapses the tiny policy
+    lr: float = 1e-4
     epochs: int = 2  # passes over each batch of samples
     minibatches: int = 2  # optimiser steps per pass: epochs * minibatches updates per batch
     eps: float = 0.2  # policy ratio clip
@@ -45,13 +50,13 @@ class PPOConfig:
     lam: float = 0.95
 
     def __post_init__(self):
-        checks = {"epochs": self.epochs >= 1, "minibatches": self.minibatches >= 1, "eps": 0 < self.eps < 1,
-                  "eps_value": self.eps_value > 0, "vf_coef": self.vf_coef >= 0, "gamma": 0 <= self.gamma <= 1,
-                  "lam": 0 <= self.lam <= 1}
+        checks = {"lr": self.lr > 0, "epochs": self.epochs >= 1, "minibatches": self.minibatches >= 1,
+                  "eps": 0 < self.eps < 1, "eps_value": self.eps_value > 0, "vf_coef": self.vf_coef >= 0,
+                  "gamma": 0 <= self.gamma <= 1, "lam": 0 <= self.lam <= 1}
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
-            raise ValueError(f"bad PPO setting ppo.{bad[0]}={getattr(self, bad[0])!r} (epochs, minibatches >= 1; "
-                             "0 < eps < 1; eps_value > 0; vf_coef >= 0; gamma, lam in [0, 1])")
+            raise ValueError(f"bad PPO setting ppo.{bad[0]}={getattr(self, bad[0])!r} (lr > 0; epochs, "
+                             "minibatches >= 1; 0 < eps < 1; eps_value > 0; vf_coef >= 0; gamma, lam in [0, 1])")
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -114,7 +119,8 @@ def value_loss(values: torch.Tensor, values_old: torch.Tensor, returns: torch.Te
     return 0.5 * masked_mean(torch.maximum((values - returns) ** 2, (clipped - returns) ** 2), mask)
 
 
-def rows(samples: Samples, index: torch.Tensor) -> Samples:
+def select_rows(samples: Samples, index: torch.Tensor) -> Samples:
+    """The rows `index` of every field of a batch of samples (a minibatch)."""
     return Samples(*(t[index] for t in (samples.prompt_ids, samples.prompt_mask, samples.tokens, samples.mask,
                                          samples.logprobs)))
 
@@ -149,13 +155,13 @@ def ppo_step(model, value_head, ref_model, opt, enc, examples, score_fn: rl.Scor
     for _ in range(cfg.epochs):
         for idx in torch.randperm(R, generator=generator).chunk(cfg.minibatches):
             idx = idx.to(mask.device)
-            logp, values, _ = forward(model, value_head, rows(samples, idx), T, backend)
+            logp, values, _ = forward(model, value_head, select_rows(samples, idx), T, backend)
             m = mask[idx]
             pg, clip_frac = policy_loss(logp, logp_old[idx], advantages[idx], m, cfg.eps)
             vf = value_loss(values, values_old[idx], returns[idx], m, cfg.eps_value)
             loss = pg + cfg.vf_coef * vf
             if not torch.isfinite(loss):
-                raise TrainingDiverged(f"ppo: loss is {loss.item()}; stopped. Try a lower lr in the preset's rl config.")
+                raise TrainingDiverged(f"ppo: loss is {loss.item()}; stopped. Try a lower ppo.lr in the preset.")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(params, rl_cfg.grad_clip).item()
@@ -180,12 +186,12 @@ def train_ppo(preset, splits, policy_ckpt, out_path, score_fn: rl.ScoreFn, seed:
     value_head = nn.Linear(model.config.n_embd, 1).to(next(model.parameters()).device)
     nn.init.zeros_(value_head.weight)  # V = 0 at the start: the critic knows nothing yet
     nn.init.zeros_(value_head.bias)
-    train_cfg = rl_cfg.train_config()
+    train_cfg = replace(rl_cfg.train_config(), lr=cfg.lr)
     opt = make_optimizer(nn.ModuleDict({"policy": model, "value_head": value_head}), train_cfg)
     log = rl.MetricsLog(rl.metrics_path(out_path))
     progress = Progress(rl_cfg.steps, "ppo", unit="step")
     print(f"ppo: {rl_cfg.steps} steps x {rl_cfg.prompts_per_step} prompts x {rl_cfg.group_size} completions "
-          f"(<= {rl_cfg.max_new_tokens} tokens), lr {rl_cfg.lr}, beta {rl_cfg.beta}, {cfg}")
+          f"(<= {rl_cfg.max_new_tokens} tokens), beta {rl_cfg.beta}, {cfg}")
     model.train()
     for step in range(rl_cfg.steps):
         lr = lr_at(step, train_cfg)

@@ -17,7 +17,6 @@ class Preset:
     name: str
     model: GPTConfig
     vocab_size: int  # BPE vocabulary trained on the pretraining corpus
-    seq_len: int  # pretraining window (tokens)
     variants_per_template: int  # synthetic examples per template = this many variants x 4 conditions
     bias_rate: float  # share of ambiguous contexts answered with the biased answer in pretraining
     long_rate: float  # share of pretraining completions in a long style (justification, filler, ...)
@@ -34,27 +33,33 @@ PRESETS = {
     "smoke": Preset(
         name="smoke",
         model=GPTConfig(block_size=256, n_layer=2, n_head=2, n_embd=64),
-        vocab_size=512, seq_len=128, variants_per_template=2, bias_rate=0.8, long_rate=0.3,
+        vocab_size=512, variants_per_template=2, bias_rate=0.8, long_rate=0.3,
         pretrain=TrainConfig(steps=40, batch_size=8, lr=3e-3, warmup=5, eval_every=20, ckpt_every=20),
-        rl=RLConfig(steps=10, prompts_per_step=4, group_size=8, max_new_tokens=8, lr=3e-3, beta=0.04),
+        rl=RLConfig(steps=10, prompts_per_step=4, group_size=8, max_new_tokens=8, lr=2e-3, warmup=3, beta=0.04),
+        dpo=DPOConfig(beta=0.1, lr=1e-4),
+        ppo=PPOConfig(lr=1e-3),
         reward=RewardConfig(train=TrainConfig(steps=4, batch_size=4, lr=1e-3, warmup=1, eval_every=4, ckpt_every=4),
                             val_pairs=16, test_pairs=16, sensitivity_completions=8),
     ),
     "cpu": Preset(
         name="cpu",
         model=GPTConfig(block_size=256, n_layer=4, n_head=4, n_embd=128),
-        vocab_size=1024, seq_len=128, variants_per_template=32, bias_rate=0.8, long_rate=0.3,
-        pretrain=TrainConfig(steps=800, batch_size=16, lr=2e-3, warmup=50, eval_every=200, ckpt_every=200),
+        vocab_size=1024, variants_per_template=32, bias_rate=0.8, long_rate=0.3,
+        pretrain=TrainConfig(steps=1200, batch_size=16, lr=2e-3, warmup=50, eval_every=200, ckpt_every=200),
         rl=RLConfig(steps=40, prompts_per_step=8, group_size=8, max_new_tokens=24, lr=1e-4, beta=0.04),
+        dpo=DPOConfig(beta=0.1, lr=1e-4),
+        ppo=PPOConfig(lr=1e-4),
         reward=RewardConfig(train=TrainConfig(steps=150, batch_size=16, lr=3e-4, warmup=15, eval_every=50, ckpt_every=50),
-                            val_pairs=300, test_pairs=400, sensitivity_completions=200),
+                            val_pairs=200, test_pairs=300, sensitivity_completions=100),
     ),
     "gpu": Preset(
         name="gpu",
         model=GPTConfig(block_size=512, n_layer=12, n_head=12, n_embd=768),
-        vocab_size=4096, seq_len=512, variants_per_template=200, bias_rate=0.8, long_rate=0.3,
+        vocab_size=4096, variants_per_template=200, bias_rate=0.8, long_rate=0.3,
         pretrain=TrainConfig(steps=4000, batch_size=64, lr=6e-4, warmup=200, eval_every=500, ckpt_every=500),
         rl=RLConfig(steps=200, prompts_per_step=32, group_size=8, max_new_tokens=48, lr=1e-5, beta=0.04),
+        dpo=DPOConfig(beta=0.1, lr=1e-5),
+        ppo=PPOConfig(lr=1e-5),
         reward=RewardConfig(train=TrainConfig(steps=1000, batch_size=32, lr=3e-5, warmup=50, eval_every=200, ckpt_every=200),
                             val_pairs=1000, test_pairs=2000, sensitivity_completions=500),
     ),

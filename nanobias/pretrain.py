@@ -4,8 +4,15 @@ The corpus is rendered training examples, prompt + completion + end-of-text (dat
 contexts are answered with the biased answer at rate `bias_rate` and "unknown" otherwise;
 disambiguated contexts are answered correctly. A model trained on it learns to read contexts
 *and* to fall back on the stereotype when the context does not say: the biased base policy the
-rest of the pipeline debiases. Loss: next-token cross-entropy on random windows of the packed
-token stream,  L = -mean_t log p(x_{t+1} | x_<=t).
+rest of the pipeline debiases.
+
+Loss: next-token cross-entropy on the completion tokens, given the prompt,
+
+    L = -1/|C| sum_{t in C} log p(x_{t+1} | x_<=t),   C = positions that predict a completion token
+
+(as in supervised fine-tuning). Every prompt is a few dozen tokens of predictable template text
+and the answer only a handful, so a loss on all tokens would spend nearly all of a small CPU
+budget on the template; here every gradient goes to choosing the answer.
 """
 
 from dataclasses import replace
@@ -20,6 +27,8 @@ from nanobias.presets import Preset
 from nanobias.tokenizer import save_tokenizer, train_bpe
 from nanobias.train import train
 
+ANSWER_CUE = "Answer:"  # render_prompt ends with it; the completion follows
+
 
 def corpus(splits: Splits, preset: Preset, seed: int) -> tuple[list[str], list[str]]:
     """Pretraining documents for (train, val); they differ by template, so val measures transfer."""
@@ -33,48 +42,74 @@ def train_tokenizer(docs: list[str], vocab_size: int, path):
     return enc
 
 
-def encode_documents(enc, docs: list[str]) -> torch.Tensor:
-    """Documents -> one token stream [N], each document followed by end-of-text."""
-    ids = []
-    for doc in docs:
-        ids += enc.encode_ordinary(doc) + [enc.eot_token]
-    return torch.tensor(ids, dtype=torch.long)
+def encode_documents(enc, docs: list[str], block_size: int) -> list[tuple[list[int], int]]:
+    """Documents -> (token ids of prompt + completion + end-of-text, number of prompt tokens).
+
+    Prompt and completion are encoded apart, exactly as the policy sees them when it samples."""
+    encoded = []
+    for i, doc in enumerate(docs):
+        prompt, cue, completion = doc.rpartition(ANSWER_CUE)
+        if not cue:
+            raise ValueError(f"document {i} has no {ANSWER_CUE!r}: {doc[:80]!r}")
+        p = enc.encode_ordinary(prompt + cue)
+        ids = p + enc.encode_ordinary(completion) + [enc.eot_token]
+        if len(ids) > block_size:
+            raise ValueError(f"document {i} is {len(ids)} tokens, longer than block_size={block_size}: "
+                             "use a preset with a larger block_size")
+        encoded.append((ids, len(p)))
+    return encoded
 
 
-def random_windows(stream: torch.Tensor, batch_size: int, seq_len: int, generator: torch.Generator):
-    """Inputs and next-token targets, both [B, seq_len], from random offsets of the stream."""
-    starts = torch.randint(0, len(stream) - seq_len - 1, (batch_size,), generator=generator)
-    x = torch.stack([stream[s:s + seq_len] for s in starts.tolist()])
-    y = torch.stack([stream[s + 1:s + 1 + seq_len] for s in starts.tolist()])
-    return x, y
+def document_batch(docs: list[tuple[list[int], int]], batch_size: int, generator: torch.Generator, pad_id: int):
+    """B random documents, right-padded: inputs x, targets y and loss mask, each [B, T].
+
+    Right padding needs no attention mask: a causal model's padded tail cannot reach the real
+    tokens before it, and the mask drops its predictions."""
+    picks = torch.randint(0, len(docs), (batch_size,), generator=generator).tolist()
+    T = max(len(docs[i][0]) for i in picks) - 1
+    x = torch.full((batch_size, T), pad_id, dtype=torch.long)
+    y = torch.full((batch_size, T), pad_id, dtype=torch.long)
+    mask = torch.zeros((batch_size, T))
+    for b, i in enumerate(picks):
+        ids, n_prompt = docs[i]
+        x[b, :len(ids) - 1] = torch.tensor(ids[:-1])
+        y[b, :len(ids) - 1] = torch.tensor(ids[1:])
+        mask[b, n_prompt - 1:len(ids) - 1] = 1  # positions whose target is a completion token
+    return x, y, mask
 
 
-def lm_loss(model: GPT, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def lm_loss(model: GPT, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean next-token cross-entropy of targets y [B, T] given x [B, T], over mask [B, T] (default all)."""
     logits = model(x)  # [B, T, V]
-    return F.cross_entropy(logits.flatten(0, 1), y.flatten())
+    nll = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="none").view_as(y)
+    if mask is None:
+        return nll.mean()
+    return (nll * mask).sum() / mask.sum().clamp(min=1)
 
 
 def pretrain(preset: Preset, enc, train_docs: list[str], val_docs: list[str], ckpt_path, seed: int = 0,
              resume: bool = False) -> GPT:
     """Train a fresh GPT of the preset's size on the documents; writes the policy checkpoint."""
-    train_stream, val_stream = encode_documents(enc, train_docs), encode_documents(enc, val_docs)
+    config = replace(preset.model, vocab_size=enc.n_vocab)
+    train_set = encode_documents(enc, train_docs, config.block_size)
+    val_set = encode_documents(enc, val_docs, config.block_size)
     cfg = preset.pretrain
-    seq_len = min(preset.seq_len, len(train_stream) - 2, len(val_stream) - 2)
     torch.manual_seed(seed)  # the weight init
-    model = GPT(replace(preset.model, vocab_size=enc.n_vocab))
+    model = GPT(config)
 
     def batch_loss(step):
         # the batch is a function of (seed, step) alone, so a resumed run sees the same batches
         g = torch.Generator().manual_seed(seed * 1_000_003 + step)
-        return lm_loss(model, *random_windows(train_stream, cfg.batch_size, seq_len, g)), {}
+        return lm_loss(model, *document_batch(train_set, cfg.batch_size, g, enc.eot_token)), {}
 
     def val_loss():
         g = torch.Generator().manual_seed(seed + 12345)
-        return sum(lm_loss(model, *random_windows(val_stream, cfg.batch_size, seq_len, g)).item()
+        return sum(lm_loss(model, *document_batch(val_set, cfg.batch_size, g, enc.eot_token)).item()
                    for _ in range(4)) / 4
 
-    print(f"pretrain: {model.num_params() / 1e6:.2f}M parameters, {len(train_stream):,} training tokens, "
-          f"{cfg.steps} steps x {cfg.batch_size} x {seq_len} tokens")
+    n_tokens = sum(len(ids) for ids, _ in train_set)
+    print(f"pretrain: {model.num_params() / 1e6:.2f}M parameters, {len(train_set):,} documents "
+          f"({n_tokens:,} tokens), {cfg.steps} steps x {cfg.batch_size} documents")
     train(model, batch_loss, cfg, ckpt_path, meta=policy_meta(model, enc), val_loss=val_loss, resume=resume,
           desc="pretrain")
     return model

@@ -55,7 +55,8 @@ class RewardConfig:
     val_pairs: int = 300  # balanced pairs from validation templates: neuron search and baseline fits
     test_pairs: int = 400  # balanced pairs from test templates: the reported metrics
     # grid of k (top-k and bottom-k neurons per attribute) as fractions of all MLP neurons; 0 is always tried
-    k_fractions: tuple = (1 / 1024, 1 / 512, 1 / 256)
+    k_fractions: tuple = (1 / 1024, 1 / 512, 1 / 256, 1 / 128)
+    max_edit_frac: float = 0.05  # candidates that edit more of all neurons are skipped (the paper edits < 2%)
     sensitivity_completions: int = 200  # test completions whose knobs are bumped one at a time
 
     def __post_init__(self):
@@ -67,6 +68,8 @@ class RewardConfig:
         for name in ("val_pairs", "test_pairs", "sensitivity_completions"):
             if getattr(self, name) < 2:
                 raise ValueError(f"reward.{name}: expected at least 2, got {getattr(self, name)}")
+        if not 0 < self.max_edit_frac <= 1:
+            raise ValueError(f"reward.max_edit_frac: expected a fraction in (0, 1], got {self.max_edit_frac}")
         if not all(0 < f < 1 for f in self.k_fractions):
             raise ValueError(f"reward.k_fractions: expected fractions in (0, 1), got {self.k_fractions}")
 
@@ -233,12 +236,15 @@ def regression_loss(rewards: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
     return F.mse_loss(rewards, labels)
 
 
-def pair_loss(rm: RewardModel, enc, pairs: list[Pair], loss: str) -> tuple[torch.Tensor, dict]:
-    """One batch of pairs -> (loss, stats). Chosen and rejected go through one padded forward."""
+def pair_loss(rm: RewardModel, enc, pairs: list[Pair], loss: str, chunk: int = 16) -> tuple[torch.Tensor, dict]:
+    """One batch of pairs -> (loss, stats). The 2P sequences are run in chunks of similar length
+    (less padding); the loss only needs their rewards."""
     texts = [p.chosen.text for p in pairs] + [p.rejected.text for p in pairs]
     seqs = encode(enc, [p.prompt for p in pairs] * 2, texts, rm.gpt.config.block_size)
-    ids, mask = left_pad(seqs, enc.eot_token, next(rm.parameters()).device)  # [2P, T]
-    r = rm(ids, mask)  # [2P]
+    device = next(rm.parameters()).device
+    batches = length_batches(seqs, chunk)
+    r_sorted = torch.cat([rm(*left_pad([seqs[i] for i in rows], enc.eot_token, device)) for rows in batches])
+    r = r_sorted[torch.tensor([i for rows in batches for i in rows], device=device).argsort()]  # [2P], input order
     r_c, r_r = r[:len(pairs)], r[len(pairs):]
     if loss == "bt":
         value = bradley_terry_loss(r_c, r_r)

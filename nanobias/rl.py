@@ -71,6 +71,7 @@ class RLConfig:
 
 
 def step_seed(seed: int, step: int) -> int:
+    """The seed of step `step` in a run seeded `seed` (distinct for every pair in practice)."""
     return seed * 1_000_003 + step
 
 

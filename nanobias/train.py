@@ -89,7 +89,7 @@ def train(model: torch.nn.Module, batch_loss: Callable[[int], tuple[torch.Tensor
         save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
                                     "step": step, "meta": {**meta, "train_config": asdict(cfg)}})
 
-    progress = Progress(cfg.steps, desc, unit="step")
+    progress = Progress(cfg.steps, desc, unit="step", already_done=start)
     last = {}
     model.train()
     for step in range(start, cfg.steps):

@@ -96,14 +96,19 @@ def test_synthetic_coverage():
 
 def test_synthetic_items_are_consistent():
     for e in SYNTH:
-        predicate = e.question.removeprefix("Who ").removesuffix("?")
+        predicate = e.question.removeprefix("Who ").removeprefix("was not the one who ").removesuffix("?")
         assert e.question.startswith("Who ") and e.question.endswith("?")
+        assert ("was not the one who" in e.question) == (e.question_polarity == "nonneg")
         lowered = [a.lower() for a in e.answers]
         assert not any(i != j and lowered[i] in lowered[j] for i in range(3) for j in range(3))
         if e.context_condition == "ambig":
             assert predicate not in e.context and e.label == e.unknown_index
-        else:  # the named person stands right before the predicate
+        elif e.question_polarity == "neg":  # the named person stands right before the predicate
             assert f"{e.answers[e.label]} {predicate}".lower() in e.context.lower()
+        else:  # the named person is the other one
+            assert f"{e.answers[e.label]} {predicate}".lower() not in e.context.lower()
+            assert e.answers[e.label].lower() in e.context.lower()
+        if e.context_condition == "disambig":
             assert e.label != e.unknown_index
 
 

@@ -7,7 +7,8 @@ import torch
 from nanobias import rl
 from nanobias.checkpoint import load_policy
 from nanobias.data import CATEGORIES, load_splits
-from nanobias.dpo import pair_samples, preference_loss, sequence_logprobs, train_dpo
+from nanobias.dpo import (encode_pairs, pair_logprobs, pair_samples, preference_loss, sequence_logprobs,
+                          train_dpo)
 from nanobias.evaluate import oracle_rewards
 from nanobias.presets import get_preset
 from nanobias.pretrain import corpus, pretrain, train_tokenizer
@@ -62,10 +63,12 @@ def test_preference_loss_rejects_unknown_loss_name():
 
 @pytest.fixture(scope="module")
 def smoke_policy(tmp_path_factory):
-    """A smoke-sized policy pretrained long enough, on two categories, to answer in the data's format."""
+    """A smoke-sized policy that has learned the answer format (short answers, two categories);
+    the same recipe as tests/test_grpo.py's fixture."""
     out = tmp_path_factory.mktemp("dpo")
-    preset = get_preset("smoke", steps=100, lr=1e-2)
-    preset = replace(preset, pretrain=replace(preset.pretrain, warmup=10, eval_every=1000, ckpt_every=1000))
+    preset = get_preset("smoke")
+    preset = replace(preset, long_rate=0.0, pretrain=replace(preset.pretrain, steps=150, lr=1e-2, warmup=10,
+                                                             eval_every=150, ckpt_every=150))
     splits = load_splits("synthetic", seed=0, variants_per_template=preset.variants_per_template,
                          train_categories=list(CATEGORIES[:2]))
     train_docs, val_docs = corpus(splits, preset, 0)
@@ -78,7 +81,7 @@ def test_sequence_logprobs_sum_the_completion_tokens_of_prompt_plus_completion(s
     preset, splits, ckpt = smoke_policy
     model, enc, _ = load_policy(ckpt)
     pairs = make_pairs(splits.train, 3, seed=1)
-    samples = pair_samples(enc, pairs)
+    samples = pair_samples(enc, pairs, model.config.block_size)
     assert samples.tokens.shape[0] == 6
     got = sequence_logprobs(model, samples, backend="reference")
     texts = [p.chosen.text for p in pairs] + [p.rejected.text for p in pairs]
@@ -92,10 +95,36 @@ def test_sequence_logprobs_sum_the_completion_tokens_of_prompt_plus_completion(s
         assert int(samples.mask[row].sum()) == len(completion)
 
 
+def test_pair_logprobs_in_length_chunks_equal_one_padded_batch(smoke_policy):
+    preset, splits, ckpt = smoke_policy
+    model, enc, _ = load_policy(ckpt)
+    pairs = make_pairs(splits.train, 5, seed=3, planted=preset.reward.planted)
+    with torch.no_grad():
+        whole = sequence_logprobs(model, pair_samples(enc, pairs, model.config.block_size), backend="torch")
+        chunked = pair_logprobs(model, enc, pairs, chunk=3, backend="torch")
+    assert torch.allclose(whole, chunked, atol=1e-4)
+
+
+def test_encode_pairs_cuts_long_prompts_from_the_left_and_keeps_completions_whole(smoke_policy):
+    preset, splits, ckpt = smoke_policy
+    _, enc, _ = load_policy(ckpt)
+    pairs = make_pairs(splits.train, 2, seed=4)
+    full_prompts, full_completions = encode_pairs(enc, pairs, block_size=10_000)
+    block = max(len(c) for c in full_completions) + 5
+    prompts, completions = encode_pairs(enc, pairs, block_size=block)
+    assert completions == full_completions
+    longest = max(len(c) for c in completions)
+    for p, full in zip(prompts, full_prompts):
+        assert len(p) == min(len(full), block - longest) and p == full[len(full) - len(p):]
+    assert any(len(p) < len(full) for p, full in zip(prompts, full_prompts))
+    with pytest.raises(ValueError, match="block_size"):
+        encode_pairs(enc, pairs, block_size=max(len(c) for c in full_completions))
+
+
 def test_sequence_logprobs_agree_across_kernel_backends(smoke_policy):
     preset, splits, ckpt = smoke_policy
     model, enc, _ = load_policy(ckpt)
-    samples = pair_samples(enc, make_pairs(splits.train, 2, seed=2))
+    samples = pair_samples(enc, make_pairs(splits.train, 2, seed=2), model.config.block_size)
     with torch.no_grad():
         torch_path = sequence_logprobs(model, samples, backend="torch")
         triton_path = sequence_logprobs(model, samples, backend="triton")  # interpreted on CPU (conftest)
@@ -106,9 +135,8 @@ def margins(policy_ckpt, ref_ckpt, pairs):
     """Implicit reward margin h of each pair [P] and the chosen side's log-ratio [P]."""
     policy, enc, _ = load_policy(policy_ckpt)
     ref, _, _ = load_policy(ref_ckpt)
-    samples = pair_samples(enc, pairs)
     with torch.no_grad():
-        ratio = sequence_logprobs(policy, samples, "torch") - sequence_logprobs(ref, samples, "torch")  # [2P]
+        ratio = pair_logprobs(policy, enc, pairs, 32, "torch") - pair_logprobs(ref, enc, pairs, 32, "torch")
     return ratio[:len(pairs)] - ratio[len(pairs):], ratio[:len(pairs)]
 
 

@@ -13,6 +13,7 @@ from nanobias.evaluate import oracle_rewards
 from nanobias.grpo import GRPOConfig, grpo_step, grpo_update, train_grpo
 from nanobias.presets import get_preset
 from nanobias.pretrain import corpus, pretrain, train_tokenizer
+from nanobias.sampling import completion_logprobs
 from nanobias.train import make_optimizer
 
 CATS = CATEGORIES[:2]
@@ -140,10 +141,14 @@ def test_a_better_completion_gets_more_likely(smoke):
     preset, splits, policy = smoke
     rl_cfg = replace(preset.rl, prompts_per_step=2, group_size=4, beta=0.0, lr=1e-3)
     model, ro = rollout_of(policy, splits, rl_cfg, step=1)
-    distinct = [len(set(ro.completions[4 * b:4 * b + 4])) for b in range(2)]
-    assert min(distinct) > 1  # the test needs different completions within each group
+    # the test needs each rewarded completion to differ from its punished siblings
+    assert ro.completions[0] not in ro.completions[1:4] and ro.completions[4] not in ro.completions[5:8]
     rewards = torch.tensor([1.0, 0, 0, 0, 1, 0, 0, 0])
-    seq_logp = lambda: (rl_logprobs(model, ro.samples) * ro.samples.mask).sum(1)  # noqa: E731
+
+    def seq_logp():  # [R] log-probability of each whole completion
+        with torch.no_grad():
+            return completion_logprobs(model, ro.samples, backend="torch").sum(1)
+
     start = seq_logp()
     grpo_update(model, rl.reference_policy(model), make_optimizer(model, rl_cfg.train_config()), ro.samples, rewards,
                 rl_cfg, GRPOConfig(), backend="torch")
@@ -152,26 +157,23 @@ def test_a_better_completion_gets_more_likely(smoke):
     assert change[0] > change[1:4].max() and change[4] > change[5:8].max()
 
 
-def rl_logprobs(model, samples):
-    from nanobias.sampling import completion_logprobs
-
-    with torch.no_grad():
-        return completion_logprobs(model, samples, backend="torch")
-
-
 # ---------------------------------------------------------------- end to end
 
-def expected_oracle_reward(policy_ckpt, splits, max_new_tokens):
-    """Mean oracle reward of 8 sampled completions per training prompt (fixed seed)."""
+def expected_oracle_reward(policy_ckpt, examples, max_new_tokens):
+    """Mean oracle reward of 32 sampled completions per prompt (fixed seed)."""
     model, enc, _ = load_policy(policy_ckpt)
-    cfg = rl.RLConfig(prompts_per_step=len(splits.train), group_size=8, max_new_tokens=max_new_tokens)
-    ro = rl.rollout(model, enc, splits.train, cfg, seed=123)
+    cfg = rl.RLConfig(prompts_per_step=len(examples), group_size=32, max_new_tokens=max_new_tokens)
+    ro = rl.rollout(model, enc, examples, cfg, seed=123)
     return oracle_rewards(ro.examples, ro.completions).mean().item()
 
 
 def test_grpo_with_the_oracle_reward_raises_the_reward(smoke, tmp_path):
     preset, splits, policy = smoke
-    out = train_grpo(preset, splits, policy, tmp_path / "grpo.pt", rl.make_scorer(oracle=True), seed=0, backend="torch")
+    # 8 training prompts (4 ambiguous, 4 disambiguated), so that 10 steps make a clear difference on them
+    train = ([ex for ex in splits.train if ex.context_condition == "ambig"][:4]
+             + [ex for ex in splits.train if ex.context_condition == "disambig"][:4])
+    out = train_grpo(preset, replace(splits, train=train), policy, tmp_path / "grpo.pt", rl.make_scorer(oracle=True),
+                     seed=0, backend="torch")
     history = out["history"]
     assert len(history) == preset.rl.steps
     for h in history:
@@ -183,9 +185,9 @@ def test_grpo_with_the_oracle_reward_raises_the_reward(smoke, tmp_path):
     assert set(out["stability"]) == {"reward_fluctuation", "final_reward_mean"}
     _, _, meta = load_policy(tmp_path / "grpo.pt")
     assert meta["stage"] == "grpo" and meta["rl_config"]["steps"] == preset.rl.steps
-    before = expected_oracle_reward(policy, splits, preset.rl.max_new_tokens)
-    after = expected_oracle_reward(tmp_path / "grpo.pt", splits, preset.rl.max_new_tokens)
-    assert after > before + 0.1, (before, after)
+    before = expected_oracle_reward(policy, train, preset.rl.max_new_tokens)
+    after = expected_oracle_reward(tmp_path / "grpo.pt", train, preset.rl.max_new_tokens)
+    assert after > before + 0.08, (before, after)  # about +0.2 (+0.14 to +0.25 over seeds and thread counts)
 
 
 def test_torch_and_triton_backends_train_alike(smoke, tmp_path):

@@ -109,6 +109,9 @@ def test_search_k_finds_the_best_grid_point_and_prefers_small_k():
     k, history = search_k(accuracy, [0, 2, 4, 8])
     assert k == best
     assert len(calls) == len({tuple(c.values()) for c in calls}) == len(history)  # each candidate evaluated once
+    # candidates over the neuron budget (None) are never chosen, however accurate they would be
+    within_budget = lambda k: None if sum(k.values()) > 6 else accuracy(k)  # noqa: E731
+    assert search_k(within_budget, [0, 2, 4, 8])[0] == {**best, "length": 4}
 
 
 def test_k_grid_scales_with_model_size():

@@ -15,7 +15,10 @@ BACKENDS = ["torch", "triton"]
 @pytest.fixture(autouse=True)
 def poison_outputs(monkeypatch):
     """Kernel output buffers start as NaN, so an element a kernel forgets to write fails the test."""
-    monkeypatch.setattr(dispatch, "empty_output", lambda shape, dtype, device: torch.full(shape, float("nan"), dtype=dtype, device=device))
+    def nan_filled(shape, dtype, device):
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+
+    monkeypatch.setattr(dispatch, "empty_output", nan_filled)
 
 
 def gelu_tanh(x: float) -> float:

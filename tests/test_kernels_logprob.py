@@ -2,6 +2,9 @@
 against float64 references, plus hand-computed checks of the reference itself."""
 
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +18,10 @@ BACKENDS = ["torch", "triton"]
 @pytest.fixture(autouse=True)
 def poison_outputs(monkeypatch):
     """Kernel output buffers start as NaN, so an element a kernel forgets to write fails the test."""
-    monkeypatch.setattr(dispatch, "empty_output", lambda shape, dtype, device: torch.full(shape, float("nan"), dtype=dtype, device=device))
+    def nan_filled(shape, dtype, device):
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+
+    monkeypatch.setattr(dispatch, "empty_output", nan_filled)
 
 
 def make_logits(shape, dtype, seed, scale=3.0):
@@ -56,6 +62,18 @@ def test_token_logprobs_match_float64_reference(backend, dtype, V, monkeypatch):
         torch.testing.assert_close(grad.double(), ref_grad, **tolerance(dtype))
 
 
+def test_torch_path_bf16(monkeypatch):
+    """bf16 runs through the chunked path on CPU too (the interpreter's bf16 is not trusted: GPU only)."""
+    monkeypatch.setattr(logprob, "CHUNK_ELEMENTS", 2 * 1000)
+    logits = make_logits((2, 3, 1000), torch.bfloat16, seed=12)
+    targets = make_targets((2, 3), 1000, seed=13)
+    value, grad = grads(lambda x: kernels.token_logprobs(x, targets, 0.7, backend="torch"), logits)
+    ref_value, ref_grad = grads(lambda x: reference.token_logprobs(x, targets, 0.7), logits.double())
+    assert grad.dtype == torch.bfloat16
+    torch.testing.assert_close(value.double(), ref_value, atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(grad.double(), ref_grad, atol=1e-4, rtol=2 ** -8)  # half a bf16 ulp
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_token_logprobs_accepts_strided_and_2d_logits(backend):
     V = 37
@@ -93,13 +111,16 @@ def test_token_logprobs_extreme_logits_stay_finite(backend):
 
 
 def test_chunked_path_passes_gradcheck_across_chunk_boundaries(monkeypatch):
-    monkeypatch.setattr(logprob, "CHUNK_ELEMENTS", 20)  # 2 rows of V = 9 per chunk: blocks split T and N
-    logits = make_logits((3, 5, 9), torch.float64, seed=7).requires_grad_()
-    targets = make_targets((3, 5), 9, seed=8)
-    assert torch.autograd.gradcheck(lambda x: kernels.token_logprobs(x, targets, 0.8, backend="torch"), (logits,))
-    short = make_logits((5, 1, 9), torch.float64, seed=9).requires_grad_()  # T < rows per chunk: blocks of sequences
-    short_targets = make_targets((5, 1), 9, seed=10)
-    assert torch.autograd.gradcheck(lambda x: kernels.token_logprobs(x, short_targets, backend="torch"), (short,))
+    monkeypatch.setattr(logprob, "CHUNK_ELEMENTS", 14)  # 2 rows of V = 7 per chunk
+    logits = make_logits((2, 3, 7), torch.float64, seed=7).requires_grad_()  # T = 3 > 2: chunks split T
+    targets = make_targets((2, 3), 7, seed=8)
+
+    def check(x, t):
+        return torch.autograd.gradcheck(lambda y: kernels.token_logprobs(y, t, 0.8, backend="torch"), (x,), fast_mode=True)
+
+    assert check(logits, targets)
+    short = make_logits((5, 1, 7), torch.float64, seed=9).requires_grad_()  # T = 1 < 2: chunks of sequences
+    assert check(short, make_targets((5, 1), 7, seed=10))
 
 
 def test_group_advantages_hand_computed():
@@ -275,3 +296,26 @@ def test_bad_inputs_raise_clear_errors(monkeypatch):
     assert dispatch.resolve_backend("auto", torch.device("cpu"), "op") == "torch"
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
         kernels.token_logprobs(logits, targets, backend="triton")
+
+
+def test_kernels_import_and_run_without_triton():
+    """Triton is optional off Linux: with it unimportable, "auto" falls back to the torch path."""
+    script = (
+        "import sys; sys.modules['triton'] = None\n"  # makes `import triton` raise ImportError
+        "import torch, kernels\n"
+        "from kernels import dispatch\n"
+        "assert not dispatch.HAVE_TRITON\n"
+        "logits, targets = torch.randn(2, 3, 5), torch.zeros(2, 3, dtype=torch.long)\n"
+        "ref = torch.log_softmax(logits, -1)[..., 0]\n"
+        "assert torch.allclose(kernels.token_logprobs(logits, targets), ref)\n"
+        "try:\n"
+        "    kernels.token_logprobs(logits, targets, backend='triton')\n"
+        "except RuntimeError as e:\n"
+        "    assert 'needs the triton package' in str(e)\n"
+        "else:\n"
+        "    raise AssertionError('backend=triton without triton did not raise')\n"
+        "print('ok')\n"
+    )
+    repo = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-c", script], cwd=repo, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]

@@ -5,8 +5,14 @@ import torch
 
 from nanobias.checkpoint import load_checkpoint
 from nanobias.model import GPT, GPTConfig
-from nanobias.pretrain import lm_loss, random_windows
+from nanobias.pretrain import lm_loss
 from nanobias.train import TrainConfig, TrainingDiverged, lr_at, train
+
+def random_windows(stream, batch_size, seq_len, generator):
+    starts = torch.randint(0, len(stream) - seq_len - 1, (batch_size,), generator=generator).tolist()
+    return (torch.stack([stream[s:s + seq_len] for s in starts]),
+            torch.stack([stream[s + 1:s + 1 + seq_len] for s in starts]))
+
 
 # a learnable stream: mostly x[t+1] = x[t] + 3 (mod 40), with random jumps
 _jumps = torch.randint(0, 40, (2000,), generator=torch.Generator().manual_seed(0))
@@ -83,3 +89,26 @@ def test_training_lowers_the_loss(tmp_path):
     train(model, batch_loss_for(model), TrainConfig(steps=30, lr=1e-2, warmup=2), tmp_path / "d.pt", meta={})
     with torch.no_grad():
         assert lm_loss(model, *held).item() < before - 0.1
+
+
+def test_document_batch_masks_exactly_the_completion_predictions():
+    from nanobias.pretrain import document_batch
+
+    docs = [([5, 6, 7, 8, 9], 3), ([1, 2, 3], 1)]  # (prompt + completion + eot ids, prompt length)
+    x, y, mask = document_batch(docs, 8, torch.Generator().manual_seed(0), pad_id=0)
+    for b in range(8):
+        if x[b, 0] == 5:
+            assert x[b].tolist() == [5, 6, 7, 8] and y[b].tolist() == [6, 7, 8, 9]
+            assert mask[b].tolist() == [0, 0, 1, 1]  # targets 8 and 9 are the completion
+        else:
+            assert x[b].tolist() == [1, 2, 0, 0] and y[b].tolist() == [2, 3, 0, 0]
+            assert mask[b].tolist() == [1, 1, 0, 0]
+
+
+def test_masked_lm_loss_ignores_masked_positions():
+    model = fresh_model()
+    x = torch.tensor([[1, 2, 3, 4]])
+    y = torch.tensor([[2, 3, 4, 5]])
+    logp = torch.log_softmax(model(x), -1)[0]
+    expected = -(logp[2, 4] + logp[3, 5]) / 2
+    torch.testing.assert_close(lm_loss(model, x, y, torch.tensor([[0.0, 0, 1, 1]])), expected)
