@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, replace
 import torch
 import torch.nn.functional as F
 
-from nanobias import rl
+from nanobias import plots, rl
 from nanobias.checkpoint import load_policy, save_policy
 from nanobias.progress import Progress
 from nanobias.reward import Pair, length_batches, make_pairs
@@ -194,5 +194,5 @@ def train_dpo(preset, splits, policy_ckpt, out_path, seed: int = 0, loss: str = 
                 rl_config=asdict(rl_cfg), dpo_config=asdict(cfg))
     probed = [h for h in log.history if "reward_mean" in h]
     if probed:
-        rl.plot_reward_curves({loss: probed}, rl.reward_curve_path(out_path))
+        plots.reward_curves({loss: probed}, rl.reward_curve_path(out_path))
     return {"stability": rl.stability(probed) if probed else {}, "history": log.history, "pairs": len(pairs)}

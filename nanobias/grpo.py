@@ -33,7 +33,7 @@ import torch
 
 from kernels import grpo_loss, token_logprobs
 from kernels.reference import AGGS, SCALES
-from nanobias import rl
+from nanobias import plots, rl
 from nanobias.checkpoint import load_policy, save_policy
 from nanobias.progress import Progress
 from nanobias.sampling import Samples, completion_logits
@@ -135,5 +135,5 @@ def train_grpo(preset, splits, policy_ckpt, out_path, score_fn: rl.ScoreFn, seed
     model.eval()
     save_policy(out_path, model, enc, stage="grpo", base_policy=str(policy_ckpt), seed=seed,
                 rl_config=asdict(rl_cfg), grpo_config=asdict(cfg))
-    rl.plot_reward_curves({"grpo": log.history}, rl.reward_curve_path(out_path))
+    plots.reward_curves({"grpo": log.history}, rl.reward_curve_path(out_path))
     return {"stability": rl.stability(log.history), "history": log.history}

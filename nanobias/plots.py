@@ -80,3 +80,19 @@ def completion_length(histories: dict[str, list[dict]], path) -> None:
     ax.set_ylabel("mean completion length (chars)")
     ax.legend()
     _save(fig, path)
+
+
+def reward_curves(histories: dict[str, list[dict]], path) -> Path:
+    """{method: per-step history} -> PNG of the batch reward mean (line) +- std (band) per step."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for name, history in histories.items():
+        steps = [h["step"] for h in history]
+        mean = [h["reward_mean"] for h in history]
+        std = [h["reward_std"] for h in history]
+        ax.plot(steps, mean, label=name)
+        ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.2)
+    ax.set_xlabel("step")
+    ax.set_ylabel("reward (batch mean \u00b1 std)")
+    ax.legend()
+    _save(fig, path)
+    return Path(path)

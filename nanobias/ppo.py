@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 
 from kernels import token_logprobs
-from nanobias import rl
+from nanobias import plots, rl
 from nanobias.checkpoint import load_policy, save_policy
 from nanobias.progress import Progress
 from nanobias.sampling import Samples, completion_logits
@@ -206,5 +206,5 @@ def train_ppo(preset, splits, policy_ckpt, out_path, score_fn: rl.ScoreFn, seed:
     model.eval()
     save_policy(out_path, model, enc, stage="ppo", base_policy=str(policy_ckpt), seed=seed,
                 rl_config=asdict(rl_cfg), ppo_config=asdict(cfg))
-    rl.plot_reward_curves({"ppo": log.history}, rl.reward_curve_path(out_path))
+    plots.reward_curves({"ppo": log.history}, rl.reward_curve_path(out_path))
     return {"stability": rl.stability(log.history), "history": log.history}

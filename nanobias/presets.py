@@ -33,7 +33,7 @@ PRESETS = {
     "smoke": Preset(
         name="smoke",
         model=GPTConfig(block_size=256, n_layer=2, n_head=2, n_embd=64),
-        vocab_size=512, variants_per_template=2, bias_rate=0.8, long_rate=0.3,
+        vocab_size=512, variants_per_template=2, bias_rate=0.8, long_rate=0.3, eval_examples=64,
         pretrain=TrainConfig(steps=40, batch_size=8, lr=3e-3, warmup=5, eval_every=20, ckpt_every=20),
         rl=RLConfig(steps=10, prompts_per_step=4, group_size=8, max_new_tokens=8, lr=2e-3, warmup=3, beta=0.04),
         dpo=DPOConfig(beta=0.1, lr=1e-4),

@@ -42,7 +42,10 @@ def train_tokenizer(docs: list[str], vocab_size: int, path):
     return enc
 
 
-def encode_documents(enc, docs: list[str], block_size: int) -> list[tuple[list[int], int]]:
+GENERATION_ROOM = 64  # tokens the policy may generate after the longest prompt
+
+
+def encode_documents(enc, docs: list[str]) -> list[tuple[list[int], int]]:
     """Documents -> (token ids of prompt + completion + end-of-text, number of prompt tokens).
 
     Prompt and completion are encoded apart, exactly as the policy sees them when it samples."""
@@ -52,12 +55,15 @@ def encode_documents(enc, docs: list[str], block_size: int) -> list[tuple[list[i
         if not cue:
             raise ValueError(f"document {i} has no {ANSWER_CUE!r}: {doc[:80]!r}")
         p = enc.encode_ordinary(prompt + cue)
-        ids = p + enc.encode_ordinary(completion) + [enc.eot_token]
-        if len(ids) > block_size:
-            raise ValueError(f"document {i} is {len(ids)} tokens, longer than block_size={block_size}: "
-                             "use a preset with a larger block_size")
-        encoded.append((ids, len(p)))
+        encoded.append((p + enc.encode_ordinary(completion) + [enc.eot_token], len(p)))
     return encoded
+
+
+def fitted_block_size(block_size: int, docs: list[tuple[list[int], int]]) -> int:
+    """The preset's block_size, or more (a multiple of 64) if the longest document plus room to
+    generate needs it: real BBQ contexts run longer than the synthetic world's."""
+    need = max(len(ids) for ids, _ in docs) + GENERATION_ROOM
+    return block_size if need <= block_size else -(-need // 64) * 64
 
 
 def document_batch(docs: list[tuple[list[int], int]], batch_size: int, generator: torch.Generator, pad_id: int):
@@ -90,9 +96,11 @@ def lm_loss(model: GPT, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | N
 def pretrain(preset: Preset, enc, train_docs: list[str], val_docs: list[str], ckpt_path, seed: int = 0,
              resume: bool = False) -> GPT:
     """Train a fresh GPT of the preset's size on the documents; writes the policy checkpoint."""
-    config = replace(preset.model, vocab_size=enc.n_vocab)
-    train_set = encode_documents(enc, train_docs, config.block_size)
-    val_set = encode_documents(enc, val_docs, config.block_size)
+    train_set, val_set = encode_documents(enc, train_docs), encode_documents(enc, val_docs)
+    block_size = fitted_block_size(preset.model.block_size, train_set + val_set)
+    if block_size != preset.model.block_size:
+        print(f"pretrain: block_size {preset.model.block_size} -> {block_size} to fit the longest document")
+    config = replace(preset.model, vocab_size=enc.n_vocab, block_size=block_size)
     cfg = preset.pretrain
     torch.manual_seed(seed)  # the weight init
     model = GPT(config)

@@ -12,7 +12,6 @@ from nanobias import plots
 from nanobias.evaluate import format_table
 from nanobias.intervention import format_reward_table
 from nanobias.progress import format_seconds
-from nanobias.rl import plot_reward_curves
 
 STABILITY_METHODS = ("grpo", "ppo", "dpo")
 
@@ -36,7 +35,7 @@ def commit() -> str:
 def write_report(out: Path, results: dict, histories: dict[str, list[dict]], policy: dict) -> None:
     """report.md and the plots, from results.json's content and the per-step training histories."""
     out = Path(out)
-    plot_reward_curves({m: histories[m] for m in STABILITY_METHODS if histories.get(m)}, out / "reward_curves.png")
+    plots.reward_curves({m: histories[m] for m in STABILITY_METHODS if histories.get(m)}, out / "reward_curves.png")
     plots.policy_metrics(results["policy"], out / "policy_metrics.png")
     plots.completion_length({m: histories[m] for m in ("grpo", "grpo_cirm")}, out / "completion_length.png")
     rm = results["reward_model"]

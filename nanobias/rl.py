@@ -13,7 +13,7 @@ number of preference pairs. The rest is plumbing each trainer would otherwise re
   (a stand-in for tests and comparisons, never the default).
 - `reference_policy`: the frozen copy of the initial policy that the KL term is measured against.
 - per-step logs (reward mean and std, KL, clip fraction, completion length, entropy) as JSONL,
-  training stability, and the reward curve (mean +- std per step) as a PNG.
+  training stability (the reward curve itself is drawn by plots.reward_curves).
 
 Stability (DESIGN.md): `reward_fluctuation` = population std of the per-step batch-mean reward
 over the last half of training; `final_reward_mean` = the mean of those batch means.
@@ -21,7 +21,6 @@ over the last half of training; `final_reward_mean` = the mean of those batch me
 
 import copy
 import json
-import os
 import random
 import statistics
 from dataclasses import dataclass
@@ -195,30 +194,3 @@ def stability(history: list[dict]) -> dict:
         raise ValueError("stability: no logged steps")
     last_half = [h["reward_mean"] for h in history[len(history) // 2:]]
     return {"reward_fluctuation": statistics.pstdev(last_half), "final_reward_mean": statistics.fmean(last_half)}
-
-
-def plot_reward_curves(histories: dict[str, list[dict]], path) -> Path:
-    """{method: per-step history} -> PNG of batch reward mean (line) +- std (band) per step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    for name, history in histories.items():
-        steps = [h["step"] for h in history]
-        mean = [h["reward_mean"] for h in history]
-        std = [h["reward_std"] for h in history]
-        ax.plot(steps, mean, label=name)
-        ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.2)
-    ax.set_xlabel("step")
-    ax.set_ylabel("reward (batch mean \u00b1 std)")
-    ax.legend()
-    fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path

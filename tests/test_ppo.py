@@ -118,7 +118,7 @@ def oracle_reward_of_samples(ckpt, examples, max_new_tokens) -> float:
 
 def test_ppo_end_to_end_raises_the_oracle_reward(smoke_policy, tmp_path):
     preset, splits, ckpt = smoke_policy
-    preset = replace(preset, rl=replace(preset.rl, steps=16))
+    preset = replace(preset, rl=replace(preset.rl, steps=24))
     out = tmp_path / "ppo.pt"
     result = train_ppo(preset, splits, ckpt, out, rl.make_scorer(oracle=True), seed=0, backend="torch")
     cfg = preset.rl

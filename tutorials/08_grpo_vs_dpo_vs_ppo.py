@@ -16,7 +16,7 @@ import common
 
 args = common.parse_args(__doc__)
 
-from nanobias import rl  # noqa: E402
+from nanobias import plots, rl  # noqa: E402
 from nanobias.checkpoint import load_policy  # noqa: E402
 from nanobias.dpo import train_dpo  # noqa: E402
 from nanobias.evaluate import evaluate_policy, format_table  # noqa: E402
@@ -94,7 +94,7 @@ with common.output_dir(args) as out:
         model, enc, _ = load_policy(policy_path if name == "base" else out / f"{name}.pt")
         metrics[name] = evaluate_policy(model, enc, splits.test, splits.heldout, max_examples=preset.eval_examples,
                                         desc=f"eval {name}")
-    curves = rl.plot_reward_curves(histories, out / "rl_reward_curves.png")
+    curves = plots.reward_curves(histories, out / "rl_reward_curves.png")
 
     common.section("Result: GRPO vs DPO vs PPO")
     common.say("""
