@@ -46,7 +46,7 @@ PRESETS = {
         model=GPTConfig(block_size=256, n_layer=4, n_head=4, n_embd=128),
         vocab_size=1024, variants_per_template=32, bias_rate=0.8, long_rate=0.3,
         pretrain=TrainConfig(steps=1200, batch_size=16, lr=2e-3, warmup=50, eval_every=200, ckpt_every=200),
-        rl=RLConfig(steps=40, prompts_per_step=8, group_size=8, max_new_tokens=24, lr=1e-4, beta=0.04),
+        rl=RLConfig(steps=40, prompts_per_step=8, group_size=8, max_new_tokens=24, lr=1e-4, beta=0.2),
         dpo=DPOConfig(beta=0.1, lr=1e-4),
         ppo=PPOConfig(lr=1e-4),
         reward=RewardConfig(train=TrainConfig(steps=150, batch_size=16, lr=3e-4, warmup=15, eval_every=50, ckpt_every=50),

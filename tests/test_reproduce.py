@@ -1,0 +1,59 @@
+import json
+
+import pytest
+
+from nanobias.cli import main
+from nanobias.reproduce import POLICIES
+
+METRICS = {"acc_ambig", "acc_disambig", "s_amb", "s_dis", "invalid_rate", "mean_len", "heldout", "per_category"}
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    # backend torch: conftest sets TRITON_INTERPRET=1, under which "auto" would interpret every kernel
+    main(["reproduce", "--preset", "smoke", "--eval-categories", "SES", "--backend", "torch", "--out", str(out)])
+    return out
+
+
+def test_reproduce_writes_the_results_contract_report_and_plots(smoke_run):
+    results = json.loads((smoke_run / "results.json").read_text())
+    assert results["preset"] == "smoke" and results["data"] == "synthetic" and results["seed"] == 0
+    assert set(POLICIES) <= set(results["policy"])
+    for name in POLICIES:
+        assert METRICS <= set(results["policy"][name]), name
+        assert 0 <= results["policy"][name]["acc_ambig"] <= 1
+        assert set(results["policy"][name]["heldout"]["per_category"]) == {"SES"}
+        assert "SES" not in results["policy"][name]["per_category"]
+    for name in ("base", "cirm", "length_penalty", "lwr"):
+        assert {"acc", "acc_biased", "acc_unbiased", "sensitivity"} <= set(results["reward_model"][name])
+    assert {"edited", "total", "per_layer"} <= set(results["reward_model"]["neurons"])
+    for name in ("grpo", "ppo", "dpo"):
+        assert set(results["stability"][name]) == {"reward_fluctuation", "final_reward_mean"}
+    assert {"pretrain", "reward", "grpo", "eval", "total"} <= set(results["seconds"])
+    report = (smoke_run / "report.md").read_text()
+    assert "nanobias reproduce --preset smoke --eval-categories SES --backend torch" in report and "| grpo_cirm |" in report
+    for png in ("reward_curves", "policy_metrics", "completion_length", "neurons_per_layer",
+                "reward_biased_unbiased"):
+        assert (smoke_run / f"{png}.png").read_bytes()[:4] == b"\x89PNG", png
+    assert not list(smoke_run.glob("**/*.tmp"))
+
+
+def test_a_rerun_skips_finished_stages(smoke_run, capsys):
+    before = (smoke_run / "grpo.pt").stat().st_mtime_ns
+    main(["reproduce", "--preset", "smoke", "--eval-categories", "SES", "--backend", "torch", "--out", str(smoke_run)])
+    printed = capsys.readouterr().out
+    assert printed.count("already done") == 10 and "[grpo] start" not in printed
+    assert (smoke_run / "grpo.pt").stat().st_mtime_ns == before
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--eval-categories", "Astrology"], "unknown category 'Astrology'"),
+    (["--data", "bbq"], "--data bbq needs --bbq-dir"),
+    (["--preset", "huge"], "invalid choice"),
+])
+def test_bad_flags_are_rejected_before_any_work(argv, message, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["reproduce", "--out", str(tmp_path / "never"), *argv])
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "never").exists()
