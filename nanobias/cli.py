@@ -169,11 +169,8 @@ def evaluation_rows(name: str, model, enc, splits, n: int | None) -> tuple[dict,
 
 
 def cmd_grpo(args) -> None:
-    from nanobias.checkpoint import load_policy, write_json
-    from nanobias.evaluate import format_table
     from nanobias.grpo import train_grpo
     from nanobias.presets import get_preset
-    from nanobias.rl import reward_curve_path
 
     preset = get_preset(args.preset)
     splits = load_splits_from_args(args, preset)
@@ -181,15 +178,7 @@ def cmd_grpo(args) -> None:
     ckpt = args.out / f"{name}.pt"
     result = train_grpo(preset, splits, args.policy, ckpt, scorer_from_args(args), seed=args.seed,
                         backend=args.backend)
-    base, rows = evaluation_rows("base", *load_policy(args.policy)[:2], splits, args.eval_examples)
-    trained, trained_rows = evaluation_rows(name, *load_policy(ckpt)[:2], splits, args.eval_examples)
-    print("\n" + format_table({**rows, **trained_rows}))
-    print(f"reward_fluctuation {result['stability']['reward_fluctuation']:.4f}, "
-          f"final_reward_mean {result['stability']['final_reward_mean']:.4f}")
-    write_json(args.out / f"{name}.json", {
-        "reward": "oracle" if args.oracle_reward else str(args.reward), "intervention": str(args.intervention) if args.intervention else None,
-        "seed": args.seed, "preset": args.preset, "policy": {"base": base, name: trained}, **result})
-    print(f"wrote {ckpt}, {args.out / f'{name}.json'} and {reward_curve_path(ckpt)}")
+    report_baseline(args, name, splits, ckpt, result)
 
 
 def report_baseline(args, name: str, splits, ckpt: Path, result: dict) -> None:

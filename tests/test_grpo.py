@@ -128,8 +128,9 @@ def test_equal_rewards_give_zero_loss_and_leave_the_policy_unchanged(smoke):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     opt = make_optimizer(model, rl_cfg.train_config())
     examples = rl.prompt_batch(splits.train, 2, seed=0, step=0)
-    record = grpo_step(model, rl.reference_policy(model), opt, enc, examples, lambda ex, p, c: torch.full((len(c),), 0.7),
-                       rl_cfg, GRPOConfig(num_iterations=2), seed=0, backend="torch")
+    constant = lambda examples, prompts, completions: torch.full((len(completions),), 0.7)  # noqa: E731
+    record = grpo_step(model, rl.reference_policy(model), opt, enc, examples, constant, rl_cfg,
+                       GRPOConfig(num_iterations=2), seed=0, backend="torch")
     assert record["loss"] == 0.0 and record["grad_norm"] == 0.0
     assert record["reward_mean"] == pytest.approx(0.7) and record["reward_std"] == pytest.approx(0.0, abs=1e-6)
     for k, v in model.state_dict().items():
@@ -212,7 +213,8 @@ def test_torch_and_triton_backends_train_alike(smoke, tmp_path):
 def test_cli_checks_flags_before_work(smoke, tmp_path, capsys):
     _, _, policy = smoke
     with pytest.raises(SystemExit):
-        main(["grpo", "--policy", str(policy), "--oracle-reward", "--intervention", str(policy), "--out", str(tmp_path)])
+        main(["grpo", "--policy", str(policy), "--oracle-reward", "--intervention", str(policy),
+              "--out", str(tmp_path)])
     assert "--intervention edits a reward model" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["grpo", "--policy", str(tmp_path / "missing.pt"), "--oracle-reward", "--out", str(tmp_path)])
