@@ -6,12 +6,9 @@ import torch
 
 from nanobias import rl
 from nanobias.checkpoint import load_policy
-from nanobias.data import CATEGORIES, load_splits
 from nanobias.dpo import (encode_pairs, pair_logprobs, pair_samples, preference_loss, sequence_logprobs,
                           train_dpo)
 from nanobias.evaluate import oracle_rewards
-from nanobias.presets import get_preset
-from nanobias.pretrain import corpus, pretrain, train_tokenizer
 from nanobias.reward import make_pairs
 from nanobias.rl import RLConfig
 
@@ -60,22 +57,6 @@ def test_preference_loss_rejects_unknown_loss_name():
 
 
 # ---------------------------------------------------------------- on a smoke policy
-
-@pytest.fixture(scope="module")
-def smoke_policy(tmp_path_factory):
-    """A smoke-sized policy that has learned the answer format (short answers, two categories);
-    the same recipe as tests/test_grpo.py's fixture."""
-    out = tmp_path_factory.mktemp("dpo")
-    preset = get_preset("smoke")
-    preset = replace(preset, long_rate=0.0, pretrain=replace(preset.pretrain, steps=150, lr=1e-2, warmup=10,
-                                                             eval_every=150, ckpt_every=150))
-    splits = load_splits("synthetic", seed=0, variants_per_template=preset.variants_per_template,
-                         train_categories=list(CATEGORIES[:2]))
-    train_docs, val_docs = corpus(splits, preset, 0)
-    enc = train_tokenizer(train_docs, preset.vocab_size, out / "tokenizer.json")
-    pretrain(preset, enc, train_docs, val_docs, out / "policy.pt", seed=0)
-    return preset, splits, out / "policy.pt"
-
 
 def test_sequence_logprobs_sum_the_completion_tokens_of_prompt_plus_completion(smoke_policy):
     preset, splits, ckpt = smoke_policy

@@ -8,29 +8,13 @@ import torch
 from nanobias import rl
 from nanobias.checkpoint import load_policy
 from nanobias.cli import main
-from nanobias.data import CATEGORIES, load_splits
+from nanobias.data import CATEGORIES
 from nanobias.evaluate import oracle_rewards
 from nanobias.grpo import GRPOConfig, grpo_step, grpo_update, train_grpo
-from nanobias.presets import get_preset
-from nanobias.pretrain import corpus, pretrain, train_tokenizer
 from nanobias.sampling import completion_logprobs
 from nanobias.train import make_optimizer
 
 CATS = CATEGORIES[:2]
-
-
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    """A smoke-sized policy that has learned the answer format (short answers, two categories)."""
-    out = tmp_path_factory.mktemp("grpo")
-    preset = get_preset("smoke")
-    preset = replace(preset, long_rate=0.0, pretrain=replace(preset.pretrain, steps=150, lr=1e-2, warmup=10,
-                                                             eval_every=150, ckpt_every=150))
-    splits = load_splits("synthetic", seed=0, variants_per_template=preset.variants_per_template, train_categories=CATS)
-    train_docs, val_docs = corpus(splits, preset, seed=0)
-    enc = train_tokenizer(train_docs, preset.vocab_size, out / "tokenizer.json")
-    pretrain(preset, enc, train_docs, val_docs, out / "policy.pt", seed=0)
-    return preset, splits, out / "policy.pt"
 
 
 def rollout_of(policy_ckpt, splits, rl_cfg, step=0):
@@ -88,8 +72,8 @@ def test_make_scorer_choices():
         rl.make_scorer(intervention_path="x.json", oracle=True)
 
 
-def test_rollout_repeats_each_prompt_for_its_group(smoke):
-    preset, splits, policy = smoke
+def test_rollout_repeats_each_prompt_for_its_group(smoke_policy):
+    preset, splits, policy = smoke_policy
     cfg = replace(preset.rl, prompts_per_step=3, group_size=4)
     _, ro = rollout_of(policy, splits, cfg)
     assert len(ro.examples) == len(ro.prompts) == len(ro.completions) == 12 and ro.samples.tokens.shape[0] == 12
@@ -102,8 +86,8 @@ def test_rollout_repeats_each_prompt_for_its_group(smoke):
 # ---------------------------------------------------------------- the GRPO update
 
 @pytest.mark.parametrize("agg, scale", [("grpo", "group"), ("dapo", "batch"), ("dr_grpo", "none")])
-def test_first_iteration_has_ratio_one_and_no_kl_to_an_identical_reference(smoke, agg, scale):
-    preset, splits, policy = smoke
+def test_first_iteration_has_ratio_one_and_no_kl_to_an_identical_reference(smoke_policy, agg, scale):
+    preset, splits, policy = smoke_policy
     rl_cfg = replace(preset.rl, prompts_per_step=3, group_size=4, beta=0.5)
     model, ro = rollout_of(policy, splits, rl_cfg)
     rewards = torch.tensor([1.0, 0, 0, 1, 0.5, 0.5, 0.5, 0.5, 0, 0, 0, 3])  # one group all equal
@@ -121,8 +105,8 @@ def test_first_iteration_has_ratio_one_and_no_kl_to_an_identical_reference(smoke
     assert len(stats) == 2 and all(s["entropy"] > 0 for s in stats)
 
 
-def test_equal_rewards_give_zero_loss_and_leave_the_policy_unchanged(smoke):
-    preset, splits, policy = smoke
+def test_equal_rewards_give_zero_loss_and_leave_the_policy_unchanged(smoke_policy):
+    preset, splits, policy = smoke_policy
     rl_cfg = replace(preset.rl, prompts_per_step=2, group_size=4, beta=0.0)
     model, enc, _ = load_policy(policy)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -137,9 +121,9 @@ def test_equal_rewards_give_zero_loss_and_leave_the_policy_unchanged(smoke):
         assert torch.equal(v, before[k]), k
 
 
-def test_a_better_completion_gets_more_likely(smoke):
+def test_a_better_completion_gets_more_likely(smoke_policy):
     """One update with one rewarded completion per group raises its log-prob and lowers a punished one's."""
-    preset, splits, policy = smoke
+    preset, splits, policy = smoke_policy
     rl_cfg = replace(preset.rl, prompts_per_step=2, group_size=4, beta=0.0, lr=1e-3)
     model, ro = rollout_of(policy, splits, rl_cfg, step=1)
     # the test needs each rewarded completion to differ from its punished siblings
@@ -168,8 +152,8 @@ def expected_oracle_reward(policy_ckpt, examples, max_new_tokens):
     return oracle_rewards(ro.examples, ro.completions).mean().item()
 
 
-def test_grpo_with_the_oracle_reward_raises_the_reward(smoke, tmp_path):
-    preset, splits, policy = smoke
+def test_grpo_with_the_oracle_reward_raises_the_reward(smoke_policy, tmp_path):
+    preset, splits, policy = smoke_policy
     # 8 training prompts (4 ambiguous, 4 disambiguated), so that 10 steps make a clear difference on them
     train = ([ex for ex in splits.train if ex.context_condition == "ambig"][:4]
              + [ex for ex in splits.train if ex.context_condition == "disambig"][:4])
@@ -191,8 +175,8 @@ def test_grpo_with_the_oracle_reward_raises_the_reward(smoke, tmp_path):
     assert after > before + 0.08, (before, after)  # about +0.2 (+0.14 to +0.25 over seeds and thread counts)
 
 
-def test_torch_and_triton_backends_train_alike(smoke, tmp_path):
-    preset, splits, policy = smoke
+def test_torch_and_triton_backends_train_alike(smoke_policy, tmp_path):
+    preset, splits, policy = smoke_policy
     preset = replace(preset, rl=replace(preset.rl, steps=2, prompts_per_step=2, group_size=4),
                      grpo=GRPOConfig(num_iterations=2))
     scorer = lambda examples, prompts, completions: torch.tensor([float(len(c)) for c in completions])  # noqa: E731
@@ -210,8 +194,8 @@ def test_torch_and_triton_backends_train_alike(smoke, tmp_path):
     assert (moved["torch"] - moved["triton"]).norm() < 1e-2 * moved["torch"].norm()
 
 
-def test_cli_checks_flags_before_work(smoke, tmp_path, capsys):
-    _, _, policy = smoke
+def test_cli_checks_flags_before_work(smoke_policy, tmp_path, capsys):
+    _, _, policy = smoke_policy
     with pytest.raises(SystemExit):
         main(["grpo", "--policy", str(policy), "--oracle-reward", "--intervention", str(policy),
               "--out", str(tmp_path)])
@@ -224,8 +208,8 @@ def test_cli_checks_flags_before_work(smoke, tmp_path, capsys):
     assert not list(tmp_path.iterdir())
 
 
-def test_cli_eval_prints_the_table_and_writes_json(smoke, tmp_path, capsys):
-    _, _, policy = smoke
+def test_cli_eval_prints_the_table_and_writes_json(smoke_policy, tmp_path, capsys):
+    _, _, policy = smoke_policy
     main(["eval", "--preset", "smoke", "--policy", str(policy), "--train-categories", ",".join(CATS),
           "--eval-examples", "4", "--out", str(tmp_path)])
     assert "| policy (test) |" in capsys.readouterr().out

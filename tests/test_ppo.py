@@ -6,11 +6,8 @@ import torch
 
 from nanobias import rl
 from nanobias.checkpoint import load_policy
-from nanobias.data import CATEGORIES, load_splits
 from nanobias.evaluate import oracle_rewards
 from nanobias.ppo import PPOConfig, gae, policy_loss, shaped_rewards, train_ppo, value_loss, whiten
-from nanobias.presets import get_preset
-from nanobias.pretrain import corpus, pretrain, train_tokenizer
 from nanobias.rl import RLConfig
 
 
@@ -92,22 +89,6 @@ def test_ppo_config_names_the_bad_field():
 
 
 # ---------------------------------------------------------------- on a smoke policy
-
-@pytest.fixture(scope="module")
-def smoke_policy(tmp_path_factory):
-    """A smoke-sized policy that has learned the answer format (short answers, two categories);
-    the same recipe as tests/test_grpo.py's fixture."""
-    out = tmp_path_factory.mktemp("ppo")
-    preset = get_preset("smoke")
-    preset = replace(preset, long_rate=0.0, pretrain=replace(preset.pretrain, steps=150, lr=1e-2, warmup=10,
-                                                             eval_every=150, ckpt_every=150))
-    splits = load_splits("synthetic", seed=0, variants_per_template=preset.variants_per_template,
-                         train_categories=list(CATEGORIES[:2]))
-    train_docs, val_docs = corpus(splits, preset, 0)
-    enc = train_tokenizer(train_docs, preset.vocab_size, out / "tokenizer.json")
-    pretrain(preset, enc, train_docs, val_docs, out / "policy.pt", seed=0)
-    return preset, splits, out / "policy.pt"
-
 
 def oracle_reward_of_samples(ckpt, examples, max_new_tokens) -> float:
     model, enc, _ = load_policy(ckpt)
