@@ -4,6 +4,9 @@ A checkpoint is a dict of tensors and plain values, `{"model", "optimizer", "ste
 saved with `torch.save` to a temporary file that is then renamed, and read with
 `torch.load(weights_only=True)`. A policy's `meta` carries its model config and its tokenizer
 as JSON text, so a checkpoint file is all one needs to sample from it.
+
+Under torchrun only rank 0 writes (every rank holds the same weights); the others skip the write,
+and whoever reads the file next waits for it at a barrier (train.train, rl, reproduce).
 """
 
 import json
@@ -13,11 +16,14 @@ from pathlib import Path
 
 import torch
 
+from nanobias import distributed
 from nanobias.model import GPT, GPTConfig
 from nanobias.tokenizer import tokenizer_from_json, tokenizer_to_json
 
 
 def save_checkpoint(path, payload: dict) -> None:
+    if not distributed.is_main():
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -33,6 +39,8 @@ def load_checkpoint(path) -> dict:
 
 
 def write_json(path, obj) -> None:
+    if not distributed.is_main():
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")

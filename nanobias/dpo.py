@@ -24,19 +24,21 @@ Stability: DPO has no reward in its loop. To put it on the same scale as GRPO an
 `probe_every` steps the policy samples G completions for the B prompts GRPO sees at that step
 (rl.prompt_batch, rl.rollout) and they are scored with the same score_fn. The probe only
 watches: no gradient flows through it and its reward-model calls are not training data.
+
+Under torchrun each process takes its share of each step's pairs; the loss is a mean over pairs,
+so the ranks' average is the loss of the whole batch (distributed.py).
 """
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 
-from nanobias import plots, rl
-from nanobias.checkpoint import load_policy, save_policy
-from nanobias.progress import Progress
+from nanobias import device, distributed, plots, rl
+from nanobias.checkpoint import save_policy
 from nanobias.reward import Pair, length_batches, make_pairs
 from nanobias.sampling import Samples, completion_logprobs, left_pad
-from nanobias.train import TrainingDiverged, lr_at, make_optimizer
+from nanobias.train import TrainingDiverged, optimizer_step
 
 LOSSES = ("dpo", "ipo")
 
@@ -133,16 +135,14 @@ def dpo_update(model, ref_model, opt, enc, pairs: list[Pair], cfg: DPOConfig, lo
                backend: str = "auto") -> dict:
     """One optimiser step on a batch of pairs. Returns loss, grad_norm and preference_loss's stats."""
     P = len(pairs)
-    with torch.no_grad():
+    with torch.no_grad(), device.autocast():
         ref = pair_logprobs(ref_model, enc, pairs, cfg.chunk, backend)  # [2P]
-    logp = pair_logprobs(model, enc, pairs, cfg.chunk, backend)  # [2P]
-    value, stats = preference_loss(logp[:P], logp[P:], ref[:P], ref[P:], cfg.beta, loss)
-    if not torch.isfinite(value):
+    with device.autocast():
+        logp = pair_logprobs(model, enc, pairs, cfg.chunk, backend)  # [2P]
+        value, stats = preference_loss(logp[:P], logp[P:], ref[:P], ref[P:], cfg.beta, loss)
+    if not torch.isfinite(distributed.all_sum(value.detach())):  # summed: every rank stops together
         raise TrainingDiverged(f"{loss}: loss is {value.item()}; stopped. Try a lower dpo.lr in the preset.")
-    opt.zero_grad(set_to_none=True)
-    value.backward()
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip).item()
-    opt.step()
+    grad_norm = optimizer_step(opt, value, list(model.parameters()), grad_clip)
     return {"loss": value.item(), "grad_norm": grad_norm, **stats}
 
 
@@ -167,32 +167,26 @@ def train_dpo(preset, splits, policy_ckpt, out_path, seed: int = 0, loss: str = 
     per_step = rl_cfg.prompts_per_step * rl_cfg.group_size
     pairs = make_pairs(splits.train, rl_cfg.steps * per_step, seed, preset.reward.planted,
                        preset.reward.biased_reject_rate)
-    model, enc, _ = load_policy(policy_ckpt)
-    ref_model = rl.reference_policy(model)
-    train_cfg = replace(rl_cfg.train_config(), lr=cfg.lr)
-    opt = make_optimizer(model, train_cfg)
-    log = rl.MetricsLog(rl.metrics_path(out_path))
-    progress = Progress(rl_cfg.steps, loss, unit="step")
-    print(f"{loss}: {rl_cfg.steps} steps x {per_step} pairs = {len(pairs)} pairs (the B*G reward-model calls per "
-          f"step of GRPO/PPO), {cfg}" + ("" if score_fn else "; no score_fn: no reward probe"))
-    model.train()
+    run = rl.start_run(policy_ckpt, out_path, rl_cfg, loss, f"{rl_cfg.steps} steps x {per_step} pairs = {len(pairs)} "
+                       f"pairs (the B*G reward-model calls per step of GRPO/PPO), {cfg}"
+                       + ("" if score_fn else "; no score_fn: no reward probe"), lr=cfg.lr)
+    mine = distributed.shard(per_step, "preference pairs")
+    run.model.train()
     for step in range(rl_cfg.steps):
-        lr = lr_at(step, train_cfg)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        record = {"step": step, "lr": lr}
+        record = {"step": step, "lr": run.set_lr(step)}
         if score_fn is not None and step % cfg.probe_every == 0:
             examples = rl.prompt_batch(splits.train, rl_cfg.prompts_per_step, seed, step)
-            record.update(probe(model, enc, examples, score_fn, rl_cfg, rl.step_seed(seed, step)))
-        record.update(dpo_update(model, ref_model, opt, enc, pairs[step * per_step:(step + 1) * per_step], cfg, loss,
-                                 rl_cfg.grad_clip, backend))
-        log.append(record)
-        shown = {k: record[k] for k in ("loss", "margin", "reward_mean") if k in record}
-        progress.update(step + 1, force=step + 1 == rl_cfg.steps, **shown)
-    model.eval()
-    save_policy(out_path, model, enc, stage=loss, base_policy=str(policy_ckpt), seed=seed, pairs=len(pairs),
+            record.update(probe(run.model, run.enc, examples, score_fn, rl_cfg, rl.step_seed(seed, step)))
+        step_pairs = pairs[step * per_step:(step + 1) * per_step][mine]  # this process's share
+        record.update(dpo_update(run.model, run.ref_model, run.opt, run.enc, step_pairs, cfg, loss, rl_cfg.grad_clip,
+                                 backend))
+        run.log_step(record, shown=("loss", "margin", "reward_mean"))
+    run.model.eval()
+    save_policy(out_path, run.model, run.enc, stage=loss, base_policy=str(policy_ckpt), seed=seed, pairs=len(pairs),
                 rl_config=asdict(rl_cfg), dpo_config=asdict(cfg))
+    log = run.log
     probed = [h for h in log.history if "reward_mean" in h]
-    if probed:
+    if probed and distributed.is_main():
         plots.reward_curves({loss: probed}, rl.reward_curve_path(out_path))
+    distributed.barrier()  # the policy file is written before any rank reads it
     return {"stability": rl.stability(probed) if probed else {}, "history": log.history, "pairs": len(pairs)}

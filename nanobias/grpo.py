@@ -25,6 +25,12 @@ readable definitions are in kernels/reference.py), on the backend given ("torch"
 
 A training step: sample (rl.rollout) -> score (the reward model, with or without the neuron
 intervention; rl.make_scorer) -> advantages -> `num_iterations` clipped updates.
+
+Under torchrun each process holds whole groups (rl.rollout), so advantages are unchanged. The
+"grpo" and "dr_grpo" losses are means over sequences (N is the same on every process, and so is
+the completion width, max_new_tokens), so the ranks' average is the global loss; "dapo" divides by
+the tokens of the whole batch (distributed.token_share). "batch" scale needs the std of every
+process's rewards, which the loss does not see: it runs in one process only.
 """
 
 from dataclasses import asdict, dataclass
@@ -33,11 +39,10 @@ import torch
 
 from kernels import grpo_loss, token_logprobs
 from kernels.reference import AGGS, SCALES
-from nanobias import plots, rl
-from nanobias.checkpoint import load_policy, save_policy
-from nanobias.progress import Progress
+from nanobias import device, distributed, plots, rl
+from nanobias.checkpoint import save_policy
 from nanobias.sampling import Samples, completion_logits
-from nanobias.train import TrainingDiverged, lr_at, make_optimizer
+from nanobias.train import TrainingDiverged, optimizer_step
 
 @dataclass
 class GRPOConfig:
@@ -62,7 +67,9 @@ class GRPOConfig:
 @torch.no_grad()
 def fixed_logprobs(model, samples: Samples, temperature: float, backend: str) -> torch.Tensor:
     """Log-probs [R, N] of the sampled tokens under `model`, as constants (no graph)."""
-    return token_logprobs(completion_logits(model, samples), samples.tokens, temperature=temperature, backend=backend)
+    with device.autocast():
+        return token_logprobs(completion_logits(model, samples), samples.tokens, temperature=temperature,
+                              backend=backend)
 
 
 def grpo_update(model, ref_model, opt, samples: Samples, rewards: torch.Tensor, rl_cfg: rl.RLConfig,
@@ -76,18 +83,19 @@ def grpo_update(model, ref_model, opt, samples: Samples, rewards: torch.Tensor, 
     T = rl_cfg.temperature
     logp_old = fixed_logprobs(model, samples, T, backend) if cfg.num_iterations > 1 else None  # [R, N]
     logp_ref = fixed_logprobs(ref_model, samples, T, backend) if rl_cfg.beta > 0 else None
+    # this rank's share of a loss averaged over every rank's tokens ("dapo"); 1 in a single process
+    share = distributed.token_share(samples.mask.sum()) if cfg.agg == "dapo" else 1.0
     per_iteration = []
     for _ in range(cfg.num_iterations):
-        logits = completion_logits(model, samples)  # [R, N, V]
-        loss, stats = grpo_loss(logits, samples.tokens, samples.mask, rewards, rl_cfg.group_size,
-                                logp_old=logp_old, logp_ref=logp_ref, eps_low=cfg.eps_low, eps_high=cfg.eps_high,
-                                beta=rl_cfg.beta, temperature=T, scale=cfg.scale, agg=cfg.agg, backend=backend)
-        if not torch.isfinite(loss):
+        with device.autocast():
+            logits = completion_logits(model, samples)  # [R, N, V]
+            loss, stats = grpo_loss(logits, samples.tokens, samples.mask, rewards, rl_cfg.group_size,
+                                    logp_old=logp_old, logp_ref=logp_ref, eps_low=cfg.eps_low, eps_high=cfg.eps_high,
+                                    beta=rl_cfg.beta, temperature=T, scale=cfg.scale, agg=cfg.agg, backend=backend)
+            loss = loss * share
+        if not torch.isfinite(distributed.all_sum(loss.detach())):  # summed: every rank stops together
             raise TrainingDiverged(f"grpo: loss is {loss.item()}; stopped. Try a lower lr in the preset's rl config.")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), rl_cfg.grad_clip).item()
-        opt.step()
+        grad_norm = optimizer_step(opt, loss, list(model.parameters()), rl_cfg.grad_clip)
         per_iteration.append({"loss": loss.item(), "kl": stats["kl"].item(), "clip_frac": stats["clip_frac"].item(),
                               "grad_norm": grad_norm,
                               "entropy": rl.token_entropy(logits.detach(), samples.mask, T)})
@@ -113,27 +121,23 @@ def train_grpo(preset, splits, policy_ckpt, out_path, score_fn: rl.ScoreFn, seed
     curve to `<stem>.reward.png`. Returns {"stability": {"reward_fluctuation", "final_reward_mean"},
     "history": [per-step records]}."""
     rl_cfg, cfg = preset.rl, preset.grpo
-    model, enc, _ = load_policy(policy_ckpt)
-    ref_model = rl.reference_policy(model)
-    train_cfg = rl_cfg.train_config()
-    opt = make_optimizer(model, train_cfg)
-    log = rl.MetricsLog(rl.metrics_path(out_path))
-    progress = Progress(rl_cfg.steps, "grpo", unit="step")
-    print(f"grpo: {rl_cfg.steps} steps x {rl_cfg.prompts_per_step} prompts x {rl_cfg.group_size} completions "
-          f"(<= {rl_cfg.max_new_tokens} tokens), lr {rl_cfg.lr}, beta {rl_cfg.beta}, {cfg}")
-    model.train()
+    if cfg.scale == "batch" and distributed.world_size() > 1:
+        raise ValueError("grpo.scale='batch' divides by the std of every process's rewards, which one process's "
+                         "loss does not see: use scale 'group' or 'none' under torchrun, or one process")
+    run = rl.start_run(policy_ckpt, out_path, rl_cfg, "grpo", f"{rl_cfg.steps} steps x {rl_cfg.prompts_per_step} "
+                       f"prompts x {rl_cfg.group_size} completions (<= {rl_cfg.max_new_tokens} tokens), "
+                       f"lr {rl_cfg.lr}, beta {rl_cfg.beta}, {cfg}")
+    run.model.train()
     for step in range(rl_cfg.steps):
-        lr = lr_at(step, train_cfg)
-        for group in opt.param_groups:
-            group["lr"] = lr
+        lr = run.set_lr(step)
         examples = rl.prompt_batch(splits.train, rl_cfg.prompts_per_step, seed, step)
-        record = {"step": step, "lr": lr, **grpo_step(model, ref_model, opt, enc, examples, score_fn, rl_cfg, cfg,
-                                                      rl.step_seed(seed, step), backend)}
-        log.append(record)
-        progress.update(step + 1, force=step + 1 == rl_cfg.steps, reward=record["reward_mean"], kl=record["kl"],
-                        len=record["completion_len"])
-    model.eval()
-    save_policy(out_path, model, enc, stage="grpo", base_policy=str(policy_ckpt), seed=seed,
+        record = {"step": step, "lr": lr, **grpo_step(run.model, run.ref_model, run.opt, run.enc, examples, score_fn,
+                                                      rl_cfg, cfg, rl.step_seed(seed, step), backend)}
+        run.log_step(record, shown=("reward_mean", "kl", "completion_len"))
+    run.model.eval()
+    save_policy(out_path, run.model, run.enc, stage="grpo", base_policy=str(policy_ckpt), seed=seed,
                 rl_config=asdict(rl_cfg), grpo_config=asdict(cfg))
-    plots.reward_curves({"grpo": log.history}, rl.reward_curve_path(out_path))
-    return {"stability": rl.stability(log.history), "history": log.history}
+    if distributed.is_main():
+        plots.reward_curves({"grpo": run.log.history}, rl.reward_curve_path(out_path))
+    distributed.barrier()  # the policy file is written before any rank reads it
+    return {"stability": rl.stability(run.log.history), "history": run.log.history}

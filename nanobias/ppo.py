@@ -21,19 +21,23 @@ BiasGRPO reports that this critic makes PPO's reward fluctuate more than GRPO's,
 is the group-normalised reward. The value head is trained with the policy and discarded at the end.
 The logged "kl" is the mean of logp - logp_ref over completion tokens (the estimator inside r_t;
 GRPO logs its k3 estimator, which is >= 0 per token).
+
+Under torchrun each process holds whole groups (rl.rollout); advantages are whitened with the
+mean and std of every process's tokens, and each process splits its own rows into minibatches,
+so a minibatch is the union of one chunk per process; its token means are over that union
+(distributed.token_share). Same sizes as one process, a different random split.
 """
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
 
 from kernels import token_logprobs
-from nanobias import plots, rl
-from nanobias.checkpoint import load_policy, save_policy
-from nanobias.progress import Progress
+from nanobias import device, distributed, plots, rl
+from nanobias.checkpoint import save_policy
 from nanobias.sampling import Samples, completion_logits
-from nanobias.train import TrainingDiverged, lr_at, make_optimizer
+from nanobias.train import TrainingDiverged, optimizer_step
 
 
 @dataclass
@@ -65,10 +69,12 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """(x - mean) / std over the masked entries (population std); 0 outside the mask."""
-    mean = masked_mean(x, mask)
-    std = masked_mean((x - mean) ** 2, mask).sqrt()
-    return (x - mean) / (std + eps) * (mask != 0)
+    """(x - mean) / std over the masked entries of every process (population std); 0 outside the mask."""
+    m = (mask != 0).to(x.dtype)
+    count = distributed.all_sum(m.sum()).clamp(min=1)
+    mean = distributed.all_sum((x * m).sum()) / count
+    std = (distributed.all_sum(((x - mean) ** 2 * m).sum()) / count).sqrt()
+    return (x - mean) / (std + eps) * m
 
 
 def last_token_index(mask: torch.Tensor) -> torch.Tensor:
@@ -127,9 +133,10 @@ def select_rows(samples: Samples, index: torch.Tensor) -> Samples:
 
 def forward(model, value_head, samples: Samples, temperature: float, backend: str):
     """-> (token log-probs [R, N], values [R, N], logits [R, N, V]) of the sampled completions."""
-    logits, hidden = completion_logits(model, samples, return_hidden=True)  # [R, N, V], [R, N, C]
-    logp = token_logprobs(logits, samples.tokens, temperature=temperature, backend=backend)
-    return logp, value_head(hidden).squeeze(-1), logits
+    with device.autocast():
+        logits, hidden = completion_logits(model, samples, return_hidden=True)  # [R, N, V], [R, N, C]
+        logp = token_logprobs(logits, samples.tokens, temperature=temperature, backend=backend)
+        return logp, value_head(hidden).squeeze(-1).float(), logits
 
 
 def ppo_step(model, value_head, ref_model, opt, enc, examples, score_fn: rl.ScoreFn, rl_cfg: rl.RLConfig,
@@ -144,13 +151,15 @@ def ppo_step(model, value_head, ref_model, opt, enc, examples, score_fn: rl.Scor
         logp_old, values_old, logits = forward(model, value_head, samples, T, backend)
         entropy = rl.token_entropy(logits, mask, T)
         del logits
-        logp_ref = token_logprobs(completion_logits(ref_model, samples), samples.tokens, temperature=T, backend=backend)
+        with device.autocast():
+            logp_ref = token_logprobs(completion_logits(ref_model, samples), samples.tokens, temperature=T,
+                                      backend=backend)
         rewards = shaped_rewards(scores, logp_old, logp_ref, mask, rl_cfg.beta)
         advantages, returns = gae(rewards, values_old, mask, cfg.gamma, cfg.lam)
         advantages = whiten(advantages, mask)
     R = len(scores)
     generator = torch.Generator().manual_seed(seed)
-    params = list(model.parameters()) + list(value_head.parameters())
+    params = [p for group in opt.param_groups for p in group["params"]]  # the policy's and the value head's
     updates = []
     for _ in range(cfg.epochs):
         for idx in torch.randperm(R, generator=generator).chunk(cfg.minibatches):
@@ -159,13 +168,10 @@ def ppo_step(model, value_head, ref_model, opt, enc, examples, score_fn: rl.Scor
             m = mask[idx]
             pg, clip_frac = policy_loss(logp, logp_old[idx], advantages[idx], m, cfg.eps)
             vf = value_loss(values, values_old[idx], returns[idx], m, cfg.eps_value)
-            loss = pg + cfg.vf_coef * vf
-            if not torch.isfinite(loss):
+            loss = (pg + cfg.vf_coef * vf) * distributed.token_share((m != 0).sum())  # 1 in one process
+            if not torch.isfinite(distributed.all_sum(loss.detach())):  # summed: every rank stops together
                 raise TrainingDiverged(f"ppo: loss is {loss.item()}; stopped. Try a lower ppo.lr in the preset.")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, rl_cfg.grad_clip).item()
-            opt.step()
+            grad_norm = optimizer_step(opt, loss, params, rl_cfg.grad_clip)
             updates.append({"loss": loss.item(), "pg_loss": pg.item(), "vf_loss": vf.item(),
                             "clip_frac": clip_frac.item(), "grad_norm": grad_norm})
     averaged = {k: sum(u[k] for u in updates) / len(updates) for k in updates[0]}
@@ -181,30 +187,29 @@ def train_ppo(preset, splits, policy_ckpt, out_path, score_fn: rl.ScoreFn, seed:
     curve to `<stem>.reward.png`. Returns {"stability": {"reward_fluctuation", "final_reward_mean"},
     "history": [per-step records]}."""
     rl_cfg, cfg = preset.rl, preset.ppo
-    model, enc, _ = load_policy(policy_ckpt)
-    ref_model = rl.reference_policy(model)
-    value_head = nn.Linear(model.config.n_embd, 1).to(next(model.parameters()).device)
-    nn.init.zeros_(value_head.weight)  # V = 0 at the start: the critic knows nothing yet
-    nn.init.zeros_(value_head.bias)
-    train_cfg = replace(rl_cfg.train_config(), lr=cfg.lr)
-    opt = make_optimizer(nn.ModuleDict({"policy": model, "value_head": value_head}), train_cfg)
-    log = rl.MetricsLog(rl.metrics_path(out_path))
-    progress = Progress(rl_cfg.steps, "ppo", unit="step")
-    print(f"ppo: {rl_cfg.steps} steps x {rl_cfg.prompts_per_step} prompts x {rl_cfg.group_size} completions "
-          f"(<= {rl_cfg.max_new_tokens} tokens), beta {rl_cfg.beta}, {cfg}")
-    model.train()
+    run = rl.start_run(policy_ckpt, out_path, rl_cfg, "ppo", f"{rl_cfg.steps} steps x {rl_cfg.prompts_per_step} "
+                       f"prompts x {rl_cfg.group_size} completions (<= {rl_cfg.max_new_tokens} tokens), "
+                       f"beta {rl_cfg.beta}, {cfg}", lr=cfg.lr, heads=lambda model: {"value_head": value_head(model)})
+    run.model.train()
     for step in range(rl_cfg.steps):
-        lr = lr_at(step, train_cfg)
-        for group in opt.param_groups:
-            group["lr"] = lr
+        lr = run.set_lr(step)
         examples = rl.prompt_batch(splits.train, rl_cfg.prompts_per_step, seed, step)
-        record = {"step": step, "lr": lr, **ppo_step(model, value_head, ref_model, opt, enc, examples, score_fn,
-                                                     rl_cfg, cfg, rl.step_seed(seed, step), backend)}
-        log.append(record)
-        progress.update(step + 1, force=step + 1 == rl_cfg.steps, reward=record["reward_mean"], kl=record["kl"],
-                        len=record["completion_len"])
-    model.eval()
-    save_policy(out_path, model, enc, stage="ppo", base_policy=str(policy_ckpt), seed=seed,
+        record = {"step": step, "lr": lr, **ppo_step(run.model, run.heads["value_head"], run.ref_model, run.opt,
+                                                     run.enc, examples, score_fn, rl_cfg, cfg,
+                                                     rl.step_seed(seed, step), backend)}
+        run.log_step(record, shown=("reward_mean", "kl", "completion_len"))
+    run.model.eval()
+    save_policy(out_path, run.model, run.enc, stage="ppo", base_policy=str(policy_ckpt), seed=seed,
                 rl_config=asdict(rl_cfg), ppo_config=asdict(cfg))
-    plots.reward_curves({"ppo": log.history}, rl.reward_curve_path(out_path))
-    return {"stability": rl.stability(log.history), "history": log.history}
+    if distributed.is_main():
+        plots.reward_curves({"ppo": run.log.history}, rl.reward_curve_path(out_path))
+    distributed.barrier()  # the policy file is written before any rank reads it
+    return {"stability": rl.stability(run.log.history), "history": run.log.history}
+
+
+def value_head(model) -> nn.Linear:
+    """V = w . h + b on the policy's hidden states, zero at the start: the critic knows nothing yet."""
+    head = nn.Linear(model.config.n_embd, 1)
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    return head

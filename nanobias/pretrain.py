@@ -20,6 +20,7 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 
+from nanobias import distributed
 from nanobias.checkpoint import policy_meta
 from nanobias.data import Splits, pretraining_documents
 from nanobias.model import GPT
@@ -86,16 +87,20 @@ def document_batch(docs: list[tuple[list[int], int]], batch_size: int, generator
 
 def lm_loss(model: GPT, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Mean next-token cross-entropy of targets y [B, T] given x [B, T], over mask [B, T] (default all)."""
+    device = next(model.parameters()).device
+    x, y = x.to(device), y.to(device)
     logits = model(x)  # [B, T, V]
     nll = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="none").view_as(y)
     if mask is None:
         return nll.mean()
+    mask = mask.to(nll.device)
     return (nll * mask).sum() / mask.sum().clamp(min=1)
 
 
 def pretrain(preset: Preset, enc, train_docs: list[str], val_docs: list[str], ckpt_path, seed: int = 0,
-             resume: bool = False) -> GPT:
-    """Train a fresh GPT of the preset's size on the documents; writes the policy checkpoint."""
+             resume: bool = False, init: GPT | None = None) -> GPT:
+    """Train a fresh GPT of the preset's size (or `init`, e.g. GPT-2's weights) on the documents;
+    writes the policy checkpoint."""
     train_set, val_set = encode_documents(enc, train_docs), encode_documents(enc, val_docs)
     block_size = fitted_block_size(preset.model.block_size, train_set + val_set)
     if block_size != preset.model.block_size:
@@ -103,12 +108,17 @@ def pretrain(preset: Preset, enc, train_docs: list[str], val_docs: list[str], ck
     config = replace(preset.model, vocab_size=enc.n_vocab, block_size=block_size)
     cfg = preset.pretrain
     torch.manual_seed(seed)  # the weight init
-    model = GPT(config)
+    model = GPT(config) if init is None else init
+    if init is not None and (init.config.vocab_size < enc.n_vocab or init.config.block_size < block_size):
+        raise ValueError(f"pretrain: the initial model (vocab {init.config.vocab_size}, block_size "
+                         f"{init.config.block_size}) needs vocab >= {enc.n_vocab} and block_size >= {block_size}")
 
     def batch_loss(step):
         # the batch is a function of (seed, step) alone, so a resumed run sees the same batches
         g = torch.Generator().manual_seed(seed * 1_000_003 + step)
-        return lm_loss(model, *document_batch(train_set, cfg.batch_size, g, enc.eot_token)), {}
+        x, y, mask = (t[distributed.shard(cfg.batch_size, "documents")]  # this rank's rows (all of them alone)
+                      for t in document_batch(train_set, cfg.batch_size, g, enc.eot_token))
+        return lm_loss(model, x, y, mask) * distributed.token_share(mask.sum()), {}
 
     def val_loss():
         g = torch.Generator().manual_seed(seed + 12345)

@@ -14,6 +14,13 @@ number of preference pairs. The rest is plumbing each trainer would otherwise re
 - `reference_policy`: the frozen copy of the initial policy that the KL term is measured against.
 - per-step logs (reward mean and std, KL, clip fraction, completion length, entropy) as JSONL,
   training stability (the reward curve itself is drawn by plots.reward_curves).
+- `start_run`: the set-up every trainer repeats (policy on its device, reference, optimiser,
+  metrics log, progress line).
+
+Under torchrun (distributed.py) each process samples, scores and trains on its own share of the
+B prompts: whole groups stay on one process, so group normalisation is unchanged, and each
+prompt's completions are sampled with the prompt's own seed, so the samples are those of a single
+process. Logged statistics are over the whole batch (rewards gathered, the rest averaged).
 
 Stability (DESIGN.md): `reward_fluctuation` = population std of the per-step batch-mean reward
 over the last half of training; `final_reward_mean` = the mean of those batch means.
@@ -23,15 +30,18 @@ import copy
 import json
 import random
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+from nanobias import device, distributed
+from nanobias.checkpoint import load_policy
 from nanobias.data import Example, render_prompt
+from nanobias.progress import Progress
 from nanobias.sampling import Samples, completion_texts, sample
-from nanobias.train import TrainConfig
+from nanobias.train import TrainConfig, lr_at, make_optimizer
 
 ScoreFn = Callable[[list[Example], list[str], list[str]], torch.Tensor]
 
@@ -96,10 +106,16 @@ class Rollout:
 
 
 def rollout(model, enc, examples: list[Example], cfg: RLConfig, seed: int) -> Rollout:
-    """G completions of each example's prompt, sampled with the KV cache shared across the group."""
+    """G completions of each of this process's examples (its shard of the step's B; all of them in a
+    single process), sampled with the KV cache shared across the group. Prompt b of the step is
+    sampled with its own seed, a function of (seed, b), whichever process samples it."""
+    mine = distributed.shard(len(examples), "prompts")
+    examples = examples[mine]
     texts = [render_prompt(ex) for ex in examples]
-    samples = sample(model, [enc.encode_ordinary(t) for t in texts], enc.eot_token, group_size=cfg.group_size,
-                     max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=seed)
+    seeds = [seed * 100_003 + b for b in range(mine.start, mine.stop)]
+    with device.autocast():
+        samples = sample(model, [enc.encode_ordinary(t) for t in texts], enc.eot_token, group_size=cfg.group_size,
+                         max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=seeds)
     G = cfg.group_size
     return Rollout([ex for ex in examples for _ in range(G)], [t for t in texts for _ in range(G)],
                    completion_texts(enc, samples), samples)
@@ -122,7 +138,7 @@ def make_scorer(reward_ckpt=None, intervention_path=None, oracle: bool = False, 
         return lambda examples, prompts, completions: oracle_rewards(examples, completions)
     from nanobias.reward import load_reward_model, score
 
-    rm, enc, _ = load_reward_model(reward_ckpt)
+    rm, enc, _ = load_reward_model(reward_ckpt, device=distributed.device())
     intervention = None
     if intervention_path is not None:
         from nanobias.intervention import load_intervention
@@ -130,7 +146,8 @@ def make_scorer(reward_ckpt=None, intervention_path=None, oracle: bool = False, 
         intervention = load_intervention(intervention_path)
 
     def score_fn(examples, prompts, completions):
-        return score(rm, enc, prompts, completions, intervention=intervention, batch_size=batch_size).float()
+        with device.autocast():
+            return score(rm, enc, prompts, completions, intervention=intervention, batch_size=batch_size).float()
 
     return score_fn
 
@@ -155,25 +172,77 @@ def token_entropy(logits: torch.Tensor, mask: torch.Tensor, temperature: float =
 
 
 def rollout_stats(rewards: torch.Tensor, ro: Rollout) -> dict:
-    """Reward mean/std (population) and completion length in characters and tokens."""
+    """Reward mean/std (population) and completion length in characters and tokens, over every
+    process's completions."""
+    rewards = distributed.all_gather(rewards.float())  # [B*G]
+    chars = distributed.all_gather(torch.tensor([float(len(c)) for c in ro.completions]))
+    tokens = distributed.all_gather(ro.samples.mask.sum(1).float())
     return {"reward_mean": rewards.mean().item(), "reward_std": rewards.std(correction=0).item(),
-            "completion_len": sum(len(c) for c in ro.completions) / len(ro.completions),
-            "completion_tokens": ro.samples.mask.sum().item() / ro.samples.mask.shape[0]}
+            "completion_len": chars.mean().item(), "completion_tokens": tokens.mean().item()}
 
 
 class MetricsLog:
-    """Per-step records appended to a JSONL file (started afresh), kept in memory as `history`."""
+    """Per-step records appended to a JSONL file (started afresh), kept in memory as `history`.
+    Under torchrun every rank appends (float values are averaged over ranks), rank 0 writes."""
 
     def __init__(self, path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text("")
+        if distributed.is_main():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text("")
         self.history: list[dict] = []
 
     def append(self, record: dict) -> None:
+        record = distributed.mean_over_ranks(record)
         self.history.append(record)
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        if distributed.is_main():
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+@dataclass
+class Run:
+    """What every RL trainer sets up: the policy it trains (on this process's device), its frozen
+    reference, the tokenizer, the optimiser, its schedule, the log and the progress line."""
+    model: torch.nn.Module
+    ref_model: torch.nn.Module
+    enc: object
+    opt: torch.optim.Optimizer
+    train_cfg: TrainConfig
+    log: MetricsLog
+    progress: Progress
+    heads: dict  # modules trained beside the policy (PPO's value head), by name
+
+    def set_lr(self, step: int) -> float:
+        lr = lr_at(step, self.train_cfg)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def log_step(self, record: dict, shown: tuple[str, ...]) -> None:
+        """Append the step's record (averaged over ranks); rank 0 prints the `shown` fields."""
+        self.log.append(record)
+        record = self.log.history[-1]
+        if distributed.is_main():
+            done = record["step"] + 1
+            self.progress.update(done, force=done == self.progress.total, **{k: record[k] for k in shown if k in record})
+
+
+def start_run(policy_ckpt, out_path, rl_cfg: RLConfig, desc: str, about: str, lr: float | None = None,
+              heads: Callable[[torch.nn.Module], dict] | None = None) -> Run:
+    """Load the policy onto this process's device, freeze a reference copy, build the optimiser (over
+    the policy and any `heads(policy)` trained with it, e.g. PPO's value head; learning rate `lr`,
+    default rl_cfg.lr), start `<out stem>.metrics.jsonl` and the progress line; rank 0 prints `about`."""
+    model, enc, _ = load_policy(policy_ckpt)
+    ref_model = reference_policy(model).to(distributed.device())
+    extra = heads(model) if heads else {}
+    trained = torch.nn.ModuleDict({"policy": model, **extra}).to(distributed.device())
+    device.prepare(model)
+    train_cfg = replace(rl_cfg.train_config(), lr=lr or rl_cfg.lr)
+    if distributed.is_main():
+        print(f"{desc}: {about}" + (f" on {distributed.world_size()} processes" if distributed.world_size() > 1 else ""))
+    return Run(model, ref_model, enc, make_optimizer(trained, train_cfg), train_cfg,
+               MetricsLog(metrics_path(out_path)), Progress(rl_cfg.steps, desc, unit="step"), extra)
 
 
 def metrics_path(ckpt_path) -> Path:

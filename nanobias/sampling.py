@@ -9,6 +9,10 @@ Each step draws from softmax(logits / temperature), optionally cut to the top-k 
 the smallest set whose probability reaches top-p; temperature 0 is greedy. A row stops at
 end-of-text or after `max_new_tokens`. The returned log-probs are those of the sampled tokens
 under softmax(logits / temperature) before the top-k/top-p cut: the policy the GRPO ratio uses.
+
+Seeds: one seed for the batch, or one per prompt. With one per prompt each group draws from its
+own generator, so a prompt's completions do not depend on the other prompts in the batch: a
+batch split over several processes (distributed.py) samples exactly what one process would.
 """
 
 from dataclasses import dataclass
@@ -40,8 +44,10 @@ def left_pad(seqs: list[list[int]], pad_id: int, device=None) -> tuple[torch.Ten
 
 
 def next_token(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,
-               generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """logits [R, V] -> (token [R], its log-prob under softmax(logits / temperature)) [R]."""
+               generator: torch.Generator | list[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits [R, V] -> (token [R], its log-prob under softmax(logits / temperature)) [R].
+
+    With a list of n generators the R rows are n equal blocks (groups), each drawn with its own."""
     logits = logits.float()
     if temperature == 0:
         token = logits.argmax(-1)
@@ -57,19 +63,25 @@ def next_token(logits: torch.Tensor, temperature: float, top_k: int | None, top_
         cum = torch.softmax(sorted_logits, -1).cumsum(-1)
         drop = cum - torch.softmax(sorted_logits, -1) >= top_p  # keep tokens until the mass reaches top_p
         cut.scatter_(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
-    token = torch.multinomial(torch.softmax(cut, -1), 1, generator=generator)[:, 0]
+    generators = generator if isinstance(generator, list) else [generator]
+    probs = torch.softmax(cut, -1).chunk(len(generators))  # n x [R/n, V]
+    token = torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, generators)])[:, 0]
     return token, logp.gather(-1, token[:, None])[:, 0]
 
 
 @torch.no_grad()
 def sample(model: GPT, prompts: list[list[int]], eot_id: int, group_size: int = 1, max_new_tokens: int = 32,
-           temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None, seed: int = 0,
-           use_cache: bool = True) -> Samples:
-    """Sample `group_size` completions for each prompt (token lists). Same seed, same samples."""
+           temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+           seed: int | list[int] = 0, use_cache: bool = True) -> Samples:
+    """Sample `group_size` completions for each prompt (token lists). Same seed, same samples;
+    `seed` is one int, or a list with one seed per prompt (see the module docstring)."""
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if isinstance(seed, list) and len(seed) != len(prompts):
+        raise ValueError(f"sample: {len(seed)} seeds for {len(prompts)} prompts; give one per prompt or one int")
     device = next(model.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(seed)
+    generator = [torch.Generator(device=device).manual_seed(s) for s in seed] if isinstance(seed, list) \
+        else torch.Generator(device=device).manual_seed(seed)
     ids, mask = left_pad(prompts, eot_id, device)  # [B, P]
     ids, mask = ids.repeat_interleave(group_size, 0), mask.repeat_interleave(group_size, 0)  # [R, P], R = B*G
     R, P = ids.shape

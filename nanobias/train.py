@@ -5,6 +5,11 @@ AdamW (weight decay on matrices only), learning rate with linear warmup then cos
 file, checkpoints written to a temporary file and renamed. The caller gives `batch_loss(step)`:
 the batch is a pure function of the step, so a resumed run replays exactly the batches an
 uninterrupted one would have seen and ends with the same weights.
+
+Under torchrun (distributed.py) every process runs this loop on its shard of each batch:
+`batch_loss` returns this rank's loss, scaled so that the ranks' average is the global batch's
+loss; `optimizer_step` averages the gradients before clipping, so every rank takes the same step.
+Logged values are averaged over ranks; rank 0 alone writes the metrics and the checkpoints.
 """
 
 import json
@@ -15,6 +20,7 @@ from typing import Callable
 
 import torch
 
+from nanobias import device, distributed
 from nanobias.checkpoint import load_checkpoint, save_checkpoint
 from nanobias.progress import Progress
 
@@ -61,6 +67,16 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Adam
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
 
 
+def optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, params: list, grad_clip: float) -> float:
+    """Backward, gradients averaged over ranks, norm clipped, one step. Returns the (global) gradient norm."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    distributed.average_gradients(params)
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip).item()
+    opt.step()
+    return grad_norm
+
+
 def train(model: torch.nn.Module, batch_loss: Callable[[int], tuple[torch.Tensor, dict]], cfg: TrainConfig,
           ckpt_path, meta: dict, val_loss: Callable[[], float] | None = None, resume: bool = False,
           desc: str = "train") -> dict:
@@ -71,6 +87,8 @@ def train(model: torch.nn.Module, batch_loss: Callable[[int], tuple[torch.Tensor
     """
     ckpt_path = Path(ckpt_path)
     metrics_path = ckpt_path.with_name(ckpt_path.stem + ".metrics.jsonl")
+    device.prepare(model)
+    params = list(model.parameters())
     opt = make_optimizer(model, cfg)
     start = 0
     if resume and ckpt_path.is_file():
@@ -79,11 +97,12 @@ def train(model: torch.nn.Module, batch_loss: Callable[[int], tuple[torch.Tensor
         opt.load_state_dict(ckpt["optimizer"])
         start = ckpt["step"]
     # metrics from steps after the checkpoint belong to a run that is being replaced
-    kept = []
-    if start > 0 and metrics_path.is_file():
-        kept = [ln for ln in metrics_path.read_text().splitlines() if json.loads(ln)["step"] < start]
-    metrics_path.parent.mkdir(parents=True, exist_ok=True)
-    metrics_path.write_text("".join(ln + "\n" for ln in kept))
+    if distributed.is_main():
+        kept = []
+        if start > 0 and metrics_path.is_file():
+            kept = [ln for ln in metrics_path.read_text().splitlines() if json.loads(ln)["step"] < start]
+        metrics_path.parent.mkdir(parents=True, exist_ok=True)
+        metrics_path.write_text("".join(ln + "\n" for ln in kept))
 
     def checkpoint(step):
         save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
@@ -96,20 +115,22 @@ def train(model: torch.nn.Module, batch_loss: Callable[[int], tuple[torch.Tensor
         lr = lr_at(step, cfg)
         for group in opt.param_groups:
             group["lr"] = lr
-        loss, stats = batch_loss(step)
-        if not torch.isfinite(loss):
+        with device.autocast():
+            loss, stats = batch_loss(step)
+        # averaged before the check, so that every rank stops together
+        logged = distributed.mean_over_ranks({"loss": loss.item(), **stats})
+        if not math.isfinite(logged["loss"]):
             raise TrainingDiverged(
-                f"{desc}: loss is {loss.item()} at step {step}; stopped. The last good checkpoint "
+                f"{desc}: loss is {logged['loss']} at step {step}; stopped. The last good checkpoint "
                 f"{ckpt_path} is kept (if one was written). Try a lower --lr.")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).item()
-        opt.step()
-        last = {"step": step, "loss": loss.item(), "lr": lr, "grad_norm": grad_norm, **stats}
+        grad_norm = optimizer_step(opt, loss, params, cfg.grad_clip)
+        last = {"step": step, "loss": logged.pop("loss"), "lr": lr, "grad_norm": grad_norm, **logged}
         done = step + 1
+        if not distributed.is_main():
+            continue
         if val_loss is not None and (done % cfg.eval_every == 0 or done == cfg.steps):
             model.eval()
-            with torch.no_grad():
+            with torch.no_grad(), device.autocast():
                 last["val_loss"] = val_loss()
             model.train()
         with open(metrics_path, "a") as f:
@@ -118,5 +139,6 @@ def train(model: torch.nn.Module, batch_loss: Callable[[int], tuple[torch.Tensor
             checkpoint(done)
         shown = {k: v for k, v in last.items() if k in ("loss", "val_loss", "reward_mean", "acc")}
         progress.update(done, force=(done == cfg.steps), lr=f"{lr:.2e}", **shown)
+    distributed.barrier()  # the other ranks may read the final checkpoint next
     model.eval()
     return last
