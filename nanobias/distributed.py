@@ -17,7 +17,8 @@ Why not DistributedDataParallel: DDP averages gradients during backward, so it o
 communication with compute, but it expects one forward per backward. The trainers here run
 several forwards per backward (length-bucketed chunks of pairs, reference passes, KV-cache
 sampling), and an explicit all-reduce after backward keeps every trainer's code as it was.
-Parameters start equal because every rank seeds the same initialisation or loads the same file.
+Parameters start equal (every rank seeds the same initialisation or loads the same file, and
+`sync_parameters` copies rank 0's to make sure), so equal steps keep them equal.
 
 Rank 0 alone writes checkpoints, metrics, reports and progress lines; every rank can resume
 (all load the same checkpoint). One machine (a shared file system) is assumed.
@@ -105,6 +106,13 @@ def all_gather(x: torch.Tensor) -> torch.Tensor:
     parts = [torch.empty_like(mine) for _ in range(world_size())]
     dist.all_gather(parts, mine)
     return torch.cat(parts).to(x.device)
+
+
+def sync_parameters(module: torch.nn.Module) -> None:
+    """Copy rank 0's parameters and buffers to every rank."""
+    if dist.is_initialized():
+        for t in list(module.parameters()) + list(module.buffers()):
+            dist.broadcast(t.data, src=0)
 
 
 def average_gradients(params) -> None:

@@ -107,7 +107,7 @@ def grpo_step(model, ref_model, opt, enc, examples, score_fn: rl.ScoreFn, rl_cfg
     """Sample G completions for each of the B examples, score, update. Returns the step's log record:
     loss, kl, clip_frac, grad_norm, entropy averaged over the inner iterations, and rl.rollout_stats."""
     ro = rl.rollout(model, enc, examples, rl_cfg, seed)
-    rewards = score_fn(ro.examples, ro.prompts, ro.completions).float()  # [R]
+    rewards = score_fn(ro.examples, ro.prompts, ro.completions).float().to(ro.samples.tokens.device)  # [R]
     per_iteration = grpo_update(model, ref_model, opt, ro.samples, rewards, rl_cfg, cfg, backend)
     averaged = {k: sum(it[k] for it in per_iteration) / len(per_iteration) for k in per_iteration[0]}
     return {**averaged, **rl.rollout_stats(rewards, ro)}

@@ -146,7 +146,7 @@ def ppo_step(model, value_head, ref_model, opt, enc, examples, score_fn: rl.Scor
     T = rl_cfg.temperature
     ro = rl.rollout(model, enc, examples, rl_cfg, seed)
     samples, mask = ro.samples, ro.samples.mask
-    scores = score_fn(ro.examples, ro.prompts, ro.completions).float()  # [R]
+    scores = score_fn(ro.examples, ro.prompts, ro.completions).float().to(mask.device)  # [R]
     with torch.no_grad():
         logp_old, values_old, logits = forward(model, value_head, samples, T, backend)
         entropy = rl.token_entropy(logits, mask, T)

@@ -33,6 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from nanobias import distributed
 from nanobias.checkpoint import load_checkpoint, load_policy, policy_meta
 from nanobias.data import ATTRIBUTES, Completion, Example, Style, render_completion, render_prompt
 from nanobias.model import GPT, GPTConfig
@@ -270,6 +271,7 @@ def train_reward_model(preset, splits, policy_ckpt, out_path, seed: int = 0, res
         rng = random.Random(train_rng_seed + step)
         pairs = [make_pair(rng.choice(splits.train), rng, cfg.planted, cfg.biased_reject_rate)
                  for _ in range(cfg.train.batch_size)]
+        pairs = pairs[distributed.shard(len(pairs), "preference pairs")]  # this process's share (torchrun)
         return pair_loss(rm, enc, pairs, cfg.loss)
 
     def val_loss():

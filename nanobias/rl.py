@@ -238,6 +238,7 @@ def start_run(policy_ckpt, out_path, rl_cfg: RLConfig, desc: str, about: str, lr
     extra = heads(model) if heads else {}
     trained = torch.nn.ModuleDict({"policy": model, **extra}).to(distributed.device())
     device.prepare(model)
+    distributed.sync_parameters(trained)
     train_cfg = replace(rl_cfg.train_config(), lr=lr or rl_cfg.lr)
     if distributed.is_main():
         print(f"{desc}: {about}" + (f" on {distributed.world_size()} processes" if distributed.world_size() > 1 else ""))

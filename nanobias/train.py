@@ -96,6 +96,7 @@ def train(model: torch.nn.Module, batch_loss: Callable[[int], tuple[torch.Tensor
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         start = ckpt["step"]
+    distributed.sync_parameters(model)
     # metrics from steps after the checkpoint belong to a run that is being replaced
     if distributed.is_main():
         kept = []
