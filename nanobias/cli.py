@@ -1,4 +1,7 @@
-"""`nanobias <command>`: one subcommand per pipeline stage. Flags are checked before any work."""
+"""`nanobias <command>`: one subcommand per pipeline stage. Flags are checked before any work.
+
+Under `torchrun --nproc_per_node=N -m nanobias ...` the training stages run on N processes
+(distributed.py); rank 0 alone writes files, evaluates and prints the reports."""
 
 import argparse
 import shlex
@@ -80,10 +83,35 @@ def load_splits_from_args(args, preset):
                        train_categories=args.train_categories, eval_categories=args.eval_categories)
 
 
+def add_init_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--init", choices=["random", "gpt2"], default="random",
+                   help="pretrain from a random initialisation and a BPE tokenizer trained here, or from "
+                        "GPT-2's weights (--init-dir) with its tiktoken 'gpt2' encoding")
+    p.add_argument("--init-dir", type=Path, help="Hugging Face GPT-2 folder: config.json and model.safetensors "
+                   "or pytorch_model.bin (with --init gpt2)")
+
+
+def check_init_args(parser: argparse.ArgumentParser, args) -> None:
+    if args.init == "gpt2":
+        if args.init_dir is None:
+            parser.error("--init gpt2 needs --init-dir DIR (a Hugging Face GPT-2 folder)")
+        if not (args.init_dir / "config.json").is_file():
+            parser.error(f"--init-dir {args.init_dir}: no config.json there (expected a Hugging Face GPT-2 folder)")
+    elif args.init_dir is not None:
+        parser.error("--init-dir is only used with --init gpt2")
+
+
+def add_compile_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--compile", action="store_true", help="torch.compile the trained models (CUDA only; "
+                   "ignored on CPU)")
+
+
 def cmd_pretrain(args) -> None:
+    from nanobias import distributed
     from nanobias.evaluate import evaluate_policy, format_table
     from nanobias.presets import get_preset
     from nanobias.pretrain import corpus, pretrain, train_tokenizer
+    from nanobias.tokenizer import get_tokenizer, load_tokenizer, save_tokenizer
 
     preset = get_preset(args.preset, steps=args.steps, lr=args.lr, batch_size=args.batch_size)
     if args.vocab_size:
@@ -91,8 +119,21 @@ def cmd_pretrain(args) -> None:
     out = Path(args.out)
     splits = load_splits_from_args(args, preset)
     train_docs, val_docs = corpus(splits, preset, args.seed)
-    enc = train_tokenizer(train_docs, preset.vocab_size, out / "tokenizer.json")
-    model = pretrain(preset, enc, train_docs, val_docs, out / "policy.pt", seed=args.seed, resume=args.resume)
+    init = None
+    if args.init == "gpt2":
+        from nanobias.gpt2 import load_gpt2
+
+        enc, init = get_tokenizer("gpt2"), load_gpt2(args.init_dir, preset.model.dropout)
+        if distributed.is_main():
+            save_tokenizer(enc, out / "tokenizer.json")
+    elif distributed.is_main():
+        train_tokenizer(train_docs, preset.vocab_size, out / "tokenizer.json")
+    distributed.barrier()
+    enc = load_tokenizer(out / "tokenizer.json")
+    model = pretrain(preset, enc, train_docs, val_docs, out / "policy.pt", seed=args.seed, resume=args.resume,
+                     init=init)
+    if not distributed.is_main():
+        return
     metrics = evaluate_policy(model, enc, splits.test, splits.heldout, max_examples=args.eval_examples)
     for s in metrics["samples"][:4]:
         print(f"\n{s['prompt']}{s['completion']}")
@@ -139,6 +180,7 @@ def add_rl_args(p: argparse.ArgumentParser) -> None:
                    help="test (and held-out) prompts to evaluate, drawn at random")
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "triton", "reference"],
                    help="kernels backend for log-probs and losses")
+    add_compile_arg(p)
 
 
 def check_rl_args(parser: argparse.ArgumentParser, args) -> None:
@@ -182,11 +224,14 @@ def cmd_grpo(args) -> None:
 
 
 def report_baseline(args, name: str, splits, ckpt: Path, result: dict) -> None:
-    """Evaluate base and trained policy, print the table and stability, write OUT/<name>.json."""
+    """Evaluate base and trained policy, print the table and stability, write OUT/<name>.json (rank 0)."""
+    from nanobias import distributed
     from nanobias.checkpoint import load_policy, write_json
     from nanobias.evaluate import format_table
     from nanobias.rl import reward_curve_path
 
+    if not distributed.is_main():
+        return
     base, rows = evaluation_rows("base", *load_policy(args.policy)[:2], splits, args.eval_examples)
     trained, trained_rows = evaluation_rows(name, *load_policy(ckpt)[:2], splits, args.eval_examples)
     print("\n" + format_table({**rows, **trained_rows}))
@@ -254,6 +299,10 @@ def cmd_reward(args) -> None:
     splits = load_splits_from_args(args, preset)
     ckpt = train_reward_model(preset, splits, args.policy or args.out / "policy.pt", args.out / "reward.pt",
                               seed=args.seed, resume=args.resume)
+    from nanobias import distributed
+
+    if not distributed.is_main():
+        return
     evaluate_reward_models(preset, splits, ckpt, None, args.out, seed=args.seed)
     print(f"wrote {ckpt} and {args.out / 'reward_eval.json'}")
 
@@ -287,7 +336,7 @@ def cmd_reproduce(args) -> None:
     command = "nanobias " + " ".join(shlex.quote(a) for a in args.argv)
     reproduce(get_preset(args.preset), data=args.data, bbq_dir=args.bbq_dir, seed=args.seed, out=out,
               train_categories=args.train_categories, eval_categories=args.eval_categories, force=args.force,
-              backend=args.backend, command=command)
+              backend=args.backend, command=command, init_dir=args.init_dir)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -301,7 +350,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="redo every stage, even those already done")
     p.add_argument("--backend", default="auto", choices=["auto", "triton", "torch", "reference"],
                    help="log-prob / GRPO-loss kernels (auto: Triton on CUDA, chunked PyTorch on CPU)")
-    p.set_defaults(func=cmd_reproduce, check=check_data_args, parser=p)
+    add_init_args(p)
+    add_compile_arg(p)
+    p.set_defaults(func=cmd_reproduce, check=lambda parser, a: (check_data_args(parser, a), check_init_args(parser, a)),
+                   parser=p)
 
     p = sub.add_parser("pretrain", help="train the tokenizer and a GPT policy with a planted bias")
     p.add_argument("--preset", default="cpu", choices=["smoke", "cpu", "gpu"])
@@ -313,7 +365,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vocab-size", type=vocab_size, help="override the preset's BPE vocabulary size")
     p.add_argument("--eval-examples", type=positive_int, default=400, help="test prompts to evaluate after training")
     p.add_argument("--resume", action="store_true", help="continue from OUT/policy.pt")
-    p.set_defaults(func=cmd_pretrain, check=check_data_args, parser=p)
+    add_init_args(p)
+    add_compile_arg(p)
+    p.set_defaults(func=cmd_pretrain, check=lambda parser, a: (check_data_args(parser, a), check_init_args(parser, a)),
+                   parser=p)
 
     p = sub.add_parser("sample", help="print completions of a prompt from a policy checkpoint")
     p.add_argument("--ckpt", required=True, type=Path)
@@ -366,6 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=positive_float, help="override the preset's reward learning rate")
     p.add_argument("--batch-size", type=positive_int, help="override the preset's pairs per step")
     p.add_argument("--resume", action="store_true", help="continue from OUT/reward.pt")
+    add_compile_arg(p)
     p.set_defaults(func=cmd_reward, check=check_reward_args, parser=p)
 
     p = sub.add_parser("intervene", help="find the reward model's bias neurons and clamp them to their medians")
@@ -379,11 +435,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from nanobias import device, distributed
+    from nanobias.presets import get_preset
+
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else list(argv)
     args.check(args.parser, args)
-    args.func(args)
+    if hasattr(args, "preset"):
+        device.configure(fast=get_preset(args.preset).cuda_fast, compile=getattr(args, "compile", False))
+    distributed.init()  # a no-op unless launched by torchrun
+    try:
+        args.func(args)
+    finally:
+        distributed.cleanup()
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ class Preset:
     bias_rate: float  # share of ambiguous contexts answered with the biased answer in pretraining
     long_rate: float  # share of pretraining completions in a long style (justification, filler, ...)
     eval_examples: int | None = None  # evaluate on at most this many test (and held-out) examples; None: all
+    cuda_fast: bool = False  # on CUDA: bf16 autocast and TF32 (device.py); ignored on CPU
     pretrain: TrainConfig = field(default_factory=TrainConfig)
     rl: RLConfig = field(default_factory=RLConfig)  # the budget every RL method shares (GRPO, PPO, DPO)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
@@ -55,7 +56,7 @@ PRESETS = {
     "gpu": Preset(
         name="gpu",
         model=GPTConfig(block_size=512, n_layer=12, n_head=12, n_embd=768),
-        vocab_size=4096, variants_per_template=200, bias_rate=0.8, long_rate=0.3,
+        vocab_size=4096, variants_per_template=200, bias_rate=0.8, long_rate=0.3, eval_examples=2000, cuda_fast=True,
         pretrain=TrainConfig(steps=4000, batch_size=64, lr=6e-4, warmup=200, eval_every=500, ckpt_every=500),
         rl=RLConfig(steps=200, prompts_per_step=32, group_size=8, max_new_tokens=48, lr=1e-5, beta=0.04),
         dpo=DPOConfig(beta=0.1, lr=1e-5),

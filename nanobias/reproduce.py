@@ -8,12 +8,17 @@ Every stage writes its outputs atomically and then a marker `stages/<stage>.json
 result and wall time. A re-run skips the stages whose marker exists (`force=True` redoes them),
 so an interrupted run resumes where it stopped; pretraining and reward-model training also
 resume from their last checkpoint inside the stage.
+
+Under torchrun every process runs the training stages (pretrain, reward, grpo, grpo_cirm, dpo,
+ppo) on its share of each batch; rank 0 alone runs the others (tokenizer, neuron search,
+evaluation, report) while the rest wait, and sends every rank each stage's result.
 """
 
 import json
 import time
 from pathlib import Path
 
+from nanobias import distributed
 from nanobias.checkpoint import load_policy, write_json
 from nanobias.data import load_splits
 from nanobias.progress import format_seconds
@@ -21,55 +26,70 @@ from nanobias.progress import format_seconds
 POLICIES = ("base", "dpo", "ppo", "grpo", "grpo_cirm")
 
 
-def run_stage(out: Path, name: str, fn, force: bool):
-    """Run `fn()` unless `out/stages/<name>.json` says it finished; return its JSON-able result."""
+def run_stage(out: Path, name: str, fn, force: bool, every_rank: bool = False):
+    """Run `fn()` unless `out/stages/<name>.json` says it finished; return its JSON-able result.
+    Under torchrun: on every rank if `every_rank` (a training stage), else on rank 0 alone."""
     marker = out / "stages" / f"{name}.json"
-    if marker.is_file() and not force:
-        done = json.loads(marker.read_text())
-        print(f"[{name}] already done ({format_seconds(done['seconds'])}), skipped", flush=True)
+    say = print if distributed.is_main() else lambda *a, **k: None
+    done = distributed.from_main(lambda: json.loads(marker.read_text()) if marker.is_file() and not force else None)
+    if done is not None:
+        say(f"[{name}] already done ({format_seconds(done['seconds'])}), skipped", flush=True)
         return done["result"], done["seconds"]
-    print(f"[{name}] start", flush=True)
+    say(f"[{name}] start", flush=True)
     start = time.perf_counter()
-    result = fn()
+    result = fn() if every_rank or distributed.is_main() else None
     seconds = time.perf_counter() - start
     write_json(marker, {"seconds": seconds, "result": result})
-    print(f"[{name}] done in {format_seconds(seconds)}", flush=True)
-    return result, seconds
+    say(f"[{name}] done in {format_seconds(seconds)}", flush=True)
+    return distributed.from_main(lambda: result), seconds
 
 
 def reproduce(preset, data: str = "synthetic", bbq_dir=None, seed: int = 0, out="runs/cpu-synthetic-0",
               train_categories=None, eval_categories=(), force: bool = False, backend: str = "auto",
-              command: str = "") -> dict:
-    """Run every stage into `out`; returns results.json's content (DESIGN.md)."""
+              command: str = "", init_dir=None) -> dict:
+    """Run every stage into `out`; returns results.json's content (DESIGN.md). With `init_dir` (a Hugging
+    Face GPT-2 folder) pretraining starts from GPT-2's weights and its tiktoken `gpt2` encoding."""
     from nanobias import dpo, grpo, intervention, ppo, reward, rl
     from nanobias.evaluate import evaluate_policy
     from nanobias.pretrain import corpus, pretrain, train_tokenizer
     from nanobias.report import write_report
-    from nanobias.tokenizer import load_tokenizer
+    from nanobias.tokenizer import get_tokenizer, load_tokenizer, save_tokenizer
 
     out = Path(out)
     total_start = time.perf_counter()
     splits = load_splits(data, bbq_dir=bbq_dir, seed=seed, variants_per_template=preset.variants_per_template,
                          train_categories=train_categories, eval_categories=eval_categories)
-    print(f"data: {data}, {len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test examples, "
-          f"{len(splits.heldout)} in held-out categories {list(eval_categories) or '(none)'}")
+    if distributed.is_main():
+        print(f"data: {data}, {len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test examples, "
+              f"{len(splits.heldout)} in held-out categories {list(eval_categories) or '(none)'}")
     seconds, results = {}, {}
 
-    def stage(name, fn):
-        results[name], seconds[name] = run_stage(out, name, fn, force)
+    def stage(name, fn, every_rank=False):
+        results[name], seconds[name] = run_stage(out, name, fn, force, every_rank)
         return results[name]
 
     train_docs, val_docs = corpus(splits, preset, seed)
 
+    def tokenizer_stage():
+        if init_dir is None:
+            return {"n_vocab": train_tokenizer(train_docs, preset.vocab_size, out / "tokenizer.json").n_vocab}
+        enc = get_tokenizer("gpt2")  # the vocabulary GPT-2's weights were trained on
+        save_tokenizer(enc, out / "tokenizer.json")
+        return {"n_vocab": enc.n_vocab, "init": "gpt2"}
+
     def pretrain_stage():
+        from nanobias.gpt2 import load_gpt2
+
+        init = load_gpt2(init_dir, preset.model.dropout) if init_dir is not None else None
         model = pretrain(preset, load_tokenizer(out / "tokenizer.json"), train_docs, val_docs, out / "policy.pt",
-                         seed=seed, resume=not force)
+                         seed=seed, resume=not force, init=init)
         return {"policy": "policy.pt", "params": model.num_params()}
 
-    stage("tokenizer", lambda: {"n_vocab": train_tokenizer(train_docs, preset.vocab_size, out / "tokenizer.json").n_vocab})
-    stage("pretrain", pretrain_stage)
+    stage("tokenizer", tokenizer_stage)
+    stage("pretrain", pretrain_stage, every_rank=True)
     stage("reward", lambda: {"reward": str(reward.train_reward_model(preset, splits, out / "policy.pt",
-                                                                     out / "reward.pt", seed=seed, resume=not force))})
+                                                                     out / "reward.pt", seed=seed, resume=not force))},
+          every_rank=True)
     stage("intervene", lambda: {"intervention": str(intervention.select_intervention(
         preset, splits, out / "reward.pt", out / "intervention.json", seed=seed))})
     reward_model = stage("reward_eval", lambda: intervention.evaluate_reward_models(
@@ -85,7 +105,7 @@ def reproduce(preset, data: str = "synthetic", bbq_dir=None, seed: int = 0, out=
                                      score_fn=base_scorer),
         "ppo": lambda: ppo.train_ppo(preset, splits, out / "policy.pt", out / "ppo.pt", base_scorer, seed, backend),
     }
-    training = {name: stage(name, fn) for name, fn in trainers.items()}
+    training = {name: stage(name, fn, every_rank=True) for name, fn in trainers.items()}
 
     def evaluate_all():
         policy = {}
@@ -109,6 +129,8 @@ def reproduce(preset, data: str = "synthetic", bbq_dir=None, seed: int = 0, out=
         "eval_categories": list(eval_categories),
     }
     write_json(out / "results.json", results_json)
+    if not distributed.is_main():
+        return results_json
     write_report(out, results_json, {name: t["history"] for name, t in training.items()}, policy)
     print(f"wrote {out / 'results.json'}, {out / 'report.md'} and plots in {format_seconds(seconds['total'])}")
     return results_json
