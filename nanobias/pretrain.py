@@ -109,9 +109,10 @@ def pretrain(preset: Preset, enc, train_docs: list[str], val_docs: list[str], ck
     cfg = preset.pretrain
     torch.manual_seed(seed)  # the weight init
     model = GPT(config) if init is None else init
-    if init is not None and (init.config.vocab_size < enc.n_vocab or init.config.block_size < block_size):
+    need = fitted_block_size(1, train_set + val_set)  # the documents and room to generate, whatever the preset says
+    if init is not None and (init.config.vocab_size < enc.n_vocab or init.config.block_size < need):
         raise ValueError(f"pretrain: the initial model (vocab {init.config.vocab_size}, block_size "
-                         f"{init.config.block_size}) needs vocab >= {enc.n_vocab} and block_size >= {block_size}")
+                         f"{init.config.block_size}) needs vocab >= {enc.n_vocab} and block_size >= {need}")
 
     def batch_loss(step):
         # the batch is a function of (seed, step) alone, so a resumed run sees the same batches
