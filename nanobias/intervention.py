@@ -40,6 +40,9 @@ from nanobias.reward import (BALANCED, RewardModel, bump, encode, fit_length_pen
 from nanobias.sampling import left_pad
 
 POSITIONS = ("last", "all")
+# reward-model variants in reports: cirm_all = the intervention at every position; all_neurons =
+# every MLP neuron clamped at the last token, an upper bound on what a last-token edit can do
+METHODS = ("base", "cirm", "cirm_all", "all_neurons", "length_penalty", "lwr")
 
 
 # ---------------------------------------------------------------- Spearman correlation
@@ -199,6 +202,12 @@ def last_token_rewards(rm: RewardModel, batches: list[PrefilledBatch], intervent
 
 # ---------------------------------------------------------------- selection
 
+def column_medians(x: torch.Tensor) -> torch.Tensor:
+    """x [N, M] -> medians [M] float64 (mean of the two middle values when N is even)."""
+    xs = x.double().sort(dim=0).values
+    return (xs[(x.shape[0] - 1) // 2] + xs[x.shape[0] // 2]) / 2
+
+
 def k_grid(total_neurons: int, fractions) -> list[int]:
     return sorted({0} | {max(1, round(total_neurons * f)) for f in fractions})
 
@@ -216,7 +225,7 @@ def build_intervention(rho: torch.Tensor, acts: torch.Tensor, k: dict, positions
         flat = torch.cat([order[:ka], order[-ka:]]).unique().tolist()
         by_attribute[a] = [(f // n_neurons, f % n_neurons, round(row[f].item(), 4)) for f in flat]
     flat = sorted({layer * n_neurons + i for chosen in by_attribute.values() for layer, i, _ in chosen})
-    medians = acts.flatten(1)[:, flat].double().quantile(0.5, dim=0).tolist() if flat else []
+    medians = column_medians(acts.flatten(1)[:, flat]).tolist()
     return Intervention(n_layer, n_neurons, [(f // n_neurons, f % n_neurons) for f in flat], medians,
                         positions, {a: k.get(a, 0) for a in ATTRIBUTES}, by_attribute)
 
@@ -324,8 +333,10 @@ def evaluate_reward_models(preset, splits, reward_ckpt, intervention_path, out_d
     out_dir = Path(out_dir)
 
     val = make_pairs(splits.val, cfg.val_pairs, seed + 1, BALANCED)
-    rv_c, rv_r = np.split(score(rm, enc, [p.prompt for p in val] * 2,
-                                [p.chosen.text for p in val] + [p.rejected.text for p in val]).numpy(), 2)
+    r_val, acts_val = last_token_rewards(rm, prefill(rm, enc, [p.prompt for p in val] * 2,
+                                                     [p.chosen.text for p in val] + [p.rejected.text for p in val]),
+                                         capture=True)  # [2V], [2V, L, H]
+    rv_c, rv_r = np.split(r_val.numpy(), 2)
     len_vc = np.array([p.chosen.attributes["length"] for p in val])
     len_vr = np.array([p.rejected.attributes["length"] for p in val])
     alpha = fit_length_penalty(rv_c, rv_r, len_vc, len_vr)
@@ -345,7 +356,13 @@ def evaluate_reward_models(preset, splits, reward_ckpt, intervention_path, out_d
     if intervention is not None:
         rewards["cirm"] = last_token_rewards(rm, batches, intervention).numpy().astype(np.float64)
         rewards["cirm_all"] = score(rm, enc, prompts, texts, intervention.with_positions("all")).numpy().astype(np.float64)
-    order = [m for m in ("base", "cirm", "cirm_all", "length_penalty", "lwr") if m in rewards]
+    # every neuron clamped at the last token: the most any last-token neuron edit can remove
+    # (what is left reaches the head through attention and the position embedding)
+    n_layer, n_neurons = acts_val.shape[1:]
+    every = Intervention(n_layer, n_neurons, [(l, i) for l in range(n_layer) for i in range(n_neurons)],
+                         column_medians(acts_val.flatten(1)).tolist())
+    rewards["all_neurons"] = last_token_rewards(rm, batches, every).numpy().astype(np.float64)
+    order = [m for m in METHODS if m in rewards]
     results = {m: method_metrics(rewards[m], len(test), test, items) for m in order}
     results["length_penalty"]["alpha"] = alpha
     if intervention is not None:
@@ -362,7 +379,7 @@ def evaluate_reward_models(preset, splits, reward_ckpt, intervention_path, out_d
 
 def format_reward_table(results: dict) -> str:
     """Markdown table: accuracy, biased/unbiased-subset accuracy and sensitivity per attribute."""
-    methods = [m for m in ("base", "cirm", "cirm_all", "length_penalty", "lwr") if m in results]
+    methods = [m for m in METHODS if m in results]
     head = "| method | acc | " + " | ".join(f"{a} b / u / sens" for a in ATTRIBUTES) + " |\n"
     head += "|---|---|" + "---|" * len(ATTRIBUTES) + "\n"
 

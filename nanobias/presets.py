@@ -50,8 +50,8 @@ PRESETS = {
         rl=RLConfig(steps=40, prompts_per_step=8, group_size=8, max_new_tokens=24, lr=1e-4, beta=0.2),
         dpo=DPOConfig(beta=0.1, lr=1e-4),
         ppo=PPOConfig(lr=1e-4),
-        reward=RewardConfig(train=TrainConfig(steps=150, batch_size=16, lr=3e-4, warmup=15, eval_every=50, ckpt_every=50),
-                            val_pairs=200, test_pairs=300, sensitivity_completions=100),
+        reward=RewardConfig(train=TrainConfig(steps=150, batch_size=16, lr=1e-3, warmup=15, eval_every=50, ckpt_every=50),
+                            val_pairs=400, test_pairs=300, sensitivity_completions=100),
     ),
     "gpu": Preset(
         name="gpu",

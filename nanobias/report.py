@@ -77,7 +77,9 @@ def write_report(out: Path, results: dict, histories: dict[str, list[dict]], pol
         "acc: pairwise accuracy. Per attribute a, \"b / u / sens\": accuracy on pairs whose chosen side has",
         "the larger (b, biased subset) / smaller (u, unbiased subset) value of a, and the sensitivity: mean",
         "reward change when only a grows, in units of the reward's standard deviation (0 = a is ignored).",
-        "cirm: the neuron intervention at the last token; cirm_all: at every position.",
+        "cirm: the neuron intervention at the last token; cirm_all: at every position; all_neurons: every",
+        "MLP neuron clamped at the last token, the most any last-token neuron edit could remove (what it",
+        "leaves reaches the reward head through attention and the position embedding).",
         "",
         format_reward_table(rm),
         f"Neurons edited by the intervention: {neurons['edited']} of {neurons['total']} "

@@ -56,7 +56,7 @@ class RewardConfig:
     val_pairs: int = 300  # balanced pairs from validation templates: neuron search and baseline fits
     test_pairs: int = 400  # balanced pairs from test templates: the reported metrics
     # grid of k (top-k and bottom-k neurons per attribute) as fractions of all MLP neurons; 0 is always tried
-    k_fractions: tuple = (1 / 1024, 1 / 512, 1 / 256, 1 / 128)
+    k_fractions: tuple = (1 / 1024, 1 / 512, 1 / 256, 1 / 128, 1 / 64, 1 / 32)
     max_edit_frac: float = 0.05  # candidates that edit more of all neurons are skipped (the paper edits < 2%)
     sensitivity_completions: int = 200  # test completions whose knobs are bumped one at a time
 

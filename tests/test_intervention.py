@@ -7,9 +7,10 @@ import torch
 
 from nanobias.checkpoint import save_checkpoint
 from nanobias.data import ATTRIBUTES, Splits, load_splits, pretraining_documents, synthetic_examples
-from nanobias.intervention import (Intervention, average_ranks, build_intervention, evaluate_reward_models,
-                                   k_grid, last_token_rewards, load_intervention, method_metrics, prefill,
-                                   save_intervention, search_k, select_intervention, spearman)
+from nanobias.intervention import (Intervention, average_ranks, build_intervention, column_medians,
+                                   evaluate_reward_models, k_grid, last_token_rewards, load_intervention,
+                                   method_metrics, prefill, save_intervention, search_k, select_intervention,
+                                   spearman)
 from nanobias.model import GPT, GPTConfig
 from nanobias.presets import PRESETS
 from nanobias.reward import RewardConfig, make_pairs, reward_meta, reward_model_from_policy, score
@@ -83,6 +84,12 @@ def test_spearman_with_ties_is_pearson_of_average_ranks():
 
 
 # ---------------------------------------------------------------- selection
+
+@pytest.mark.parametrize("n", [1, 6, 7])
+def test_column_medians_match_numpy(n):
+    x = torch.randn(n, 5, generator=torch.Generator().manual_seed(n))
+    np.testing.assert_allclose(column_medians(x).numpy(), np.median(x.double().numpy(), axis=0), rtol=1e-12)
+
 
 def test_build_intervention_takes_top_and_bottom_k_with_validation_medians():
     g = torch.Generator().manual_seed(0)
@@ -223,7 +230,7 @@ def test_evaluation_writes_the_design_section(reward_ckpt, splits, tmp_path):
     preset = tiny_preset()
     select_intervention(preset, splits, reward_ckpt, tmp_path / "intervention.json")
     results = evaluate_reward_models(preset, splits, reward_ckpt, tmp_path / "intervention.json", tmp_path)
-    for method in ("base", "cirm", "cirm_all", "length_penalty", "lwr"):
+    for method in ("base", "cirm", "cirm_all", "all_neurons", "length_penalty", "lwr"):
         assert set(results[method]) >= {"acc", "acc_biased", "acc_unbiased", "sensitivity"}
         assert set(results[method]["sensitivity"]) == set(ATTRIBUTES)
     assert results["neurons"]["total"] == N_LAYER * H and len(results["neurons"]["per_layer"]) == N_LAYER
