@@ -56,13 +56,18 @@ def save_policy(path, model: GPT, enc, **meta) -> None:
     save_checkpoint(path, {"model": model.state_dict(), "step": 0, "meta": {**policy_meta(model, enc), **meta}})
 
 
-def load_policy(path, device="cpu"):
-    """A policy checkpoint -> (GPT in eval mode, tiktoken.Encoding, meta)."""
+def load_model(path, kind: str, build, expected: str, device="cpu"):
+    """A checkpoint of `kind` -> (build(GPTConfig) with its weights, in eval mode, tiktoken.Encoding, meta).
+    `expected` names the right file in the error for a checkpoint of another kind."""
     ckpt = load_checkpoint(path)
     meta = ckpt.get("meta", {})
-    if meta.get("kind") != "policy":
-        raise ValueError(f"{path} is not a policy checkpoint (kind={meta.get('kind')!r}); "
-                         "pass the policy.pt that `nanobias pretrain` or a trainer wrote")
-    model = GPT(GPTConfig(**meta["model_config"]))
+    if meta.get("kind") != kind:
+        raise ValueError(f"{path} is not a {kind} checkpoint (kind={meta.get('kind')!r}); pass {expected}")
+    model = build(GPTConfig(**meta["model_config"]))
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval(), tokenizer_from_json(meta["tokenizer"]), meta
+
+
+def load_policy(path, device="cpu"):
+    """A policy checkpoint -> (GPT in eval mode, tiktoken.Encoding, meta)."""
+    return load_model(path, "policy", GPT, "the policy.pt that `nanobias pretrain` or a trainer wrote", device)

@@ -34,15 +34,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from nanobias import distributed
-from nanobias.checkpoint import load_checkpoint, load_policy, policy_meta
+from nanobias.checkpoint import load_model, load_policy, policy_meta
 from nanobias.data import ATTRIBUTES, Completion, Example, Style, render_completion, render_prompt
 from nanobias.model import GPT, GPTConfig
 from nanobias.sampling import left_pad
-from nanobias.tokenizer import tokenizer_from_json
 from nanobias.train import TrainConfig, train
 
 # how often the chosen side gets the larger value of each attribute's knob in training pairs
-PLANTED = {"length": 0.85, "paragraphs": 0.7, "overlap": 0.7, "exclamations": 0.65, "bold": 0.65}
+PLANTED = {"length": 0.8, "paragraphs": 0.7, "overlap": 0.7, "exclamations": 0.65, "bold": 0.65}
 BALANCED = {a: 0.5 for a in ATTRIBUTES}
 LOSSES = ("bt", "regression")
 
@@ -289,14 +288,7 @@ def train_reward_model(preset, splits, policy_ckpt, out_path, seed: int = 0, res
 
 def load_reward_model(path, device="cpu"):
     """A reward checkpoint -> (RewardModel in eval mode, tiktoken.Encoding, meta)."""
-    ckpt = load_checkpoint(path)
-    meta = ckpt.get("meta", {})
-    if meta.get("kind") != "reward":
-        raise ValueError(f"{path} is not a reward-model checkpoint (kind={meta.get('kind')!r}); "
-                         "pass the reward.pt that `nanobias reward` wrote")
-    rm = RewardModel(GPTConfig(**meta["model_config"]))
-    rm.load_state_dict(ckpt["model"])
-    return rm.to(device).eval(), tokenizer_from_json(meta["tokenizer"]), meta
+    return load_model(path, "reward", RewardModel, "the reward.pt that `nanobias reward` wrote", device)
 
 
 # ---------------------------------------------------------------- metrics and length-only baselines

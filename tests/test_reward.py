@@ -121,7 +121,7 @@ def test_train_checkpoint_and_reload(tiny_policy, splits, tmp_path):
     # training changed the backbone (it is fine-tuned, not frozen)
     policy_wte = load_checkpoint(policy_path)["model"]["transformer.wte.weight"]
     assert not torch.equal(rm.gpt.transformer.wte.weight, policy_wte)
-    with pytest.raises(ValueError, match="not a reward-model checkpoint"):
+    with pytest.raises(ValueError, match="not a reward checkpoint"):
         load_reward_model(policy_path)
 
 
