@@ -210,16 +210,19 @@ def evaluation_rows(name: str, model, enc, splits, n: int | None) -> tuple[dict,
     return metrics, rows
 
 
-def cmd_grpo(args) -> None:
+def cmd_online_rl(args) -> None:
+    """`nanobias grpo` and `nanobias ppo`: the same flags, budget and report; only the trainer differs."""
     from nanobias.grpo import train_grpo
+    from nanobias.ppo import train_ppo
     from nanobias.presets import get_preset
 
     preset = get_preset(args.preset)
     splits = load_splits_from_args(args, preset)
-    name = "grpo_oracle" if args.oracle_reward else "grpo_cirm" if args.intervention else "grpo"
+    suffix = "_oracle" if args.oracle_reward else "_cirm" if args.intervention else ""
+    name = args.command + suffix
     ckpt = args.out / f"{name}.pt"
-    result = train_grpo(preset, splits, args.policy, ckpt, scorer_from_args(args), seed=args.seed,
-                        backend=args.backend)
+    trainer = {"grpo": train_grpo, "ppo": train_ppo}[args.command]
+    result = trainer(preset, splits, args.policy, ckpt, scorer_from_args(args), seed=args.seed, backend=args.backend)
     report_baseline(args, name, splits, ckpt, result)
 
 
@@ -254,19 +257,6 @@ def cmd_dpo(args) -> None:
     result = train_dpo(preset, splits, args.policy, ckpt, seed=args.seed, loss=args.loss, backend=args.backend,
                        score_fn=scorer_from_args(args))
     report_baseline(args, args.loss, splits, ckpt, result)
-
-
-def cmd_ppo(args) -> None:
-    from nanobias.ppo import train_ppo
-    from nanobias.presets import get_preset
-
-    preset = get_preset(args.preset)
-    splits = load_splits_from_args(args, preset)
-    name = "ppo_oracle" if args.oracle_reward else "ppo_cirm" if args.intervention else "ppo"
-    ckpt = args.out / f"{name}.pt"
-    result = train_ppo(preset, splits, args.policy, ckpt, scorer_from_args(args), seed=args.seed,
-                       backend=args.backend)
-    report_baseline(args, name, splits, ckpt, result)
 
 
 def cmd_eval(args) -> None:
@@ -388,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("grpo", help="debias a policy with GRPO against a reward model (BiasGRPO)")
     add_rl_args(p)
-    p.set_defaults(func=cmd_grpo, check=check_rl_args, parser=p)
+    p.set_defaults(func=cmd_online_rl, check=check_rl_args, parser=p)
 
     p = sub.add_parser("dpo", help="DPO/IPO baseline on offline preference pairs, as many as GRPO's reward-model "
                        "calls (the reward only scores DPO's samples, for the stability curve)")
@@ -398,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ppo", help="PPO baseline with a value head, GAE and a per-token KL penalty, at GRPO's budget")
     add_rl_args(p)
-    p.set_defaults(func=cmd_ppo, check=check_rl_args, parser=p)
+    p.set_defaults(func=cmd_online_rl, check=check_rl_args, parser=p)
 
     p = sub.add_parser("eval", help="a policy's BBQ accuracy and bias scores on the test (and held-out) prompts")
     p.add_argument("--preset", default="cpu", choices=["smoke", "cpu", "gpu"],
