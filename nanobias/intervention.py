@@ -309,6 +309,24 @@ def _sensitivity_items(pairs, n: int) -> dict:
     return items
 
 
+@torch.no_grad()
+def length_from_position(rm: RewardModel, enc, prompts: list[str], originals: list[str], bumped: list[str],
+                         batch_size: int = 64) -> np.ndarray:
+    """r(original, read at the positions the bumped text's tokens occupy) - r(original) [N]: the part of
+    the length bump's reward change that comes from where the text ends, not from what it says."""
+    seqs = encode(enc, prompts, originals, rm.gpt.config.block_size)
+    longer = encode(enc, prompts, bumped, rm.gpt.config.block_size)
+    param = next(rm.parameters())
+    rm.eval()
+    out = np.empty(len(seqs))
+    for start in range(0, len(seqs), batch_size):
+        rows = range(start, min(start + batch_size, len(seqs)))
+        ids, mask = left_pad([seqs[i] for i in rows], enc.eot_token, param.device)
+        shift = torch.tensor([len(longer[i]) - len(seqs[i]) for i in rows], device=param.device)  # [B]
+        out[start:start + len(rows)] = (rm(ids, mask, position_offset=shift) - rm(ids, mask)).float().cpu().numpy()
+    return out
+
+
 def method_metrics(r: np.ndarray, n_pairs: int, pairs, items: dict) -> dict:
     """r: rewards of the 2P test completions followed by every bumped text, in `items` order."""
     attrs_c = {a: [p.chosen.attributes[a] for p in pairs] for a in ATTRIBUTES}
@@ -364,6 +382,9 @@ def evaluate_reward_models(preset, splits, reward_ckpt, intervention_path, out_d
     rewards["all_neurons"] = last_token_rewards(rm, batches, every).numpy().astype(np.float64)
     order = [m for m in METHODS if m in rewards]
     results = {m: method_metrics(rewards[m], len(test), test, items) for m in order}
+    from_position = length_from_position(rm, enc, [test[i % len(test)].prompt for i, _ in items["length"]],
+                                         [texts[i] for i, _ in items["length"]], [t for _, t in items["length"]])
+    results["length_from_position"] = float(from_position.mean() / r_base[:2 * len(test)].std())
     results["length_penalty"]["alpha"] = alpha
     if intervention is not None:
         per_layer = intervention.per_layer()
@@ -391,8 +412,13 @@ def format_reward_table(results: dict) -> str:
             f"{cell(results[m]['acc_biased'][a], '.3f')} / {cell(results[m]['acc_unbiased'][a], '.3f')} / "
             f"{cell(results[m]['sensitivity'][a], '+.3f')}" for a in ATTRIBUTES) + " |\n"
         for m in methods)
+    position = results.get("length_from_position")
+    total = results["base"]["sensitivity"]["length"]
+    tail_position = (f"base length sensitivity {total:+.3f} = {position:+.3f} from the positions alone (the same text "
+                     f"read where the longer one ends) {total - position:+.3f} from the added words\n"
+                     if position is not None and total is not None else "")
     neurons = results.get("neurons")
     tail = (f"neurons edited: {neurons['edited']} of {neurons['total']} "
             f"({100 * neurons['edited'] / neurons['total']:.2f}%), per layer {neurons['per_layer']}, k {neurons['k']}\n"
             if neurons else "")
-    return head + rows + tail
+    return head + rows + tail_position + tail

@@ -175,11 +175,14 @@ class GPT(nn.Module):
     def neuron_sites(self) -> list[NeuronSite]:
         return [block.mlp.neurons for block in self.transformer.h]
 
-    def forward(self, idx, attention_mask=None, cache: KVCache | None = None, return_hidden=False):
+    def forward(self, idx, attention_mask=None, cache: KVCache | None = None, return_hidden=False,
+                position_offset=None):
         """idx [B, T] -> logits [B, T, V] (and the final hidden states [B, T, C] if asked).
 
         attention_mask [B, S] (S = cached + T tokens), 1 = real token, 0 = left padding.
-        With a cache, the T new tokens are appended to it.
+        With a cache, the T new tokens are appended to it. position_offset [B] (ints) shifts each
+        row's positions: the same text as if it stood later in the window (a diagnostic of how
+        much a model reads from absolute positions).
         """
         B, T = idx.shape
         past = cache.length if cache is not None else 0
@@ -199,6 +202,11 @@ class GPT(nn.Module):
             if cache is not None and T > 1:
                 attn_mask = (torch.arange(past + T, device=idx.device)[None, :]
                              <= torch.arange(past, past + T, device=idx.device)[:, None])  # [T, S]
+        if position_offset is not None:
+            pos = pos + position_offset[:, None]
+            if pos.max() >= self.config.block_size:
+                raise ValueError(f"position_offset moves a token to position {pos.max().item()}, "
+                                 f"past block_size={self.config.block_size}")
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # [B, T, C]
         for layer, block in enumerate(self.transformer.h):
             x = block(x, attn_mask, cache, layer)

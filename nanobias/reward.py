@@ -169,9 +169,10 @@ class RewardModel(nn.Module):
         self.gpt.lm_head = nn.Identity()
         self.head = nn.Linear(config.n_embd, 1)
 
-    def forward(self, idx, attention_mask=None, cache=None):
+    def forward(self, idx, attention_mask=None, cache=None, position_offset=None):
         """idx [B, T] left-padded, attention_mask [B, S] -> rewards [B] read at the last token."""
-        hidden = self.gpt(idx, attention_mask=attention_mask, cache=cache)  # [B, T, C] (lm_head is Identity)
+        hidden = self.gpt(idx, attention_mask=attention_mask, cache=cache,
+                          position_offset=position_offset)  # [B, T, C] (lm_head is Identity)
         return self.head(hidden[:, -1]).squeeze(-1)
 
 

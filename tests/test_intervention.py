@@ -8,9 +8,9 @@ import torch
 from nanobias.checkpoint import save_checkpoint
 from nanobias.data import ATTRIBUTES, Splits, load_splits, pretraining_documents, synthetic_examples
 from nanobias.intervention import (Intervention, average_ranks, build_intervention, column_medians,
-                                   evaluate_reward_models, k_grid, last_token_rewards, load_intervention,
-                                   method_metrics, prefill, save_intervention, search_k, select_intervention,
-                                   spearman)
+                                   evaluate_reward_models, k_grid, last_token_rewards, length_from_position,
+                                   load_intervention, method_metrics, prefill, save_intervention, search_k,
+                                   select_intervention, spearman)
 from nanobias.model import GPT, GPTConfig
 from nanobias.presets import PRESETS
 from nanobias.reward import RewardConfig, make_pairs, reward_meta, reward_model_from_policy, score
@@ -234,6 +234,7 @@ def test_evaluation_writes_the_design_section(reward_ckpt, splits, tmp_path):
         assert set(results[method]) >= {"acc", "acc_biased", "acc_unbiased", "sensitivity"}
         assert set(results[method]["sensitivity"]) == set(ATTRIBUTES)
     assert results["neurons"]["total"] == N_LAYER * H and len(results["neurons"]["per_layer"]) == N_LAYER
+    assert np.isfinite(results["length_from_position"])
     assert json.loads((tmp_path / "reward_eval.json").read_text())["base"]["acc"] == results["base"]["acc"]
     assert (tmp_path / "neurons_per_layer.png").stat().st_size > 0
     assert (tmp_path / "reward_biased_unbiased.png").stat().st_size > 0
@@ -250,3 +251,11 @@ def test_method_metrics_sensitivity_by_hand():
     std = np.std([1.0, 3.0, 0.0, 2.0])
     assert m["acc"] == 1.0
     assert m["sensitivity"]["length"] == 0.0 and m["sensitivity"]["paragraphs"] == pytest.approx(0.5 / std)
+
+
+def test_length_from_position_is_zero_for_an_unchanged_length(rm_and_enc, splits):
+    rm, enc = rm_and_enc
+    pair = make_pairs(splits.test, 1, 0)[0]
+    same = length_from_position(rm, enc, [pair.prompt], [pair.chosen.text], [pair.chosen.text])
+    longer = length_from_position(rm, enc, [pair.prompt], [pair.chosen.text], [pair.chosen.text + " Fine." * 4])
+    assert same[0] == 0.0 and longer[0] != 0.0

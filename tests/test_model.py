@@ -31,6 +31,23 @@ def test_kv_cache_token_by_token_matches_full_forward():
     torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=0)
 
 
+def test_position_offset_reads_shifted_position_embeddings():
+    model = tiny_model()
+    idx = torch.randint(0, 61, (2, 12), generator=torch.Generator().manual_seed(2))
+    shifted = tiny_model()  # same weights, but position p embeds as p + 5 does in `model`
+    shifted.transformer.wpe.weight.data[:-5] = model.transformer.wpe.weight.data[5:]
+    with torch.no_grad():
+        out = model(idx, torch.ones_like(idx), position_offset=torch.tensor([5, 0]))
+        torch.testing.assert_close(out[0], shifted(idx[:1])[0], atol=1e-6, rtol=0)
+        torch.testing.assert_close(out[1], model(idx[1:])[0], atol=1e-6, rtol=0)
+        try:
+            model(idx, torch.ones_like(idx), position_offset=torch.tensor([21, 0]))
+        except ValueError as e:
+            assert "block_size=32" in str(e)
+        else:
+            raise AssertionError("an offset past block_size must raise")
+
+
 def test_left_padded_batch_with_cache_matches_each_row_alone():
     model = tiny_model()
     g = torch.Generator().manual_seed(2)
