@@ -104,7 +104,13 @@ with common.output_dir(args) as out:
         Test pairs as in tutorial 05 (cells: accuracy on the biased subset / on the unbiased
         subset / sensitivity). cirm clamps at the last position (where the neurons were found),
         cirm_all at every position. The intervention works when the gap between biased and
-        unbiased accuracy and the sensitivity shrink while overall accuracy holds.
+        unbiased accuracy and the sensitivity shrink while overall accuracy holds. all_neurons
+        clamps every neuron at the last position: the most any last-token edit could remove.
+        The line under the table splits the length sensitivity into the part that comes from the
+        positions alone (the same text read where the longer one ends) and the part that comes
+        from the added words. In this nano world the first part dominates: the reward model reads
+        length from the position embedding, which reaches the reward head through the residual
+        stream and attention without passing any MLP neuron, so clamping neurons leaves it alone.
     """)
     results = evaluate_reward_models(preset, splits, reward_path, path, out, seed=common.SEED)
     print(f"chosen intervention: {len(chosen.neurons)} of {chosen.n_layer * chosen.n_neurons} neurons clamped, "
