@@ -39,7 +39,6 @@ def write_report(out: Path, results: dict, histories: dict[str, list[dict]], pol
     plots.policy_metrics(results["policy"], out / "policy_metrics.png")
     plots.completion_length({m: histories[m] for m in ("grpo", "grpo_cirm")}, out / "completion_length.png")
     rm = results["reward_model"]
-    neurons = rm["neurons"]
     heldout = {m: v["heldout"] for m, v in results["policy"].items() if v.get("heldout")}
     stability = results["stability"]
     budget = results["budget"]
@@ -82,9 +81,6 @@ def write_report(out: Path, results: dict, histories: dict[str, list[dict]], pol
         "leaves reaches the reward head through attention and the position embedding).",
         "",
         format_reward_table(rm),
-        f"Neurons edited by the intervention: {neurons['edited']} of {neurons['total']} "
-        f"({100 * neurons['edited'] / max(1, neurons['total']):.2f}%), per layer {neurons['per_layer']}.",
-        "",
         "![neurons per layer](neurons_per_layer.png) ![biased vs unbiased](reward_biased_unbiased.png)",
         "",
         "## Training stability and budget",
