@@ -51,7 +51,9 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-categories", type=category_list, help="comma-separated categories to train on")
     p.add_argument("--eval-categories", type=category_list, default=[],
                    help="comma-separated categories held out of every training stage, reported apart")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="training seed (initialisation, batches, sampling); the world and its template split "
+                        "stay fixed (data.WORLD_SEED), so runs with different seeds share their test templates")
 
 
 def check_data_args(parser: argparse.ArgumentParser, args) -> None:
@@ -78,8 +80,7 @@ def check_data_args(parser: argparse.ArgumentParser, args) -> None:
 def load_splits_from_args(args, preset):
     from nanobias.data import load_splits
 
-    return load_splits(args.data, bbq_dir=args.bbq_dir, seed=args.seed,
-                       variants_per_template=preset.variants_per_template,
+    return load_splits(args.data, bbq_dir=args.bbq_dir, variants_per_template=preset.variants_per_template,
                        train_categories=args.train_categories, eval_categories=args.eval_categories)
 
 

@@ -435,7 +435,13 @@ def split_examples(examples: list[Example], heldout_categories=(), val_frac: flo
     return splits
 
 
-def load_splits(source: str, bbq_dir=None, seed: int = 0, variants_per_template: int = 8,
+# The world and its template split the CLI and `reproduce` use, whatever their --seed: a training
+# seed must not move templates between train and test, or a policy pretrained under one seed and
+# fine-tuned or evaluated under another would be tested on templates it was trained on.
+WORLD_SEED = 0
+
+
+def load_splits(source: str, bbq_dir=None, seed: int = WORLD_SEED, variants_per_template: int = 8,
                 train_categories: list[str] | None = None, eval_categories=()) -> Splits:
     """load_examples + split_examples: train on train_categories (default all others),
     hold eval_categories out of every training split."""

@@ -57,7 +57,7 @@ def reproduce(preset, data: str = "synthetic", bbq_dir=None, seed: int = 0, out=
 
     out = Path(out)
     total_start = time.perf_counter()
-    splits = load_splits(data, bbq_dir=bbq_dir, seed=seed, variants_per_template=preset.variants_per_template,
+    splits = load_splits(data, bbq_dir=bbq_dir, variants_per_template=preset.variants_per_template,
                          train_categories=train_categories, eval_categories=eval_categories)
     if distributed.is_main():
         print(f"data: {data}, {len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test examples, "
