@@ -277,8 +277,7 @@ def cmd_eval(args) -> None:
 
 
 def cmd_reward(args) -> None:
-    from dataclasses import replace
-
+    from nanobias import distributed
     from nanobias.intervention import evaluate_reward_models
     from nanobias.presets import get_preset
     from nanobias.reward import train_reward_model
@@ -290,8 +289,6 @@ def cmd_reward(args) -> None:
     splits = load_splits_from_args(args, preset)
     ckpt = train_reward_model(preset, splits, args.policy or args.out / "policy.pt", args.out / "reward.pt",
                               seed=args.seed, resume=args.resume)
-    from nanobias import distributed
-
     if not distributed.is_main():
         return
     evaluate_reward_models(preset, splits, ckpt, None, args.out, seed=args.seed)

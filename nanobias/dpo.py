@@ -34,8 +34,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from nanobias import device, distributed, plots, rl
-from nanobias.checkpoint import save_policy
+from nanobias import device, distributed, rl
 from nanobias.reward import Pair, length_batches, make_pairs
 from nanobias.sampling import Samples, completion_logprobs, left_pad
 from nanobias.train import TrainingDiverged, optimizer_step
@@ -181,12 +180,6 @@ def train_dpo(preset, splits, policy_ckpt, out_path, seed: int = 0, loss: str = 
         record.update(dpo_update(run.model, run.ref_model, run.opt, run.enc, step_pairs, cfg, loss, rl_cfg.grad_clip,
                                  backend))
         run.log_step(record, shown=("loss", "margin", "reward_mean"))
-    run.model.eval()
-    save_policy(out_path, run.model, run.enc, stage=loss, base_policy=str(policy_ckpt), seed=seed, pairs=len(pairs),
-                rl_config=asdict(rl_cfg), dpo_config=asdict(cfg))
-    log = run.log
-    probed = [h for h in log.history if "reward_mean" in h]
-    if probed and distributed.is_main():
-        plots.reward_curves({loss: probed}, rl.reward_curve_path(out_path))
-    distributed.barrier()  # the policy file is written before any rank reads it
-    return {"stability": rl.stability(probed) if probed else {}, "history": log.history, "pairs": len(pairs)}
+    probed = [h for h in run.log.history if "reward_mean" in h]
+    return {**run.finish(out_path, loss, probed, base_policy=str(policy_ckpt), seed=seed, pairs=len(pairs),
+                         rl_config=asdict(rl_cfg), dpo_config=asdict(cfg)), "pairs": len(pairs)}

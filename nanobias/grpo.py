@@ -39,8 +39,7 @@ import torch
 
 from kernels import grpo_loss, token_logprobs
 from kernels.reference import AGGS, SCALES
-from nanobias import device, distributed, plots, rl
-from nanobias.checkpoint import save_policy
+from nanobias import device, distributed, rl
 from nanobias.sampling import Samples, completion_logits
 from nanobias.train import TrainingDiverged, optimizer_step
 
@@ -134,10 +133,5 @@ def train_grpo(preset, splits, policy_ckpt, out_path, score_fn: rl.ScoreFn, seed
         record = {"step": step, "lr": lr, **grpo_step(run.model, run.ref_model, run.opt, run.enc, examples, score_fn,
                                                       rl_cfg, cfg, rl.step_seed(seed, step), backend)}
         run.log_step(record, shown=("reward_mean", "kl", "completion_len"))
-    run.model.eval()
-    save_policy(out_path, run.model, run.enc, stage="grpo", base_policy=str(policy_ckpt), seed=seed,
-                rl_config=asdict(rl_cfg), grpo_config=asdict(cfg))
-    if distributed.is_main():
-        plots.reward_curves({"grpo": run.log.history}, rl.reward_curve_path(out_path))
-    distributed.barrier()  # the policy file is written before any rank reads it
-    return {"stability": rl.stability(run.log.history), "history": run.log.history}
+    return run.finish(out_path, "grpo", run.log.history, base_policy=str(policy_ckpt), seed=seed,
+                      rl_config=asdict(rl_cfg), grpo_config=asdict(cfg))

@@ -34,8 +34,7 @@ import torch
 import torch.nn as nn
 
 from kernels import token_logprobs
-from nanobias import device, distributed, plots, rl
-from nanobias.checkpoint import save_policy
+from nanobias import device, distributed, rl
 from nanobias.sampling import Samples, completion_logits
 from nanobias.train import TrainingDiverged, optimizer_step
 
@@ -198,13 +197,8 @@ def train_ppo(preset, splits, policy_ckpt, out_path, score_fn: rl.ScoreFn, seed:
                                                      run.enc, examples, score_fn, rl_cfg, cfg,
                                                      rl.step_seed(seed, step), backend)}
         run.log_step(record, shown=("reward_mean", "kl", "completion_len"))
-    run.model.eval()
-    save_policy(out_path, run.model, run.enc, stage="ppo", base_policy=str(policy_ckpt), seed=seed,
-                rl_config=asdict(rl_cfg), ppo_config=asdict(cfg))
-    if distributed.is_main():
-        plots.reward_curves({"ppo": run.log.history}, rl.reward_curve_path(out_path))
-    distributed.barrier()  # the policy file is written before any rank reads it
-    return {"stability": rl.stability(run.log.history), "history": run.log.history}
+    return run.finish(out_path, "ppo", run.log.history, base_policy=str(policy_ckpt), seed=seed,
+                      rl_config=asdict(rl_cfg), ppo_config=asdict(cfg))
 
 
 def value_head(model) -> nn.Linear:

@@ -15,7 +15,7 @@ number of preference pairs. The rest is plumbing each trainer would otherwise re
 - per-step logs (reward mean and std, KL, clip fraction, completion length, entropy) as JSONL,
   training stability (the reward curve itself is drawn by plots.reward_curves).
 - `start_run`: the set-up every trainer repeats (policy on its device, reference, optimiser,
-  metrics log, progress line).
+  metrics log, progress line); `Run.finish`, the end (policy saved, reward curve drawn).
 
 Under torchrun (distributed.py) each process samples, scores and trains on its own share of the
 B prompts: whole groups stay on one process, so group normalisation is unchanged, and each
@@ -36,8 +36,8 @@ from typing import Callable
 
 import torch
 
-from nanobias import device, distributed
-from nanobias.checkpoint import load_policy
+from nanobias import device, distributed, plots
+from nanobias.checkpoint import load_policy, save_policy
 from nanobias.data import Example, render_prompt
 from nanobias.progress import Progress
 from nanobias.sampling import Samples, completion_texts, sample
@@ -226,6 +226,16 @@ class Run:
         if distributed.is_main():
             done = record["step"] + 1
             self.progress.update(done, force=done == self.progress.total, **{k: record[k] for k in shown if k in record})
+
+    def finish(self, out_path, stage: str, curve: list[dict], **meta) -> dict:
+        """Save the trained policy (its `meta` beside it), draw `curve` (the steps with a reward) as
+        `<stem>.reward.png`, wait until every rank can read the file. Returns {"stability", "history"}."""
+        self.model.eval()
+        save_policy(out_path, self.model, self.enc, stage=stage, **meta)
+        if curve and distributed.is_main():
+            plots.reward_curves({stage: curve}, reward_curve_path(out_path))
+        distributed.barrier()  # the policy file is written before any rank reads it
+        return {"stability": stability(curve) if curve else {}, "history": self.log.history}
 
 
 def start_run(policy_ckpt, out_path, rl_cfg: RLConfig, desc: str, about: str, lr: float | None = None,
