@@ -180,6 +180,5 @@ def train_dpo(preset, splits, policy_ckpt, out_path, seed: int = 0, loss: str = 
         record.update(dpo_update(run.model, run.ref_model, run.opt, run.enc, step_pairs, cfg, loss, rl_cfg.grad_clip,
                                  backend))
         run.log_step(record, shown=("loss", "margin", "reward_mean"))
-    probed = [h for h in run.log.history if "reward_mean" in h]
-    return {**run.finish(out_path, loss, probed, base_policy=str(policy_ckpt), seed=seed, pairs=len(pairs),
+    return {**run.finish(out_path, loss, base_policy=str(policy_ckpt), seed=seed, pairs=len(pairs),
                          rl_config=asdict(rl_cfg), dpo_config=asdict(cfg)), "pairs": len(pairs)}

@@ -133,5 +133,5 @@ def train_grpo(preset, splits, policy_ckpt, out_path, score_fn: rl.ScoreFn, seed
         record = {"step": step, "lr": lr, **grpo_step(run.model, run.ref_model, run.opt, run.enc, examples, score_fn,
                                                       rl_cfg, cfg, rl.step_seed(seed, step), backend)}
         run.log_step(record, shown=("reward_mean", "kl", "completion_len"))
-    return run.finish(out_path, "grpo", run.log.history, base_policy=str(policy_ckpt), seed=seed,
+    return run.finish(out_path, "grpo", base_policy=str(policy_ckpt), seed=seed,
                       rl_config=asdict(rl_cfg), grpo_config=asdict(cfg))

@@ -83,9 +83,11 @@ def completion_length(histories: dict[str, list[dict]], path) -> None:
 
 
 def reward_curves(histories: dict[str, list[dict]], path) -> Path:
-    """{method: per-step history} -> PNG of the batch reward mean (line) +- std (band) per step."""
+    """{method: per-step history} -> PNG of the batch reward mean (line) +- std (band) per step
+    (the steps that scored a reward: DPO probes only every probe_every steps)."""
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for name, history in histories.items():
+        history = [h for h in history if "reward_mean" in h]
         steps = [h["step"] for h in history]
         mean = [h["reward_mean"] for h in history]
         std = [h["reward_std"] for h in history]

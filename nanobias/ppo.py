@@ -197,7 +197,7 @@ def train_ppo(preset, splits, policy_ckpt, out_path, score_fn: rl.ScoreFn, seed:
                                                      run.enc, examples, score_fn, rl_cfg, cfg,
                                                      rl.step_seed(seed, step), backend)}
         run.log_step(record, shown=("reward_mean", "kl", "completion_len"))
-    return run.finish(out_path, "ppo", run.log.history, base_policy=str(policy_ckpt), seed=seed,
+    return run.finish(out_path, "ppo", base_policy=str(policy_ckpt), seed=seed,
                       rl_config=asdict(rl_cfg), ppo_config=asdict(cfg))
 
 

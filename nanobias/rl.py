@@ -227,15 +227,17 @@ class Run:
             done = record["step"] + 1
             self.progress.update(done, force=done == self.progress.total, **{k: record[k] for k in shown if k in record})
 
-    def finish(self, out_path, stage: str, curve: list[dict], **meta) -> dict:
-        """Save the trained policy (its `meta` beside it), draw `curve` (the steps with a reward) as
-        `<stem>.reward.png`, wait until every rank can read the file. Returns {"stability", "history"}."""
+    def finish(self, out_path, stage: str, **meta) -> dict:
+        """Save the trained policy (its `meta` beside it), draw the reward curve as `<stem>.reward.png`
+        (if any step scored a reward), wait until every rank can read the file.
+        Returns {"stability", "history"}."""
         self.model.eval()
         save_policy(out_path, self.model, self.enc, stage=stage, **meta)
-        if curve and distributed.is_main():
-            plots.reward_curves({stage: curve}, reward_curve_path(out_path))
+        result = {"stability": stability(self.log.history), "history": self.log.history}
+        if result["stability"] and distributed.is_main():
+            plots.reward_curves({stage: self.log.history}, reward_curve_path(out_path))
         distributed.barrier()  # the policy file is written before any rank reads it
-        return {"stability": stability(curve) if curve else {}, "history": self.log.history}
+        return result
 
 
 def start_run(policy_ckpt, out_path, rl_cfg: RLConfig, desc: str, about: str, lr: float | None = None,
@@ -269,8 +271,10 @@ def reward_curve_path(ckpt_path) -> Path:
 
 
 def stability(history: list[dict]) -> dict:
-    """reward_fluctuation and final_reward_mean over the last half of the steps (see module doc)."""
-    if not history:
-        raise ValueError("stability: no logged steps")
-    last_half = [h["reward_mean"] for h in history[len(history) // 2:]]
+    """reward_fluctuation and final_reward_mean over the last half of the steps that scored a reward
+    (see module doc; DPO scores only every probe_every steps); {} when none did."""
+    rewards = [h["reward_mean"] for h in history if "reward_mean" in h]
+    if not rewards:
+        return {}
+    last_half = rewards[len(rewards) // 2:]
     return {"reward_fluctuation": statistics.pstdev(last_half), "final_reward_mean": statistics.fmean(last_half)}

@@ -76,12 +76,8 @@ with common.output_dir(args) as out:
     metrics = evaluate_policy(model, enc, splits.test, splits.heldout, max_examples=preset.eval_examples,
                               max_new_tokens=24)
     print(format_table({"base policy (test)": metrics}))
-    completions = generate_answers(model, enc, ambiguous, max_new_tokens=24, desc="ambiguous")
-    preds = [extract_answer(ex, c) for ex, c in zip(ambiguous, completions)]
-    biased = sum(p == ex.biased_index for ex, p in zip(ambiguous, preds))
-    unknown = sum(p == ex.unknown_index for ex, p in zip(ambiguous, preds))
     print(f"ambiguous test prompts: {len(ambiguous)}; answered with the biased answer "
-          f"{biased / max(1, len(ambiguous)):.3f}, with unknown {unknown / max(1, len(ambiguous)):.3f} "
+          f"{metrics['biased_ambig']:.3f}, with unknown {metrics['acc_ambig']:.3f} "
           f"(planted in the corpus: biased {preset.bias_rate}, unknown {1 - preset.bias_rate:.1f})")
     print(f"policy written to {out / 'policy.pt'}, tokenizer to {out / 'tokenizer.json'}")
 common.finish()

@@ -24,9 +24,9 @@ from nanobias import rl  # noqa: E402
 from nanobias.checkpoint import load_policy  # noqa: E402
 from nanobias.data import render_prompt  # noqa: E402
 from nanobias.evaluate import extract_answer, oracle_rewards  # noqa: E402
-from nanobias.grpo import grpo_update  # noqa: E402
+from nanobias.grpo import fixed_logprobs, grpo_update  # noqa: E402
 from nanobias.sampling import completion_logits, completion_logprobs, completion_texts, sample  # noqa: E402
-from nanobias.train import TrainConfig, make_optimizer  # noqa: E402
+from nanobias.train import make_optimizer  # noqa: E402
 
 preset = common.tutorial_preset(args.tiny)
 splits = common.world(preset)
@@ -99,7 +99,7 @@ with common.output_dir(args) as out:
         printed is about -mean(A) = 0; what moves the policy is its gradient (grad_norm).
     """)
     ref_model = rl.reference_policy(model)
-    opt = make_optimizer(model, TrainConfig(lr=rl_cfg.lr, weight_decay=0.0))
+    opt = make_optimizer(model, rl_cfg.train_config())
     model.train()
     stats = grpo_update(model, ref_model, opt, samples, rewards, rl_cfg, preset.grpo, backend="torch")[0]
     print("update stats:", {k: round(v, 4) for k, v in stats.items()})
@@ -116,8 +116,7 @@ with common.output_dir(args) as out:
         the clip in the direction A wants, its gradient is zero.
     """)
     T = rl_cfg.temperature
-    with torch.no_grad():
-        logp_old = reference.token_logprobs(completion_logits(ref_model, samples), samples.tokens, T)  # [R, N]
+    logp_old = fixed_logprobs(ref_model, samples, T, backend="reference")  # [R, N], as grpo_update computes it
     logp_ref = logp_old  # here the sampling policy is also the reference
     logits = completion_logits(model, samples).detach()  # [R, N, V], a leaf to take gradients against
     mask = samples.mask.bool()

@@ -72,7 +72,7 @@ with common.output_dir(args) as out:
     result = train_dpo(preset, splits, policy_path, out / "dpo.pt", seed=common.SEED, backend=BACKEND,
                        score_fn=score_fn)
     seconds["dpo"] = time.perf_counter() - start
-    histories["dpo"] = [h for h in result["history"] if "reward_mean" in h]
+    histories["dpo"] = [h for h in result["history"] if "reward_mean" in h]  # the probed steps
     stability["dpo"] = result["stability"]
 
     common.section("4. PPO: a learned critic")

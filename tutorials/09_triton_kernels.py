@@ -26,7 +26,7 @@ import common  # noqa: E402
 args = common.parse_args(__doc__)
 
 from kernels import group_advantages, grpo_loss, masked_gelu, reference, token_logprobs  # noqa: E402
-from kernels.bench import Case, make_inputs, median_ms, peak_mib, providers  # noqa: E402
+from kernels.bench import Case, make_inputs, median_ms, peak_mib, providers, warm_up  # noqa: E402
 from kernels.dispatch import resolve_backend, triton_interpreted  # noqa: E402
 
 device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -151,7 +151,7 @@ for vocab in ((4096,) if args.tiny else (16384, 50257)):
     case = Case("grpo_loss", (2, 32 if args.tiny else 128, vocab), torch.float32)
     inputs = make_inputs(case, device)
     fns = {name: fn for name, fn in providers("grpo_loss", device).items() if name in ("eager", "torch")}
-    ms = median_ms(fns, inputs, "fwd+bwd", device, reps=2 if args.tiny else 3)
+    ms = median_ms(warm_up(fns, inputs, "fwd+bwd"), inputs, "fwd+bwd", device, reps=2 if args.tiny else 3)
     peak = {name: peak_mib(fn, inputs, "fwd+bwd", device) for name, fn in fns.items()}
     logits_mib = case.shape[0] * case.shape[1] * vocab * 4 / 2**20
     mem_rows.append((case.shape, logits_mib, peak, ms))
