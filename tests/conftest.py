@@ -28,3 +28,20 @@ def smoke_policy(tmp_path_factory):
     enc = train_tokenizer(train_docs, preset.vocab_size, out / "tokenizer.json")
     pretrain(preset, enc, train_docs, val_docs, out / "policy.pt", seed=0)
     return preset, splits, out / "policy.pt"
+
+
+@pytest.fixture(scope="session")
+def sampled_oracle_reward():
+    """(policy checkpoint, examples, max_new_tokens, group_size) -> mean oracle reward of
+    group_size sampled completions per example, with a fixed sampling seed."""
+    from nanobias import rl
+    from nanobias.checkpoint import load_policy
+    from nanobias.evaluate import oracle_rewards
+
+    def mean_reward(ckpt, examples, max_new_tokens: int, group_size: int) -> float:
+        model, enc, _ = load_policy(ckpt)
+        cfg = rl.RLConfig(prompts_per_step=len(examples), group_size=group_size, max_new_tokens=max_new_tokens)
+        ro = rl.rollout(model, enc, examples, cfg, seed=123)
+        return oracle_rewards(ro.examples, ro.completions).mean().item()
+
+    return mean_reward

@@ -8,9 +8,7 @@ from nanobias import rl
 from nanobias.checkpoint import load_policy
 from nanobias.dpo import (encode_pairs, pair_logprobs, pair_samples, preference_loss, sequence_logprobs,
                           train_dpo)
-from nanobias.evaluate import oracle_rewards
 from nanobias.reward import make_pairs
-from nanobias.rl import RLConfig
 
 
 def test_dpo_and_ipo_losses_match_hand_computed_values():
@@ -121,14 +119,7 @@ def margins(policy_ckpt, ref_ckpt, pairs):
     return ratio[:len(pairs)] - ratio[len(pairs):], ratio[:len(pairs)]
 
 
-def oracle_reward_of_samples(ckpt, examples, max_new_tokens) -> float:
-    model, enc, _ = load_policy(ckpt)
-    cfg = RLConfig(prompts_per_step=len(examples), group_size=4, max_new_tokens=max_new_tokens)
-    ro = rl.rollout(model, enc, examples, cfg, seed=123)
-    return oracle_rewards(ro.examples, ro.completions).mean().item()
-
-
-def test_dpo_end_to_end_learns_held_out_preferences_without_collapsing(smoke_policy, tmp_path):
+def test_dpo_end_to_end_learns_held_out_preferences_without_collapsing(smoke_policy, sampled_oracle_reward, tmp_path):
     preset, splits, ckpt = smoke_policy
     out = tmp_path / "dpo.pt"
     result = train_dpo(preset, splits, ckpt, out, seed=0, loss="dpo", backend="torch",
@@ -150,8 +141,8 @@ def test_dpo_end_to_end_learns_held_out_preferences_without_collapsing(smoke_pol
     h, chosen_ratio = margins(out, ckpt, held_out)
     assert h.mean() > 1.0 and (h > 0).float().mean() > 0.6  # preferences carry over to unseen templates
     assert chosen_ratio.mean() > 0
-    before = oracle_reward_of_samples(ckpt, splits.train, cfg.max_new_tokens)
-    after = oracle_reward_of_samples(out, splits.train, cfg.max_new_tokens)
+    before = sampled_oracle_reward(ckpt, splits.train, cfg.max_new_tokens, 4)
+    after = sampled_oracle_reward(out, splits.train, cfg.max_new_tokens, 4)
     assert after > before - 0.05, (before, after)
 
 
