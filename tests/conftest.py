@@ -45,3 +45,17 @@ def sampled_oracle_reward():
         return oracle_rewards(ro.examples, ro.completions).mean().item()
 
     return mean_reward
+
+
+@pytest.fixture
+def poison_outputs(monkeypatch):
+    """Kernel output buffers start as NaN, so an element a kernel forgets to write fails the test
+    (the kernel test modules use it for every test)."""
+    import torch
+
+    from kernels import dispatch
+
+    def nan_filled(shape, dtype, device):
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+
+    monkeypatch.setattr(dispatch, "empty_output", nan_filled)
