@@ -255,18 +255,29 @@ def search_k(accuracy: Callable[[dict], float | None], grid: list[int], max_swee
     return k, history
 
 
+def capture_pairs(rm: RewardModel, enc, pairs):
+    """Both completions of each pair (chosen first) -> (prefilled batches, rewards [2P], last-token
+    activations of every MLP neuron [2P, L, H])."""
+    batches = prefill(rm, enc, [p.prompt for p in pairs] * 2,
+                      [p.chosen.text for p in pairs] + [p.rejected.text for p in pairs])
+    return (batches, *last_token_rewards(rm, batches, capture=True))
+
+
+def attribute_correlations(acts: torch.Tensor, completions) -> torch.Tensor:
+    """acts [N, L, H] of N completions (data.Completion) -> Spearman rho of every neuron with each
+    attribute [A, L*H], attributes in ATTRIBUTES order."""
+    attrs = torch.tensor([[c.attributes[a] for a in ATTRIBUTES] for c in completions])  # [N, A]
+    return torch.stack([spearman(acts.flatten(1), attrs[:, j]) for j in range(len(ATTRIBUTES))])
+
+
 def select_intervention(preset, splits, reward_ckpt, out_path, seed: int = 0):
     """Capture on validation pairs, correlate, search k, write the intervention JSON."""
     cfg = preset.reward
     rm, enc, _ = load_reward_model(reward_ckpt)
     pairs = make_pairs(splits.val, cfg.val_pairs, seed + 1, BALANCED)
     n = len(pairs)
-    batches = prefill(rm, enc, [p.prompt for p in pairs] * 2,
-                      [p.chosen.text for p in pairs] + [p.rejected.text for p in pairs])
-    rewards, acts = last_token_rewards(rm, batches, capture=True)  # [2n], [2n, L, H]
-    attrs = torch.tensor([[c.attributes[a] for a in ATTRIBUTES]
-                          for c in [p.chosen for p in pairs] + [p.rejected for p in pairs]])  # [2n, A]
-    rho = torch.stack([spearman(acts.flatten(1), attrs[:, j]) for j in range(len(ATTRIBUTES))])  # [A, L*H]
+    batches, rewards, acts = capture_pairs(rm, enc, pairs)  # _, [2n], [2n, L, H]
+    rho = attribute_correlations(acts, [p.chosen for p in pairs] + [p.rejected for p in pairs])  # [A, L*H]
 
     total = acts.shape[1] * acts.shape[2]
 

@@ -11,15 +11,13 @@ model evaluated with and without the intervention. Library: nanobias/interventio
 kernels.masked_gelu (which applies the clamp inside the MLP).
 """
 
-import torch
-
 import common
 
 args = common.parse_args(__doc__)
 
 from nanobias.data import ATTRIBUTES, Style, render_completion, render_prompt  # noqa: E402
-from nanobias.intervention import (build_intervention, evaluate_reward_models, k_grid,  # noqa: E402
-                                   last_token_rewards, load_intervention, prefill, select_intervention, spearman)
+from nanobias.intervention import (attribute_correlations, build_intervention, capture_pairs,  # noqa: E402
+                                   evaluate_reward_models, k_grid, load_intervention, select_intervention)
 from nanobias.reward import BALANCED, bump, load_reward_model, make_pairs, right_answer, score  # noqa: E402
 
 preset = common.tutorial_preset(args.tiny)
@@ -35,15 +33,15 @@ with common.output_dir(args) as out:
     common.say("""
         The reward head reads the final hidden state at the end-of-text token, so the neurons
         that matter are the MLP neurons at that position. Over balanced validation pairs (both
-        completions of each), record a_{l,h}(x, y) for every layer l and neuron h. prefill runs
-        every token but the last once and keeps the keys and values; last_token_rewards then runs
+        completions of each), record a_{l,h}(x, y) for every layer l and neuron h (capture_pairs).
+        Inside, prefill runs every token but the last once and keeps the keys and values;
+        last_token_rewards then runs
         only the last token, which is all that an intervention at the last position changes, so
         trying many interventions later costs one token per sequence.
     """)
     pairs = make_pairs(splits.val, cfg.val_pairs, common.SEED + 1, BALANCED)
     completions = [p.chosen for p in pairs] + [p.rejected for p in pairs]
-    batches = prefill(rm, enc, [p.prompt for p in pairs] * 2, [c.text for c in completions])
-    rewards, acts = last_token_rewards(rm, batches, capture=True)  # [2P], [2P, L, H]
+    _, _, acts = capture_pairs(rm, enc, pairs)  # acts [2P, L, H]
     n_layer, n_neurons = acts.shape[1:]
     print(f"{len(completions)} completions -> activations {tuple(acts.shape)} "
           f"({n_layer} layers x {n_neurons} neurons = {n_layer * n_neurons} neurons)")
@@ -54,8 +52,7 @@ with common.output_dir(args) as out:
         monotone relation, and a few huge activations cannot dominate it. A neuron with a large
         |rho| for "length" encodes how long the completion is, whatever its content.
     """)
-    attrs = torch.tensor([[c.attributes[a] for a in ATTRIBUTES] for c in completions])  # [2P, A]
-    rho = torch.stack([spearman(acts.flatten(1), attrs[:, j]) for j in range(len(ATTRIBUTES))])  # [A, L*H]
+    rho = attribute_correlations(acts, completions)  # [A, L*H]
     print("| attribute | most positive neuron (layer, index): rho | most negative: rho | neurons with |rho| > 0.5 |")
     print("|---|---|---|---|")
     for j, a in enumerate(ATTRIBUTES):
