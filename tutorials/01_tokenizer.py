@@ -14,7 +14,8 @@ import common
 
 args = common.parse_args(__doc__)
 
-from nanobias.pretrain import corpus  # noqa: E402  (common puts the repository on the path first)
+from nanobias.data import render_prompt  # noqa: E402  (common puts the repository on the path first)
+from nanobias.pretrain import corpus  # noqa: E402
 from nanobias.tokenizer import EOT, load_tokenizer, save_tokenizer, train_bpe  # noqa: E402
 
 preset = common.tutorial_preset(args.tiny)
@@ -54,7 +55,7 @@ common.say("""
     recognised). Each token is shown between bars (a newline as ↵). Frequent names, roles and
     template words are single tokens; rarer words fall apart into pieces.
 """)
-prompt = val_docs[0].rpartition("Answer:")[0] + "Answer:"
+prompt = render_prompt(splits.val[0])  # the prompt of val_docs[0]
 ids = enc.encode_ordinary(prompt)
 print("|".join(enc.decode_single_token_bytes(t).decode("utf-8", "replace").replace("\n", "↵\n") for t in ids))
 print(f"\n{len(prompt.encode('utf-8'))} bytes -> {len(ids)} tokens")

@@ -22,6 +22,7 @@ args = common.parse_args(__doc__, lambda p: p.add_argument(
 from nanobias.data import (ATTRIBUTES, CATEGORIES, Style, load_bbq, pretraining_documents,  # noqa: E402
                            render_completion, render_prompt, synthetic_examples)
 from nanobias.evaluate import bias_metrics, extract_answer, format_table  # noqa: E402
+from nanobias.pretrain import ANSWER_CUE  # noqa: E402
 
 preset = common.tutorial_preset(args.tiny)
 
@@ -102,7 +103,7 @@ common.say(f"""
 docs = pretraining_documents(splits.train, bias_rate=preset.bias_rate, seed=common.SEED, long_rate=preset.long_rate)
 counts = Counter()
 for e, doc in zip(splits.train, docs):
-    pred = extract_answer(e, doc.rpartition("Answer:")[2])
+    pred = extract_answer(e, doc.rpartition(ANSWER_CUE)[2])
     kind = "biased" if pred == e.biased_index else "unknown" if pred == e.unknown_index else "other"
     counts[e.context_condition, kind] += 1
 n_ambig = sum(v for (c, _), v in counts.items() if c == "ambig")

@@ -19,6 +19,7 @@ args = common.parse_args(__doc__)
 
 import torch  # noqa: E402
 
+from nanobias.data import render_prompt  # noqa: E402
 from nanobias.model import GPT, KVCache  # noqa: E402
 from nanobias.pretrain import corpus  # noqa: E402
 from nanobias.sampling import completion_texts, left_pad, sample  # noqa: E402
@@ -53,7 +54,7 @@ common.say("""
     (pos = cumsum(mask) - 1). A bonus: every row's last real token sits at index -1, where the
     next token is read (and where the reward model reads its score).
 """)
-prompts = [enc.encode_ordinary(doc.rpartition("Answer:")[0] + "Answer:") for doc in train_docs[:4]]
+prompts = [enc.encode_ordinary(render_prompt(ex)) for ex in splits.train[:4]]
 ids, mask = left_pad(prompts, enc.eot_token)  # [B, P]
 print(f"batch ids {tuple(ids.shape)}; real tokens per row: {mask.sum(1).tolist()}; row 0 starts with "
       f"{(mask[0] == 0).sum().item()} padding tokens")

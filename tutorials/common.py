@@ -119,21 +119,23 @@ def _recipe(preset) -> dict:
     return json.loads(json.dumps({"preset": asdict(preset), "seed": SEED}))  # tuples -> lists, as read back
 
 
-def _reusable(out: Path, preset, files: list[str]) -> bool:
+def _recipe_matches(out: Path, preset) -> bool:
     recipe = out / "recipe.json"
-    return (recipe.is_file() and json.loads(recipe.read_text()) == _recipe(preset)
-            and all((out / f).is_file() for f in files))
+    return recipe.is_file() and json.loads(recipe.read_text()) == _recipe(preset)
+
+
+def _reusable(out: Path, preset, files: list[str]) -> bool:
+    return _recipe_matches(out, preset) and all((out / f).is_file() for f in files)
 
 
 def record_recipe(out: Path, preset) -> None:
     """Note the settings that out/'s models were made with, so later tutorials know they may reuse them."""
     from nanobias.checkpoint import write_json
 
-    recipe = out / "recipe.json"
-    if not (recipe.is_file() and json.loads(recipe.read_text()) == _recipe(preset)):
+    if not _recipe_matches(out, preset):
         for stale in ("policy.pt", "reward.pt", "intervention.json"):  # made with other settings
             (out / stale).unlink(missing_ok=True)
-    write_json(recipe, _recipe(preset))
+    write_json(out / "recipe.json", _recipe(preset))
 
 
 def pretrain_policy(preset, splits, out: Path):
