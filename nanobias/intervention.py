@@ -35,8 +35,8 @@ from nanobias.checkpoint import write_json
 from nanobias.data import ATTRIBUTES, render_completion
 from nanobias.model import GPT, KVCache
 from nanobias.plots import biased_vs_unbiased, neurons_per_layer
-from nanobias.reward import (BALANCED, RewardModel, bump, encode, fit_length_penalty, length_batches,
-                             load_reward_model, lowess, make_pairs, pair_metrics, score)
+from nanobias.reward import (BALANCED, PAIR_KINDS, RewardModel, bump, encode, fit_length_penalty, length_batches,
+                             load_reward_model, lowess, make_pairs, pair_kind, pair_metrics, score)
 from nanobias.sampling import left_pad
 
 POSITIONS = ("last", "all")
@@ -342,7 +342,7 @@ def method_metrics(r: np.ndarray, n_pairs: int, pairs, items: dict) -> dict:
     """r: rewards of the 2P test completions followed by every bumped text, in `items` order."""
     attrs_c = {a: [p.chosen.attributes[a] for p in pairs] for a in ATTRIBUTES}
     attrs_r = {a: [p.rejected.attributes[a] for p in pairs] for a in ATTRIBUTES}
-    out = pair_metrics(r[:n_pairs], r[n_pairs:2 * n_pairs], attrs_c, attrs_r)
+    out = pair_metrics(r[:n_pairs], r[n_pairs:2 * n_pairs], attrs_c, attrs_r, [pair_kind(p) for p in pairs])
     std = r[:2 * n_pairs].std()
     out["sensitivity"], start = {}, 2 * n_pairs
     for a in ATTRIBUTES:
@@ -410,16 +410,19 @@ def evaluate_reward_models(preset, splits, reward_ckpt, intervention_path, out_d
 
 
 def format_reward_table(results: dict) -> str:
-    """Markdown table: accuracy, biased/unbiased-subset accuracy and sensitivity per attribute."""
+    """Markdown table: accuracy, accuracy per pair kind, biased/unbiased-subset accuracy and
+    sensitivity per attribute."""
     methods = [m for m in METHODS if m in results]
-    head = "| method | acc | " + " | ".join(f"{a} b / u / sens" for a in ATTRIBUTES) + " |\n"
-    head += "|---|---|" + "---|" * len(ATTRIBUTES) + "\n"
+    head = ("| method | acc | " + " / ".join(PAIR_KINDS) + " | "
+            + " | ".join(f"{a} b / u / sens" for a in ATTRIBUTES) + " |\n")
+    head += "|---|---|---|" + "---|" * len(ATTRIBUTES) + "\n"
 
     def cell(x, fmt):
         return "-" if x is None else format(x, fmt)
 
     rows = "".join(
-        f"| {m} | {results[m]['acc']:.3f} | " + " | ".join(
+        f"| {m} | {results[m]['acc']:.3f} | "
+        + " / ".join(cell(results[m].get("acc_by_kind", {}).get(k), ".3f") for k in PAIR_KINDS) + " | " + " | ".join(
             f"{cell(results[m]['acc_biased'][a], '.3f')} / {cell(results[m]['acc_unbiased'][a], '.3f')} / "
             f"{cell(results[m]['sensitivity'][a], '+.3f')}" for a in ATTRIBUTES) + " |\n"
         for m in methods)

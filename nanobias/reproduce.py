@@ -15,6 +15,7 @@ evaluation, report) while the rest wait, and sends every rank each stage's resul
 """
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -97,15 +98,28 @@ def reproduce(preset, data: str = "synthetic", bbq_dir=None, seed: int = 0, out=
 
     base_scorer = rl.make_scorer(out / "reward.pt")
     cirm_scorer = rl.make_scorer(out / "reward.pt", out / "intervention.json")
+
+    def grpo_cirm_stage():
+        if intervention.load_intervention(out / "intervention.json").neurons:
+            return grpo.train_grpo(preset, splits, out / "policy.pt", out / "grpo_cirm.pt", cirm_scorer, seed, backend)
+        # an empty intervention scores exactly as the base reward model, so GRPO+CIRM would repeat
+        # GRPO's run step for step (same seed): reuse it rather than spend the time again
+        if distributed.is_main():
+            print("grpo_cirm: the intervention edits no neuron; GRPO+CIRM is GRPO's run, copied")
+            for path in (Path("grpo.pt"), rl.metrics_path("grpo.pt"), rl.reward_curve_path("grpo.pt")):
+                shutil.copyfile(out / path, out / str(path).replace("grpo", "grpo_cirm", 1))
+        return training["grpo"]
+
     trainers = {
         "grpo": lambda: grpo.train_grpo(preset, splits, out / "policy.pt", out / "grpo.pt", base_scorer, seed, backend),
-        "grpo_cirm": lambda: grpo.train_grpo(preset, splits, out / "policy.pt", out / "grpo_cirm.pt", cirm_scorer,
-                                             seed, backend),
+        "grpo_cirm": grpo_cirm_stage,
         "dpo": lambda: dpo.train_dpo(preset, splits, out / "policy.pt", out / "dpo.pt", seed=seed, backend=backend,
                                      score_fn=base_scorer),
         "ppo": lambda: ppo.train_ppo(preset, splits, out / "policy.pt", out / "ppo.pt", base_scorer, seed, backend),
     }
-    training = {name: stage(name, fn, every_rank=True) for name, fn in trainers.items()}
+    training = {}
+    for name, fn in trainers.items():
+        training[name] = stage(name, fn, every_rank=True)
 
     def evaluate_all():
         policy = {}

@@ -84,6 +84,8 @@ def test_bias_metrics_on_hand_made_predictions():
     assert m["acc_disambig"] == pytest.approx(2 / 4)
     # non-unknown disambiguated answers: 0 (neg, biased), 1 (nonneg, biased), 1 (nonneg, biased) -> 2 * 3/3 - 1
     assert m["s_dis"] == pytest.approx(1.0)
+    assert m["unknown_disambig"] == pytest.approx(1 / 4)  # the last disambiguated answer is unknown
+    assert m["biased_ambig"] == pytest.approx(3 / 7)
     assert m["invalid_rate"] == pytest.approx(1 / 11)
     assert m["mean_len"] == pytest.approx(6.0)
     assert m["n"] == 11
@@ -105,6 +107,8 @@ def test_breakdown_per_category_and_table():
     assert out["per_category"]["SES"]["acc_ambig"] == 0.0 and out["per_category"]["SES"]["s_amb"] == pytest.approx(1.0)
     table = format_table({"base": out})
     assert "| base | 0.333 |" in table and table.count("\n") == 3
+    del out["unknown_disambig"]  # a metric an older run did not write shows as "-"
+    assert "| - |" in format_table({"old": out})
 
 
 def test_spread_is_seeded_ordered_capped_and_keeps_every_condition():

@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import pytest
 
@@ -45,6 +46,20 @@ def test_a_rerun_skips_finished_stages(smoke_run, capsys):
     printed = capsys.readouterr().out
     assert printed.count("already done") == 10 and "[grpo] start" not in printed
     assert (smoke_run / "grpo.pt").stat().st_mtime_ns == before
+
+
+def test_an_empty_intervention_reuses_grpo_as_grpo_cirm(smoke_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(smoke_run, run)
+    chosen = json.loads((run / "intervention.json").read_text())
+    (run / "intervention.json").write_text(json.dumps({**chosen, "neurons": [], "medians": []}))
+    (run / "stages" / "grpo_cirm.json").unlink()
+    (run / "grpo_cirm.pt").unlink()
+    main(["reproduce", "--preset", "smoke", "--eval-categories", "SES", "--backend", "torch", "--out", str(run)])
+    assert "GRPO+CIRM is GRPO's run, copied" in capsys.readouterr().out
+    assert (run / "grpo_cirm.pt").read_bytes() == (run / "grpo.pt").read_bytes()
+    stage = {name: json.loads((run / "stages" / f"{name}.json").read_text())["result"] for name in ("grpo", "grpo_cirm")}
+    assert stage["grpo_cirm"] == stage["grpo"]
 
 
 @pytest.mark.parametrize("argv, message", [

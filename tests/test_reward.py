@@ -11,8 +11,8 @@ from nanobias.data import (ATTRIBUTES, Style, load_splits, pretraining_documents
                            render_prompt, synthetic_examples)
 from nanobias.model import GPT, GPTConfig
 from nanobias.presets import PRESETS
-from nanobias.reward import (BALANCED, PLANTED, RewardConfig, bradley_terry_loss, bump, fit_length_penalty,
-                             load_reward_model, lowess, make_pair, make_pairs, pair_metrics, planted_rates,
+from nanobias.reward import (BALANCED, PAIR_KINDS, PLANTED, RewardConfig, bradley_terry_loss, bump, fit_length_penalty,
+                             load_reward_model, lowess, make_pair, make_pairs, pair_kind, pair_metrics, planted_rates,
                              regression_loss, reward_model_from_policy, right_answer, score, score_pairs,
                              train_reward_model)
 from nanobias.tokenizer import train_bpe
@@ -151,6 +151,23 @@ def test_pair_metrics_on_hand_made_pairs():
     assert m["n_biased"]["length"] == 2 and m["n_unbiased"]["length"] == 1
     none = pair_metrics([1.0], [0.0], {a: [1] for a in ATTRIBUTES}, {a: [0] for a in ATTRIBUTES})
     assert none["acc_unbiased"]["bold"] is None
+    by_kind = pair_metrics(r_c, r_r, attrs_c, attrs_r, kinds=["ambig", "who_did_it", "who_did_it", "ambig"])
+    assert by_kind["acc_by_kind"] == {"ambig": 0.5, "who_did_it": 0.5, "not_unknown": None}
+
+
+def test_pair_kind_names_what_the_pair_tests(splits):
+    rng = random.Random(0)
+    kinds = {}
+    for ex in splits.train[:200]:
+        pair = make_pair(ex, rng, BALANCED, biased_reject_rate=0.7)
+        kinds.setdefault(pair_kind(pair), []).append(pair)
+    assert set(kinds) == set(PAIR_KINDS)
+    assert all(p.example.context_condition == "ambig" and p.chosen.answer_index == p.example.unknown_index
+               for p in kinds["ambig"])
+    for p in kinds["who_did_it"]:  # both sides name a person, the chosen one the label
+        assert p.example.context_condition == "disambig" and p.chosen.answer_index == p.example.label
+        assert p.example.unknown_index not in (p.chosen.answer_index, p.rejected.answer_index)
+    assert all(p.rejected.answer_index == p.example.unknown_index for p in kinds["not_unknown"])
 
 
 def test_bump_raises_only_its_attribute(splits):
