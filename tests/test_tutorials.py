@@ -25,7 +25,7 @@ TUTORIALS = {
     "03_gpt_and_kv_cache.py": (["same tokens with and without the cache: True", "identical tokens: True"], []),
     "04_pretrain_biased_policy.py": (["| base policy (test) |", "ambiguous test prompts:"],
                                      ["policy.pt", "tokenizer.json", "policy.metrics.jsonl"]),
-    "05_reward_model_spurious_cues.py": (["| method | acc | length b / u / sens", "| lwr |", "reward model written to"],
+    "05_reward_model_spurious_cues.py": (["| method | acc | ambig / who_did_it / not_unknown | length b / u / sens", "| lwr |", "reward model written to"],
                                          ["reward.pt", "reward_eval.json", "reward_biased_unbiased.png"]),
     "06_bias_neurons.py": (["| cirm |", "| cirm_all |", "chosen intervention:"],
                            ["intervention.json", "neurons_per_layer.png"]),

@@ -94,7 +94,10 @@ with common.output_dir(args) as out:
         increased, in units of the reward's standard deviation (0 = ignores it). Rows: the base
         model and the two length-only baselines of Shinoda et al. (2026): a fitted length penalty
         r - alpha * length, and locally weighted regression of reward on length, subtracted.
-        Table cells: biased / unbiased / sensitivity.
+        Table cells: biased / unbiased / sensitivity. The column after acc splits it by what a
+        pair asks: unknown over a person in an ambiguous context; the right person over the other
+        one in a disambiguated context (who_did_it: does the model read the context?); the right
+        person over unknown there.
     """)
     results = evaluate_reward_models(preset, splits, reward_path, None, out, seed=common.SEED)
     base = results["base"]
