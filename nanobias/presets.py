@@ -48,7 +48,7 @@ PRESETS = {
         vocab_size=1024, variants_per_template=32, bias_rate=0.8, long_rate=0.3, eval_examples=576,
         # reading a disambiguated context is learned in sudden jumps (the stereotype long before):
         # near step 2000 for most categories, later for Gender_identity, whose people are named
-        # (3000-4000 steps: 50-67% there, 91-92% over all; 4500: 100%). A policy that half-reads
+        # (3000-4000 steps: 52-67% there, 91-92% over all; 4500: 99%). A policy that half-reads
         # loses that reading to GRPO: the "unknown" it learns on ambiguous prompts leaks in.
         pretrain=TrainConfig(steps=4500, batch_size=16, lr=2e-3, warmup=50, eval_every=500, ckpt_every=500),
         rl=RLConfig(steps=40, prompts_per_step=8, group_size=8, max_new_tokens=24, lr=1e-4, beta=0.2),
