@@ -92,7 +92,9 @@ def add_init_args(p: argparse.ArgumentParser) -> None:
                    "or pytorch_model.bin (with --init gpt2)")
 
 
-def check_init_args(parser: argparse.ArgumentParser, args) -> None:
+def check_pretrain_args(parser: argparse.ArgumentParser, args) -> None:
+    """The data flags and --init / --init-dir (pretrain and reproduce)."""
+    check_data_args(parser, args)
     if args.init == "gpt2":
         if args.init_dir is None:
             parser.error("--init gpt2 needs --init-dir DIR (a Hugging Face GPT-2 folder)")
@@ -111,8 +113,8 @@ def cmd_pretrain(args) -> None:
     from nanobias import distributed
     from nanobias.evaluate import evaluate_policy, format_table
     from nanobias.presets import get_preset
-    from nanobias.pretrain import corpus, pretrain, train_tokenizer
-    from nanobias.tokenizer import get_tokenizer, load_tokenizer, save_tokenizer
+    from nanobias.pretrain import corpus, initial_model, make_tokenizer, pretrain
+    from nanobias.tokenizer import load_tokenizer
 
     preset = get_preset(args.preset, steps=args.steps, lr=args.lr, batch_size=args.batch_size)
     if args.vocab_size:
@@ -120,19 +122,12 @@ def cmd_pretrain(args) -> None:
     out = Path(args.out)
     splits = load_splits_from_args(args, preset)
     train_docs, val_docs = corpus(splits, preset, args.seed)
-    init = None
-    if args.init == "gpt2":
-        from nanobias.gpt2 import load_gpt2
-
-        enc, init = get_tokenizer("gpt2"), load_gpt2(args.init_dir, preset.model.dropout)
-        if distributed.is_main():
-            save_tokenizer(enc, out / "tokenizer.json")
-    elif distributed.is_main():
-        train_tokenizer(train_docs, preset.vocab_size, out / "tokenizer.json")
+    if distributed.is_main():
+        make_tokenizer(train_docs, preset.vocab_size, out / "tokenizer.json", args.init_dir)
     distributed.barrier()
     enc = load_tokenizer(out / "tokenizer.json")
     model = pretrain(preset, enc, train_docs, val_docs, out / "policy.pt", seed=args.seed, resume=args.resume,
-                     init=init)
+                     init=initial_model(preset, args.init_dir))
     if not distributed.is_main():
         return
     metrics = evaluate_policy(model, enc, splits.test, splits.heldout, max_examples=args.eval_examples)
@@ -340,8 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="log-prob / GRPO-loss kernels (auto: Triton on CUDA, chunked PyTorch on CPU)")
     add_init_args(p)
     add_compile_arg(p)
-    p.set_defaults(func=cmd_reproduce, check=lambda parser, a: (check_data_args(parser, a), check_init_args(parser, a)),
-                   parser=p)
+    p.set_defaults(func=cmd_reproduce, check=check_pretrain_args, parser=p)
 
     p = sub.add_parser("pretrain", help="train the tokenizer and a GPT policy with a planted bias")
     p.add_argument("--preset", default="cpu", choices=["smoke", "cpu", "gpu"])
@@ -355,8 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from OUT/policy.pt")
     add_init_args(p)
     add_compile_arg(p)
-    p.set_defaults(func=cmd_pretrain, check=lambda parser, a: (check_data_args(parser, a), check_init_args(parser, a)),
-                   parser=p)
+    p.set_defaults(func=cmd_pretrain, check=check_pretrain_args, parser=p)
 
     p = sub.add_parser("sample", help="print completions of a prompt from a policy checkpoint")
     p.add_argument("--ckpt", required=True, type=Path)

@@ -362,9 +362,7 @@ def evaluate_reward_models(preset, splits, reward_ckpt, intervention_path, out_d
     out_dir = Path(out_dir)
 
     val = make_pairs(splits.val, cfg.val_pairs, seed + 1, BALANCED)
-    r_val, acts_val = last_token_rewards(rm, prefill(rm, enc, [p.prompt for p in val] * 2,
-                                                     [p.chosen.text for p in val] + [p.rejected.text for p in val]),
-                                         capture=True)  # [2V], [2V, L, H]
+    _, r_val, acts_val = capture_pairs(rm, enc, val)  # [2V], [2V, L, H]
     rv_c, rv_r = np.split(r_val.numpy(), 2)
     len_vc = np.array([p.chosen.attributes["length"] for p in val])
     len_vr = np.array([p.rejected.attributes["length"] for p in val])

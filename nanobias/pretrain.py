@@ -25,7 +25,7 @@ from nanobias.checkpoint import policy_meta
 from nanobias.data import Splits, pretraining_documents
 from nanobias.model import GPT
 from nanobias.presets import Preset
-from nanobias.tokenizer import save_tokenizer, train_bpe
+from nanobias.tokenizer import get_tokenizer, save_tokenizer, train_bpe
 from nanobias.train import train
 
 ANSWER_CUE = "Answer:"  # render_prompt ends with it; the completion follows
@@ -37,10 +37,23 @@ def corpus(splits: Splits, preset: Preset, seed: int) -> tuple[list[str], list[s
             pretraining_documents(splits.val, preset.bias_rate, seed + 1, preset.long_rate))
 
 
-def train_tokenizer(docs: list[str], vocab_size: int, path):
-    enc = train_bpe(docs, vocab_size)
+def make_tokenizer(docs: list[str], vocab_size: int, path, init_dir=None):
+    """The policy's tokenizer, written to `path`: a BPE of `vocab_size` trained on the documents, or,
+    when pretraining starts from GPT-2's weights (`init_dir`), tiktoken's `gpt2` encoding they were
+    trained on."""
+    enc = train_bpe(docs, vocab_size) if init_dir is None else get_tokenizer("gpt2")
     save_tokenizer(enc, path)
     return enc
+
+
+def initial_model(preset: Preset, init_dir=None) -> GPT | None:
+    """GPT-2's weights from the Hugging Face folder `init_dir`, or None: `pretrain` starts from a
+    random initialisation."""
+    if init_dir is None:
+        return None
+    from nanobias.gpt2 import load_gpt2
+
+    return load_gpt2(init_dir, preset.model.dropout)
 
 
 GENERATION_ROOM = 64  # tokens the policy may generate after the longest prompt

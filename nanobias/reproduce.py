@@ -52,9 +52,9 @@ def reproduce(preset, data: str = "synthetic", bbq_dir=None, seed: int = 0, out=
     Face GPT-2 folder) pretraining starts from GPT-2's weights and its tiktoken `gpt2` encoding."""
     from nanobias import dpo, grpo, intervention, ppo, reward, rl
     from nanobias.evaluate import evaluate_policy
-    from nanobias.pretrain import corpus, pretrain, train_tokenizer
+    from nanobias.pretrain import corpus, initial_model, make_tokenizer, pretrain
     from nanobias.report import write_report
-    from nanobias.tokenizer import get_tokenizer, load_tokenizer, save_tokenizer
+    from nanobias.tokenizer import load_tokenizer
 
     out = Path(out)
     total_start = time.perf_counter()
@@ -72,18 +72,12 @@ def reproduce(preset, data: str = "synthetic", bbq_dir=None, seed: int = 0, out=
     train_docs, val_docs = corpus(splits, preset, seed)
 
     def tokenizer_stage():
-        if init_dir is None:
-            return {"n_vocab": train_tokenizer(train_docs, preset.vocab_size, out / "tokenizer.json").n_vocab}
-        enc = get_tokenizer("gpt2")  # the vocabulary GPT-2's weights were trained on
-        save_tokenizer(enc, out / "tokenizer.json")
-        return {"n_vocab": enc.n_vocab, "init": "gpt2"}
+        enc = make_tokenizer(train_docs, preset.vocab_size, out / "tokenizer.json", init_dir)
+        return {"n_vocab": enc.n_vocab, **({"init": "gpt2"} if init_dir is not None else {})}
 
     def pretrain_stage():
-        from nanobias.gpt2 import load_gpt2
-
-        init = load_gpt2(init_dir, preset.model.dropout) if init_dir is not None else None
         model = pretrain(preset, load_tokenizer(out / "tokenizer.json"), train_docs, val_docs, out / "policy.pt",
-                         seed=seed, resume=not force, init=init)
+                         seed=seed, resume=not force, init=initial_model(preset, init_dir))
         return {"policy": "policy.pt", "params": model.num_params()}
 
     stage("tokenizer", tokenizer_stage)

@@ -41,7 +41,7 @@ from nanobias.checkpoint import load_policy, save_policy
 from nanobias.data import Example, render_prompt
 from nanobias.progress import Progress
 from nanobias.sampling import Samples, completion_texts, sample
-from nanobias.train import TrainConfig, lr_at, make_optimizer
+from nanobias.train import TrainConfig, make_optimizer, set_lr
 
 ScoreFn = Callable[[list[Example], list[str], list[str]], torch.Tensor]
 
@@ -73,7 +73,7 @@ class RLConfig:
                              "weight_decay, beta >= 0; 0 <= min_lr_frac <= 1)")
 
     def train_config(self) -> TrainConfig:
-        """The optimiser and schedule settings, for train.make_optimizer and train.lr_at."""
+        """The optimiser and schedule settings, for train.make_optimizer and train.set_lr."""
         return TrainConfig(steps=self.steps, batch_size=self.prompts_per_step * self.group_size, lr=self.lr,
                            warmup=self.warmup, min_lr_frac=self.min_lr_frac, weight_decay=self.weight_decay,
                            grad_clip=self.grad_clip)
@@ -214,10 +214,7 @@ class Run:
     heads: dict  # modules trained beside the policy (PPO's value head), by name
 
     def set_lr(self, step: int) -> float:
-        lr = lr_at(step, self.train_cfg)
-        for group in self.opt.param_groups:
-            group["lr"] = lr
-        return lr
+        return set_lr(self.opt, step, self.train_cfg)
 
     def log_step(self, record: dict, shown: tuple[str, ...]) -> None:
         """Append the step's record (averaged over ranks); rank 0 prints the `shown` fields."""

@@ -67,6 +67,14 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Adam
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
 
 
+def set_lr(opt: torch.optim.Optimizer, step: int, cfg: TrainConfig) -> float:
+    """Give every parameter group the scheduled learning rate of `step`; returns it."""
+    lr = lr_at(step, cfg)
+    for group in opt.param_groups:
+        group["lr"] = lr
+    return lr
+
+
 def optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, params: list, grad_clip: float) -> float:
     """Backward, gradients averaged over ranks, norm clipped, one step. Returns the (global) gradient norm."""
     opt.zero_grad(set_to_none=True)
@@ -113,9 +121,7 @@ def train(model: torch.nn.Module, batch_loss: Callable[[int], tuple[torch.Tensor
     last = {}
     model.train()
     for step in range(start, cfg.steps):
-        lr = lr_at(step, cfg)
-        for group in opt.param_groups:
-            group["lr"] = lr
+        lr = set_lr(opt, step, cfg)
         with device.autocast():
             loss, stats = batch_loss(step)
         # averaged before the check, so that every rank stops together

@@ -16,7 +16,7 @@ def smoke_policy(tmp_path_factory):
 
     from nanobias.data import CATEGORIES, load_splits
     from nanobias.presets import get_preset
-    from nanobias.pretrain import corpus, pretrain, train_tokenizer
+    from nanobias.pretrain import corpus, make_tokenizer, pretrain
 
     out = tmp_path_factory.mktemp("smoke_policy")
     preset = get_preset("smoke")
@@ -25,7 +25,7 @@ def smoke_policy(tmp_path_factory):
     splits = load_splits("synthetic", seed=0, variants_per_template=preset.variants_per_template,
                          train_categories=list(CATEGORIES[:2]))
     train_docs, val_docs = corpus(splits, preset, 0)
-    enc = train_tokenizer(train_docs, preset.vocab_size, out / "tokenizer.json")
+    enc = make_tokenizer(train_docs, preset.vocab_size, out / "tokenizer.json")
     pretrain(preset, enc, train_docs, val_docs, out / "policy.pt", seed=0)
     return preset, splits, out / "policy.pt"
 

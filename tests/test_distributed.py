@@ -99,11 +99,11 @@ def metrics(path: Path) -> list[dict]:
 
 def test_two_gloo_processes_match_one(tmp_path):
     from nanobias.checkpoint import load_policy
-    from nanobias.pretrain import corpus, train_tokenizer
+    from nanobias.pretrain import corpus, make_tokenizer
     from nanobias.reward import reward_model_from_policy
 
     preset, splits = splits_and_preset()
-    train_tokenizer(corpus(splits, preset, 0)[0], preset.vocab_size, tmp_path / "tokenizer.json")
+    make_tokenizer(corpus(splits, preset, 0)[0], preset.vocab_size, tmp_path / "tokenizer.json")
     run_pretrain(tmp_path / "single", tmp_path / "tokenizer.json")
 
     port = free_port()

@@ -35,7 +35,7 @@ print(f"{len(train_docs)} training documents, {len(val_docs)} validation documen
 common.section("2. Tokenizer and pretraining")
 cfg = preset.pretrain
 common.say(f"""
-    Exactly what `nanobias pretrain` does: train_tokenizer (tutorial 01), then pretrain, which
+    Exactly what `nanobias pretrain` does: make_tokenizer (tutorial 01), then pretrain, which
     trains a fresh GPT (tutorial 03) at the '{preset.name}' preset's size with AdamW, warmup and
     cosine decay. The loss is next-token cross-entropy on the answer tokens only, given the
     prompt: the prompt is predictable template text, so on a small budget every gradient goes to

@@ -140,11 +140,11 @@ def record_recipe(out: Path, preset) -> None:
 
 def pretrain_policy(preset, splits, out: Path):
     """Tokenizer + pretraining (tutorial 04's stage calls) -> (model, enc); writes out/policy.pt."""
-    from nanobias.pretrain import corpus, pretrain, train_tokenizer
+    from nanobias.pretrain import corpus, make_tokenizer, pretrain
 
     record_recipe(out, preset)
     train_docs, val_docs = corpus(splits, preset, SEED)
-    enc = train_tokenizer(train_docs, preset.vocab_size, out / "tokenizer.json")
+    enc = make_tokenizer(train_docs, preset.vocab_size, out / "tokenizer.json")
     return pretrain(preset, enc, train_docs, val_docs, out / "policy.pt", seed=SEED), enc
 
 
