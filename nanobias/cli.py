@@ -34,6 +34,16 @@ def positive_float(text: str) -> float:
     return value
 
 
+def nonnegative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
+    return value
+
+
 def vocab_size(text: str) -> int:
     value = positive_int(text)
     if value < 257:
@@ -187,6 +197,12 @@ def check_rl_args(parser: argparse.ArgumentParser, args) -> None:
             parser.error(f"--{flag} {path}: no such file")
     if args.intervention is not None and args.reward is None:
         parser.error("--intervention edits a reward model: it needs --reward, not --oracle-reward")
+    if args.command == "grpo":
+        from kernels.reference import AGGS, SCALES  # imports torch: only once `nanobias grpo` is chosen
+
+        for flag, value, allowed in (("scale", args.scale, SCALES), ("agg", args.agg, AGGS)):
+            if value is not None and value not in allowed:
+                parser.error(f"--{flag} {value}: expected one of {', '.join(allowed)}")
 
 
 def scorer_from_args(args):
@@ -213,6 +229,8 @@ def cmd_online_rl(args) -> None:
     from nanobias.presets import get_preset
 
     preset = get_preset(args.preset)
+    if args.command == "grpo":
+        preset = grpo_overrides(preset, args)
     splits = load_splits_from_args(args, preset)
     suffix = "_oracle" if args.oracle_reward else "_cirm" if args.intervention else ""
     name = args.command + suffix
@@ -220,6 +238,13 @@ def cmd_online_rl(args) -> None:
     trainer = {"grpo": train_grpo, "ppo": train_ppo}[args.command]
     result = trainer(preset, splits, args.policy, ckpt, scorer_from_args(args), seed=args.seed, backend=args.backend)
     report_baseline(args, name, splits, ckpt, result)
+
+
+def grpo_overrides(preset, args):
+    """The preset with `nanobias grpo`'s --beta, --lr (preset.rl) and --scale, --agg (preset.grpo) applied."""
+    rl = {k: v for k, v in (("beta", args.beta), ("lr", args.lr)) if v is not None}
+    grpo = {k: v for k, v in (("scale", args.scale), ("agg", args.agg)) if v is not None}
+    return replace(preset, rl=replace(preset.rl, **rl), grpo=replace(preset.grpo, **grpo))
 
 
 def report_baseline(args, name: str, splits, ckpt: Path, result: dict) -> None:
@@ -369,6 +394,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("grpo", help="debias a policy with GRPO against a reward model (BiasGRPO)")
     add_rl_args(p)
+    p.add_argument("--beta", type=nonnegative_float, help="override the preset's KL weight (rl.beta)")
+    p.add_argument("--lr", type=positive_float, help="override the preset's RL learning rate (rl.lr)")
+    p.add_argument("--scale", help="advantage scale: group (BiasGRPO: divide by the group's reward std), "
+                   "batch (by the batch's), none (Dr. GRPO: do not divide)")
+    p.add_argument("--agg", help="loss aggregation over tokens: grpo | dapo | dr_grpo")
     p.set_defaults(func=cmd_online_rl, check=check_rl_args, parser=p)
 
     p = sub.add_parser("dpo", help="DPO/IPO baseline on offline preference pairs, as many as GRPO's reward-model "

@@ -201,7 +201,24 @@ def test_cli_checks_flags_before_work(smoke_policy, tmp_path, capsys):
     assert "no such file" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # a reward is required, and only one
         main(["grpo", "--policy", str(policy), "--out", str(tmp_path)])
+    for flag, value, said in (("--scale", "std", "--scale std: expected one of group, batch, none"),
+                              ("--agg", "mean", "--agg mean: expected one of grpo, dapo, dr_grpo"),
+                              ("--beta", "-0.1", "expected a number >= 0")):
+        with pytest.raises(SystemExit):
+            main(["grpo", "--policy", str(policy), "--oracle-reward", flag, value, "--out", str(tmp_path)])
+        assert said in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_cli_grpo_overrides_reach_the_run(smoke_policy, tmp_path):
+    _, _, policy = smoke_policy
+    main(["grpo", "--preset", "smoke", "--policy", str(policy), "--oracle-reward", "--train-categories", ",".join(CATS),
+          "--beta", "0", "--lr", "5e-4", "--scale", "none", "--agg", "dr_grpo", "--eval-examples", "4",
+          "--backend", "torch", "--out", str(tmp_path)])
+    meta = load_policy(tmp_path / "grpo_oracle.pt")[2]
+    assert (meta["rl_config"]["beta"], meta["rl_config"]["lr"]) == (0.0, 5e-4)
+    assert (meta["grpo_config"]["scale"], meta["grpo_config"]["agg"]) == ("none", "dr_grpo")
+    assert json.loads((tmp_path / "grpo_oracle.json").read_text())["history"][-1]["lr"] == pytest.approx(5e-4)
 
 
 def test_cli_eval_prints_the_table_and_writes_json(smoke_policy, tmp_path, capsys):
