@@ -140,7 +140,7 @@ def cmd_pretrain(args) -> None:
                      init=initial_model(preset, args.init_dir))
     if not distributed.is_main():
         return
-    metrics = evaluate_policy(model, enc, splits.test, splits.heldout, max_examples=args.eval_examples)
+    metrics = evaluate_policy(model, enc, splits.test, splits.heldout, max_examples=eval_examples(args))
     for s in metrics["samples"][:4]:
         print(f"\n{s['prompt']}{s['completion']}")
     rows = {"base (test)": metrics}
@@ -182,8 +182,8 @@ def add_rl_args(p: argparse.ArgumentParser) -> None:
                         help="reward 1 for the labelled answer, else 0: the world's labels instead of a reward model")
     p.add_argument("--intervention", type=Path, help="neuron intervention JSON applied to the reward model")
     p.add_argument("--out", required=True, type=Path, help="output folder")
-    p.add_argument("--eval-examples", type=positive_int, default=400,
-                   help="test (and held-out) prompts to evaluate, drawn at random")
+    p.add_argument("--eval-examples", type=positive_int,
+                   help="test (and held-out) prompts to evaluate, drawn at random (default: the preset's, as reproduce)")
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "triton", "reference"],
                    help="kernels backend for log-probs and losses")
     add_compile_arg(p)
@@ -209,6 +209,13 @@ def scorer_from_args(args):
     from nanobias.rl import make_scorer
 
     return make_scorer(reward_ckpt=args.reward, intervention_path=args.intervention, oracle=args.oracle_reward)
+
+
+def eval_examples(args) -> int | None:
+    """--eval-examples, else the preset's own number (the prompts `reproduce` evaluates; None: all)."""
+    from nanobias.presets import get_preset
+
+    return args.eval_examples or get_preset(args.preset).eval_examples
 
 
 def evaluation_rows(name: str, model, enc, splits, n: int | None) -> tuple[dict, dict]:
@@ -256,8 +263,8 @@ def report_baseline(args, name: str, splits, ckpt: Path, result: dict) -> None:
 
     if not distributed.is_main():
         return
-    base, rows = evaluation_rows("base", *load_policy(args.policy)[:2], splits, args.eval_examples)
-    trained, trained_rows = evaluation_rows(name, *load_policy(ckpt)[:2], splits, args.eval_examples)
+    base, rows = evaluation_rows("base", *load_policy(args.policy)[:2], splits, eval_examples(args))
+    trained, trained_rows = evaluation_rows(name, *load_policy(ckpt)[:2], splits, eval_examples(args))
     print("\n" + format_table({**rows, **trained_rows}))
     print(f"reward_fluctuation {result['stability']['reward_fluctuation']:.4f}, "
           f"final_reward_mean {result['stability']['final_reward_mean']:.4f}")
@@ -286,7 +293,7 @@ def cmd_eval(args) -> None:
     from nanobias.presets import get_preset
 
     splits = load_splits_from_args(args, get_preset(args.preset))
-    metrics, rows = evaluation_rows(args.policy.stem, *load_policy(args.policy)[:2], splits, args.eval_examples)
+    metrics, rows = evaluation_rows(args.policy.stem, *load_policy(args.policy)[:2], splits, eval_examples(args))
     for s in metrics["samples"][:4]:
         print(f"\n{s['prompt']}{s['completion']}")
     print("\n" + format_table(rows))
@@ -370,7 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=positive_float, help="override the preset's peak learning rate")
     p.add_argument("--batch-size", type=positive_int, help="override the preset's batch size")
     p.add_argument("--vocab-size", type=vocab_size, help="override the preset's BPE vocabulary size")
-    p.add_argument("--eval-examples", type=positive_int, default=400, help="test prompts to evaluate after training")
+    p.add_argument("--eval-examples", type=positive_int,
+                   help="test prompts to evaluate after training (default: the preset's, as reproduce)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/policy.pt")
     add_init_args(p)
     add_compile_arg(p)
@@ -417,8 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_args(p)
     p.add_argument("--policy", required=True, type=Path, help="policy checkpoint")
     p.add_argument("--out", type=Path, help="folder for <policy stem>.eval.json")
-    p.add_argument("--eval-examples", type=positive_int, default=400,
-                   help="test (and held-out) prompts to evaluate, drawn at random")
+    p.add_argument("--eval-examples", type=positive_int,
+                   help="test (and held-out) prompts to evaluate, drawn at random (default: the preset's, as reproduce)")
     p.set_defaults(func=cmd_eval, parser=p, check=lambda parser, a: (
         check_data_args(parser, a), a.policy.is_file() or parser.error(f"--policy {a.policy}: no such file")))
     p = sub.add_parser("reward", help="train the reward model on planted-bias preference pairs")

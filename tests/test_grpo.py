@@ -10,6 +10,7 @@ from nanobias.checkpoint import load_policy
 from nanobias.cli import main
 from nanobias.data import CATEGORIES
 from nanobias.grpo import GRPOConfig, grpo_step, grpo_update, train_grpo
+from nanobias.presets import get_preset
 from nanobias.sampling import completion_logprobs
 from nanobias.train import make_optimizer
 
@@ -228,3 +229,9 @@ def test_cli_eval_prints_the_table_and_writes_json(smoke_policy, tmp_path, capsy
     assert "| policy (test) |" in capsys.readouterr().out
     metrics = json.loads((tmp_path / "policy.eval.json").read_text())
     assert metrics["n"] == 4 and 0 <= metrics["acc_ambig"] <= 1
+
+
+def test_cli_eval_defaults_to_the_presets_prompt_count(smoke_policy, tmp_path):
+    _, _, policy = smoke_policy  # the smoke world's test split has 72 prompts, the preset evaluates 64
+    main(["eval", "--preset", "smoke", "--policy", str(policy), "--out", str(tmp_path)])
+    assert json.loads((tmp_path / "policy.eval.json").read_text())["n"] == get_preset("smoke").eval_examples == 64
