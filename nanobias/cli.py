@@ -14,34 +14,27 @@ from nanobias.data import CATEGORIES
 DATA_SOURCES = ("synthetic", "bbq")
 
 
-def positive_int(text: str) -> int:
+def number(text: str, kind: type, ok, expected: str):
+    """`text` read as `kind` (int or float) and checked by `ok`, else an argparse error saying what was expected."""
     try:
-        value = int(text)
+        value = kind(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    return number(text, int, lambda v: v >= 1, "a positive integer")
 
 
 def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
-    return value
+    return number(text, float, lambda v: v > 0, "a positive number")
 
 
 def nonnegative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
-    return value
+    return number(text, float, lambda v: v >= 0, "a number >= 0")
 
 
 def vocab_size(text: str) -> int:
@@ -263,8 +256,9 @@ def report_baseline(args, name: str, splits, ckpt: Path, result: dict) -> None:
 
     if not distributed.is_main():
         return
-    base, rows = evaluation_rows("base", *load_policy(args.policy)[:2], splits, eval_examples(args))
-    trained, trained_rows = evaluation_rows(name, *load_policy(ckpt)[:2], splits, eval_examples(args))
+    n = eval_examples(args)
+    base, rows = evaluation_rows("base", *load_policy(args.policy)[:2], splits, n)
+    trained, trained_rows = evaluation_rows(name, *load_policy(ckpt)[:2], splits, n)
     print("\n" + format_table({**rows, **trained_rows}))
     print(f"reward_fluctuation {result['stability']['reward_fluctuation']:.4f}, "
           f"final_reward_mean {result['stability']['final_reward_mean']:.4f}")

@@ -35,9 +35,8 @@ with common.output_dir(args) as out:
         that matter are the MLP neurons at that position. Over balanced validation pairs (both
         completions of each), record a_{l,h}(x, y) for every layer l and neuron h (capture_pairs).
         Inside, prefill runs every token but the last once and keeps the keys and values;
-        last_token_rewards then runs
-        only the last token, which is all that an intervention at the last position changes, so
-        trying many interventions later costs one token per sequence.
+        last_token_rewards then runs only the last token, which is all that an intervention at the
+        last position changes, so trying many interventions later costs one token per sequence.
     """)
     pairs = make_pairs(splits.val, cfg.val_pairs, common.SEED + 1, BALANCED)
     completions = [p.chosen for p in pairs] + [p.rejected for p in pairs]
