@@ -26,10 +26,10 @@ def bench_model(preset_name: str, seconds: float = 10.0, seq_len: int = 128, dev
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     preset = get_preset(preset_name)
     torch.manual_seed(0)
-    model = GPT(replace(preset.model, vocab_size=preset.vocab_size)).to(device)
+    model = GPT(replace(preset.model, vocab_size=preset.pretrain.vocab_size)).to(device)
     cfg = preset.pretrain
     g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, preset.vocab_size, (cfg.batch_size, seq_len + 1), generator=g).to(device)
+    x = torch.randint(0, preset.pretrain.vocab_size, (cfg.batch_size, seq_len + 1), generator=g).to(device)
     opt = make_optimizer(model, cfg)
 
     def train_step():
@@ -38,9 +38,9 @@ def bench_model(preset_name: str, seconds: float = 10.0, seq_len: int = 128, dev
         loss.backward()
         opt.step()
 
-    prompts = torch.randint(0, preset.vocab_size - 1, (16, 64), generator=g).tolist()
+    prompts = torch.randint(0, preset.pretrain.vocab_size - 1, (16, 64), generator=g).tolist()
     new_tokens = 64
-    no_eot = preset.vocab_size  # an id never sampled, so every row runs all new_tokens
+    no_eot = preset.pretrain.vocab_size  # an id never sampled, so every row runs all new_tokens
     results = {"device": device, "preset": preset_name, "params_M": model.num_params() / 1e6,
                "train_tok_s": _rate(train_step, cfg.batch_size * seq_len, seconds)}
     model.eval()

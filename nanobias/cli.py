@@ -6,12 +6,12 @@ Under `torchrun --nproc_per_node=N -m nanobias ...` the training stages run on N
 import argparse
 import shlex
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 from nanobias.data import CATEGORIES
 
 DATA_SOURCES = ("synthetic", "bbq")
+PRESET_NAMES = ("smoke", "cpu", "gpu")  # presets.PRESETS, named here so that parsing imports no torch
 
 
 def number(text: str, kind: type, ok, expected: str):
@@ -46,6 +46,33 @@ def vocab_size(text: str) -> int:
 
 def category_list(text: str) -> list[str]:
     return [c.strip() for c in text.split(",") if c.strip()]
+
+
+def add_preset_args(p: argparse.ArgumentParser, shorthands: dict[str, str] | None = None, help: str = "run size") -> None:
+    """--preset and --set KEY=VALUE; `shorthands` maps a command's own flags to the preset keys they set
+    (e.g. {"--steps": "pretrain.steps"}), so both reach the run through presets.get_preset."""
+    p.add_argument("--preset", default="cpu", choices=PRESET_NAMES, help=help)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one preset value, e.g. grpo.beta=0.5 (repeatable; keys in nanobias/presets.py)")
+    p.set_defaults(shorthands=shorthands or {})
+
+
+def preset_from_args(parser: argparse.ArgumentParser, args):
+    """The preset with --set and the shorthand flags applied; a bad key or value is a usage error."""
+    from nanobias.presets import get_preset, parse_setting
+
+    overrides = {}
+    given = [(f"--set {text}", text) for text in args.set]
+    given += [(f"{flag} {getattr(args, flag[2:].replace('-', '_'))}", (key, getattr(args, flag[2:].replace("-", "_"))))
+              for flag, key in args.shorthands.items() if getattr(args, flag[2:].replace("-", "_")) is not None]
+    for source, setting in given:
+        try:
+            key, value = parse_setting(setting, args.preset) if isinstance(setting, str) else setting
+            get_preset(args.preset, {**overrides, key: value})
+        except ValueError as e:
+            parser.error(f"{source}: {e}")
+        overrides[key] = value
+    return get_preset(args.preset, overrides)
 
 
 def add_data_args(p: argparse.ArgumentParser) -> None:
@@ -115,22 +142,13 @@ def add_compile_arg(p: argparse.ArgumentParser) -> None:
 def cmd_pretrain(args) -> None:
     from nanobias import distributed
     from nanobias.evaluate import evaluate_policy, format_table
-    from nanobias.presets import get_preset
-    from nanobias.pretrain import corpus, initial_model, make_tokenizer, pretrain
-    from nanobias.tokenizer import load_tokenizer
+    from nanobias.pretrain import pretrain_policy
 
-    preset = get_preset(args.preset, steps=args.steps, lr=args.lr, batch_size=args.batch_size)
-    if args.vocab_size:
-        preset = replace(preset, vocab_size=args.vocab_size)
+    preset = args.config
     out = Path(args.out)
     splits = load_splits_from_args(args, preset)
-    train_docs, val_docs = corpus(splits, preset, args.seed)
-    if distributed.is_main():
-        make_tokenizer(train_docs, preset.vocab_size, out / "tokenizer.json", args.init_dir)
-    distributed.barrier()
-    enc = load_tokenizer(out / "tokenizer.json")
-    model = pretrain(preset, enc, train_docs, val_docs, out / "policy.pt", seed=args.seed, resume=args.resume,
-                     init=initial_model(preset, args.init_dir))
+    model, enc = pretrain_policy(splits, preset.pretrain, preset.model, out, seed=args.seed, resume=args.resume,
+                                 init_dir=args.init_dir)
     if not distributed.is_main():
         return
     metrics = evaluate_policy(model, enc, splits.test, splits.heldout, max_examples=eval_examples(args))
@@ -166,7 +184,7 @@ def cmd_bench(args) -> None:
 
 def add_rl_args(p: argparse.ArgumentParser) -> None:
     """Flags every RL stage shares: the starting policy, the reward, the output folder."""
-    p.add_argument("--preset", default="cpu", choices=["smoke", "cpu", "gpu"])
+    add_preset_args(p)
     add_data_args(p)
     p.add_argument("--policy", required=True, type=Path, help="starting policy checkpoint (policy.pt)")
     reward = p.add_mutually_exclusive_group(required=True)
@@ -190,12 +208,6 @@ def check_rl_args(parser: argparse.ArgumentParser, args) -> None:
             parser.error(f"--{flag} {path}: no such file")
     if args.intervention is not None and args.reward is None:
         parser.error("--intervention edits a reward model: it needs --reward, not --oracle-reward")
-    if args.command == "grpo":
-        from kernels.reference import AGGS, SCALES  # imports torch: only once `nanobias grpo` is chosen
-
-        for flag, value, allowed in (("scale", args.scale, SCALES), ("agg", args.agg, AGGS)):
-            if value is not None and value not in allowed:
-                parser.error(f"--{flag} {value}: expected one of {', '.join(allowed)}")
 
 
 def scorer_from_args(args):
@@ -206,9 +218,7 @@ def scorer_from_args(args):
 
 def eval_examples(args) -> int | None:
     """--eval-examples, else the preset's own number (the prompts `reproduce` evaluates; None: all)."""
-    from nanobias.presets import get_preset
-
-    return args.eval_examples or get_preset(args.preset).eval_examples
+    return args.eval_examples or args.config.eval_examples
 
 
 def evaluation_rows(name: str, model, enc, splits, n: int | None) -> tuple[dict, dict]:
@@ -226,25 +236,16 @@ def cmd_online_rl(args) -> None:
     """`nanobias grpo` and `nanobias ppo`: the same flags, budget and report; only the trainer differs."""
     from nanobias.grpo import train_grpo
     from nanobias.ppo import train_ppo
-    from nanobias.presets import get_preset
 
-    preset = get_preset(args.preset)
-    if args.command == "grpo":
-        preset = grpo_overrides(preset, args)
+    preset = args.config
     splits = load_splits_from_args(args, preset)
     suffix = "_oracle" if args.oracle_reward else "_cirm" if args.intervention else ""
     name = args.command + suffix
     ckpt = args.out / f"{name}.pt"
-    trainer = {"grpo": train_grpo, "ppo": train_ppo}[args.command]
-    result = trainer(preset, splits, args.policy, ckpt, scorer_from_args(args), seed=args.seed, backend=args.backend)
+    trainer, cfg = {"grpo": (train_grpo, preset.grpo), "ppo": (train_ppo, preset.ppo)}[args.command]
+    result = trainer(splits, args.policy, ckpt, scorer_from_args(args), preset.rl, cfg, seed=args.seed,
+                     backend=args.backend)
     report_baseline(args, name, splits, ckpt, result)
-
-
-def grpo_overrides(preset, args):
-    """The preset with `nanobias grpo`'s --beta, --lr (preset.rl) and --scale, --agg (preset.grpo) applied."""
-    rl = {k: v for k, v in (("beta", args.beta), ("lr", args.lr)) if v is not None}
-    grpo = {k: v for k, v in (("scale", args.scale), ("agg", args.agg)) if v is not None}
-    return replace(preset, rl=replace(preset.rl, **rl), grpo=replace(preset.grpo, **grpo))
 
 
 def report_baseline(args, name: str, splits, ckpt: Path, result: dict) -> None:
@@ -271,22 +272,20 @@ def report_baseline(args, name: str, splits, ckpt: Path, result: dict) -> None:
 
 def cmd_dpo(args) -> None:
     from nanobias.dpo import train_dpo
-    from nanobias.presets import get_preset
 
-    preset = get_preset(args.preset)
+    preset = args.config
     splits = load_splits_from_args(args, preset)
     ckpt = args.out / f"{args.loss}.pt"
-    result = train_dpo(preset, splits, args.policy, ckpt, seed=args.seed, loss=args.loss, backend=args.backend,
-                       score_fn=scorer_from_args(args))
+    result = train_dpo(splits, args.policy, ckpt, preset.rl, preset.dpo, preset.pairs, seed=args.seed, loss=args.loss,
+                       backend=args.backend, score_fn=scorer_from_args(args))
     report_baseline(args, args.loss, splits, ckpt, result)
 
 
 def cmd_eval(args) -> None:
     from nanobias.checkpoint import load_policy, write_json
     from nanobias.evaluate import format_table
-    from nanobias.presets import get_preset
 
-    splits = load_splits_from_args(args, get_preset(args.preset))
+    splits = load_splits_from_args(args, args.config)
     metrics, rows = evaluation_rows(args.policy.stem, *load_policy(args.policy)[:2], splits, eval_examples(args))
     for s in metrics["samples"][:4]:
         print(f"\n{s['prompt']}{s['completion']}")
@@ -300,31 +299,27 @@ def cmd_eval(args) -> None:
 def cmd_reward(args) -> None:
     from nanobias import distributed
     from nanobias.intervention import evaluate_reward_models
-    from nanobias.presets import get_preset
     from nanobias.reward import train_reward_model
 
-    preset = get_preset(args.preset)
-    overrides = {k: v for k, v in (("steps", args.steps), ("lr", args.lr), ("batch_size", args.batch_size)) if v is not None}
-    preset = replace(preset, reward=replace(preset.reward, train=replace(preset.reward.train, **overrides),
-                                            loss=args.loss or preset.reward.loss))
+    preset = args.config
     splits = load_splits_from_args(args, preset)
-    ckpt = train_reward_model(preset, splits, args.policy or args.out / "policy.pt", args.out / "reward.pt",
-                              seed=args.seed, resume=args.resume)
+    ckpt = train_reward_model(splits, args.policy or args.out / "policy.pt", args.out / "reward.pt", preset.reward,
+                              preset.pairs, seed=args.seed, resume=args.resume)
     if not distributed.is_main():
         return
-    evaluate_reward_models(preset, splits, ckpt, None, args.out, seed=args.seed)
+    evaluate_reward_models(splits, ckpt, None, args.out, preset.reward_eval, preset.pairs, seed=args.seed)
     print(f"wrote {ckpt} and {args.out / 'reward_eval.json'}")
 
 
 def cmd_intervene(args) -> None:
     from nanobias.intervention import evaluate_reward_models, select_intervention
-    from nanobias.presets import get_preset
 
-    preset = get_preset(args.preset)
+    preset = args.config
     splits = load_splits_from_args(args, preset)
     reward = args.reward or args.out / "reward.pt"
-    path = select_intervention(preset, splits, reward, reward.with_name("intervention.json"), seed=args.seed)
-    evaluate_reward_models(preset, splits, reward, path, args.out, seed=args.seed)
+    path = select_intervention(splits, reward, reward.with_name("intervention.json"), preset.intervention, preset.pairs,
+                               seed=args.seed)
+    evaluate_reward_models(splits, reward, path, args.out, preset.reward_eval, preset.pairs, seed=args.seed)
     print(f"wrote {path}, {args.out / 'reward_eval.json'} and plots in {args.out}")
 
 
@@ -338,12 +333,11 @@ def check_reward_args(parser: argparse.ArgumentParser, args) -> None:
 
 
 def cmd_reproduce(args) -> None:
-    from nanobias.presets import get_preset
     from nanobias.reproduce import reproduce
 
     out = args.out or Path("runs") / f"{args.preset}-{args.data}-{args.seed}"
     command = "nanobias " + " ".join(shlex.quote(a) for a in args.argv)
-    reproduce(get_preset(args.preset), data=args.data, bbq_dir=args.bbq_dir, seed=args.seed, out=out,
+    reproduce(args.config, data=args.data, bbq_dir=args.bbq_dir, seed=args.seed, out=out,
               train_categories=args.train_categories, eval_categories=args.eval_categories, force=args.force,
               backend=args.backend, command=command, init_dir=args.init_dir)
 
@@ -353,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("reproduce", help="the whole pipeline: pretrain, reward model, intervention, GRPO/DPO/PPO, report")
-    p.add_argument("--preset", default="cpu", choices=["smoke", "cpu", "gpu"])
+    add_preset_args(p)
     add_data_args(p)
     p.add_argument("--out", type=Path, help="output folder (default runs/<preset>-<data>-<seed>)")
     p.add_argument("--force", action="store_true", help="redo every stage, even those already done")
@@ -364,13 +358,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_reproduce, check=check_pretrain_args, parser=p)
 
     p = sub.add_parser("pretrain", help="train the tokenizer and a GPT policy with a planted bias")
-    p.add_argument("--preset", default="cpu", choices=["smoke", "cpu", "gpu"])
+    add_preset_args(p)
     add_data_args(p)
     p.add_argument("--out", required=True, help="output folder (tokenizer.json, policy.pt, metrics)")
     p.add_argument("--steps", type=positive_int, help="override the preset's training steps")
     p.add_argument("--lr", type=positive_float, help="override the preset's peak learning rate")
     p.add_argument("--batch-size", type=positive_int, help="override the preset's batch size")
     p.add_argument("--vocab-size", type=vocab_size, help="override the preset's BPE vocabulary size")
+    p.set_defaults(shorthands={"--steps": "pretrain.steps", "--lr": "pretrain.lr", "--batch-size": "pretrain.batch_size",
+                               "--vocab-size": "pretrain.vocab_size"})
     p.add_argument("--eval-examples", type=positive_int,
                    help="test prompts to evaluate after training (default: the preset's, as reproduce)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/policy.pt")
@@ -390,17 +386,18 @@ def build_parser() -> argparse.ArgumentParser:
                    check=lambda parser, a: a.ckpt.is_file() or parser.error(f"--ckpt {a.ckpt}: no such file"))
 
     p = sub.add_parser("bench", help="training and sampling throughput of a preset's model")
-    p.add_argument("--preset", default="cpu", choices=["smoke", "cpu", "gpu"])
+    add_preset_args(p)
     p.add_argument("--seconds", type=positive_float, default=10.0, help="time per measurement")
     p.set_defaults(func=cmd_bench, check=lambda parser, a: None, parser=p)
 
     p = sub.add_parser("grpo", help="debias a policy with GRPO against a reward model (BiasGRPO)")
     add_rl_args(p)
-    p.add_argument("--beta", type=nonnegative_float, help="override the preset's KL weight (rl.beta)")
-    p.add_argument("--lr", type=positive_float, help="override the preset's RL learning rate (rl.lr)")
+    p.add_argument("--beta", type=nonnegative_float, help="override the preset's KL weight (grpo.beta)")
+    p.add_argument("--lr", type=positive_float, help="override the preset's GRPO learning rate (grpo.lr)")
     p.add_argument("--scale", help="advantage scale: group (BiasGRPO: divide by the group's reward std), "
                    "batch (by the batch's), none (Dr. GRPO: do not divide)")
     p.add_argument("--agg", help="loss aggregation over tokens: grpo | dapo | dr_grpo")
+    p.set_defaults(shorthands={"--beta": "grpo.beta", "--lr": "grpo.lr", "--scale": "grpo.scale", "--agg": "grpo.agg"})
     p.set_defaults(func=cmd_online_rl, check=check_rl_args, parser=p)
 
     p = sub.add_parser("dpo", help="DPO/IPO baseline on offline preference pairs, as many as GRPO's reward-model "
@@ -414,8 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_online_rl, check=check_rl_args, parser=p)
 
     p = sub.add_parser("eval", help="a policy's BBQ accuracy and bias scores on the test (and held-out) prompts")
-    p.add_argument("--preset", default="cpu", choices=["smoke", "cpu", "gpu"],
-                   help="the preset the policy's data was made with (synthetic world size)")
+    add_preset_args(p, help="the preset the policy's data was made with (synthetic world size)")
     add_data_args(p)
     p.add_argument("--policy", required=True, type=Path, help="policy checkpoint")
     p.add_argument("--out", type=Path, help="folder for <policy stem>.eval.json")
@@ -424,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval, parser=p, check=lambda parser, a: (
         check_data_args(parser, a), a.policy.is_file() or parser.error(f"--policy {a.policy}: no such file")))
     p = sub.add_parser("reward", help="train the reward model on planted-bias preference pairs")
-    p.add_argument("--preset", default="cpu", choices=["smoke", "cpu", "gpu"])
+    add_preset_args(p)
     add_data_args(p)
     p.add_argument("--out", required=True, type=Path, help="output folder (reward.pt, reward_eval.json, plots)")
     p.add_argument("--policy", type=Path, help="pretrained policy whose backbone starts the reward model "
@@ -433,12 +429,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=positive_int, help="override the preset's reward training steps")
     p.add_argument("--lr", type=positive_float, help="override the preset's reward learning rate")
     p.add_argument("--batch-size", type=positive_int, help="override the preset's pairs per step")
+    p.set_defaults(shorthands={"--steps": "reward.steps", "--lr": "reward.lr", "--batch-size": "reward.batch_size",
+                               "--loss": "reward.loss"})
     p.add_argument("--resume", action="store_true", help="continue from OUT/reward.pt")
     add_compile_arg(p)
     p.set_defaults(func=cmd_reward, check=check_reward_args, parser=p)
 
     p = sub.add_parser("intervene", help="find the reward model's bias neurons and clamp them to their medians")
-    p.add_argument("--preset", default="cpu", choices=["smoke", "cpu", "gpu"])
+    add_preset_args(p)
     add_data_args(p)
     p.add_argument("--out", required=True, type=Path, help="output folder (reward_eval.json, plots)")
     p.add_argument("--reward", type=Path, help="reward model checkpoint (default: OUT/reward.pt); "
@@ -449,14 +447,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     from nanobias import device, distributed
-    from nanobias.presets import get_preset
 
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else list(argv)
     args.check(args.parser, args)
     if hasattr(args, "preset"):
-        device.configure(fast=get_preset(args.preset).cuda_fast, compile=getattr(args, "compile", False))
+        args.config = preset_from_args(args.parser, args)
+        device.configure(fast=args.config.cuda_fast, compile=getattr(args, "compile", False))
     distributed.init()  # a no-op unless launched by torchrun
     try:
         args.func(args)

@@ -80,6 +80,12 @@ def shard(n: int, what: str = "rows") -> slice:
     return slice(rank() * size, (rank() + 1) * size)
 
 
+def my_rows(*batch: torch.Tensor, what: str = "rows") -> tuple[torch.Tensor, ...]:
+    """This rank's rows of each tensor of a global batch (every row in one process)."""
+    mine = shard(len(batch[0]), what)
+    return tuple(t[mine] for t in batch)
+
+
 def all_sum(x: torch.Tensor) -> torch.Tensor:
     """The sum of x over all ranks (a new tensor; x itself with one process)."""
     if not dist.is_initialized():

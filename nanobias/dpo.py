@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from nanobias import device, distributed, rl
-from nanobias.reward import Pair, length_batches, make_pairs
+from nanobias.reward import Pair, PairConfig, length_batches, make_pairs
 from nanobias.sampling import Samples, completion_logprobs, left_pad
 from nanobias.train import TrainingDiverged, optimizer_step
 
@@ -43,19 +43,17 @@ LOSSES = ("dpo", "ipo")
 
 
 @dataclass
-class DPOConfig:
+class DPOConfig(rl.RLOptimConfig):
     beta: float = 0.1  # DPO's inverse temperature; IPO's margin target is 1 / (2 beta)
-    # DPO's own learning rate (the rest of the optimiser follows rl): its loss on summed sequence
-    # log-probs has no ratio clip, and at the on-policy RL rate it wrecks a small policy
-    lr: float = 1e-4
+    # lr: DPO's loss on summed sequence log-probs has no ratio clip, and at the on-policy RL
+    # rate it wrecks a small policy, so presets give it a lower one
     probe_every: int = 1  # steps between reward probes of sampled completions (stability only)
     chunk: int = 32  # sequences per forward pass, grouped by length (less padding)
 
     def __post_init__(self):
+        super().__post_init__()
         if not self.beta > 0:
             raise ValueError(f"dpo.beta: expected a positive number, got {self.beta}")
-        if not self.lr > 0:
-            raise ValueError(f"dpo.lr: expected a positive number, got {self.lr}")
         if self.probe_every < 1 or self.chunk < 1:
             raise ValueError(f"dpo.probe_every, dpo.chunk: expected integers >= 1, "
                              f"got {self.probe_every}, {self.chunk}")
@@ -130,7 +128,7 @@ def pair_logprobs(model, enc, pairs: list[Pair], chunk: int, backend: str = "aut
     return torch.cat(parts)[torch.tensor(order, device=device).argsort()]
 
 
-def dpo_update(model, ref_model, opt, enc, pairs: list[Pair], cfg: DPOConfig, loss: str, grad_clip: float,
+def dpo_update(model, ref_model, opt, enc, pairs: list[Pair], cfg: DPOConfig, loss: str,
                backend: str = "auto") -> dict:
     """One optimiser step on a batch of pairs. Returns loss, grad_norm and preference_loss's stats."""
     P = len(pairs)
@@ -141,7 +139,7 @@ def dpo_update(model, ref_model, opt, enc, pairs: list[Pair], cfg: DPOConfig, lo
         value, stats = preference_loss(logp[:P], logp[P:], ref[:P], ref[P:], cfg.beta, loss)
     if not torch.isfinite(distributed.all_sum(value.detach())):  # summed: every rank stops together
         raise TrainingDiverged(f"{loss}: loss is {value.item()}; stopped. Try a lower dpo.lr in the preset.")
-    grad_norm = optimizer_step(opt, value, list(model.parameters()), grad_clip)
+    grad_norm = optimizer_step(opt, value, list(model.parameters()), cfg.grad_clip)
     return {"loss": value.item(), "grad_norm": grad_norm, **stats}
 
 
@@ -152,23 +150,22 @@ def probe(model, enc, examples, score_fn: rl.ScoreFn, rl_cfg: rl.RLConfig, seed:
     return rl.rollout_stats(score_fn(ro.examples, ro.prompts, ro.completions).float(), ro)
 
 
-def train_dpo(preset, splits, policy_ckpt, out_path, seed: int = 0, loss: str = "dpo", backend: str = "auto",
-              score_fn: rl.ScoreFn | None = None) -> dict:
-    """DPO (or IPO) from the policy at `policy_ckpt` on `preset.rl.steps * B * G` pairs from `splits.train`.
+def train_dpo(splits, policy_ckpt, out_path, rl_cfg: rl.RLConfig, cfg: DPOConfig, pairs_cfg: PairConfig,
+              seed: int = 0, loss: str = "dpo", backend: str = "auto", score_fn: rl.ScoreFn | None = None) -> dict:
+    """DPO (or IPO) from the policy at `policy_ckpt` on `rl_cfg.steps * B * G` pairs from `splits.train`,
+    made with the preference data's planted cues (`pairs_cfg`, as the reward model's training pairs).
 
     Writes the policy to `out_path` and per-step metrics to `<stem>.metrics.jsonl`. With a
-    `score_fn`, probes the reward every `preset.dpo.probe_every` steps and writes the reward curve
+    `score_fn`, probes the reward every `cfg.probe_every` steps and writes the reward curve
     to `<stem>.reward.png`. Returns {"stability": {"reward_fluctuation", "final_reward_mean"} (empty
     without score_fn), "history": [per-step records], "pairs": number of training pairs}."""
     if loss not in LOSSES:
         raise ValueError(f"train_dpo: loss must be one of {LOSSES}, got {loss!r}")
-    rl_cfg, cfg = preset.rl, preset.dpo
-    per_step = rl_cfg.prompts_per_step * rl_cfg.group_size
-    pairs = make_pairs(splits.train, rl_cfg.steps * per_step, seed, preset.reward.planted,
-                       preset.reward.biased_reject_rate)
-    run = rl.start_run(policy_ckpt, out_path, rl_cfg, loss, f"{rl_cfg.steps} steps x {per_step} pairs = {len(pairs)} "
-                       f"pairs (the B*G reward-model calls per step of GRPO/PPO), {cfg}"
-                       + ("" if score_fn else "; no score_fn: no reward probe"), lr=cfg.lr)
+    per_step = rl_cfg.calls_per_step
+    pairs = make_pairs(splits.train, rl_cfg.steps * per_step, seed, pairs_cfg.planted, pairs_cfg.biased_reject_rate)
+    run = rl.start_run(policy_ckpt, out_path, rl_cfg, cfg, loss, f"{rl_cfg.steps} steps x {per_step} pairs = "
+                       f"{len(pairs)} pairs (the B*G reward-model calls per step of GRPO/PPO), {cfg}"
+                       + ("" if score_fn else "; no score_fn: no reward probe"))
     mine = distributed.shard(per_step, "preference pairs")
     run.model.train()
     for step in range(rl_cfg.steps):
@@ -177,8 +174,7 @@ def train_dpo(preset, splits, policy_ckpt, out_path, seed: int = 0, loss: str = 
             examples = rl.prompt_batch(splits.train, rl_cfg.prompts_per_step, seed, step)
             record.update(probe(run.model, run.enc, examples, score_fn, rl_cfg, rl.step_seed(seed, step)))
         step_pairs = pairs[step * per_step:(step + 1) * per_step][mine]  # this process's share
-        record.update(dpo_update(run.model, run.ref_model, run.opt, run.enc, step_pairs, cfg, loss, rl_cfg.grad_clip,
-                                 backend))
+        record.update(dpo_update(run.model, run.ref_model, run.opt, run.enc, step_pairs, cfg, loss, backend))
         run.log_step(record, shown=("loss", "margin", "reward_mean"))
     return {**run.finish(out_path, loss, base_policy=str(policy_ckpt), seed=seed, pairs=len(pairs),
                          rl_config=asdict(rl_cfg), dpo_config=asdict(cfg)), "pairs": len(pairs)}

@@ -44,7 +44,7 @@ from nanobias.sampling import Samples, completion_logits
 from nanobias.train import TrainingDiverged, optimizer_step
 
 @dataclass
-class GRPOConfig:
+class GRPOConfig(rl.RLOptimConfig):
     num_iterations: int = 1  # updates per batch of samples (1: on-policy, the ratio stays 1)
     eps_low: float = 0.2
     eps_high: float = 0.2  # DAPO's "clip higher" sets this above eps_low
@@ -52,6 +52,7 @@ class GRPOConfig:
     agg: str = "grpo"  # loss aggregation: grpo | dapo | dr_grpo
 
     def __post_init__(self):
+        super().__post_init__()
         if self.num_iterations < 1:
             raise ValueError(f"GRPO num_iterations must be >= 1, got {self.num_iterations}")
         if not (0 <= self.eps_low < 1 and self.eps_high >= 0):
@@ -81,7 +82,7 @@ def grpo_update(model, ref_model, opt, samples: Samples, rewards: torch.Tensor, 
     Returns the stats of each iteration (loss, kl, clip_frac, grad_norm, entropy of the policy)."""
     T = rl_cfg.temperature
     logp_old = fixed_logprobs(model, samples, T, backend) if cfg.num_iterations > 1 else None  # [R, N]
-    logp_ref = fixed_logprobs(ref_model, samples, T, backend) if rl_cfg.beta > 0 else None
+    logp_ref = fixed_logprobs(ref_model, samples, T, backend) if cfg.beta > 0 else None
     # this rank's share of a loss averaged over every rank's tokens ("dapo"); 1 in a single process
     share = distributed.token_share(samples.mask.sum()) if cfg.agg == "dapo" else 1.0
     per_iteration = []
@@ -90,11 +91,11 @@ def grpo_update(model, ref_model, opt, samples: Samples, rewards: torch.Tensor, 
             logits = completion_logits(model, samples)  # [R, N, V]
             loss, stats = grpo_loss(logits, samples.tokens, samples.mask, rewards, rl_cfg.group_size,
                                     logp_old=logp_old, logp_ref=logp_ref, eps_low=cfg.eps_low, eps_high=cfg.eps_high,
-                                    beta=rl_cfg.beta, temperature=T, scale=cfg.scale, agg=cfg.agg, backend=backend)
+                                    beta=cfg.beta, temperature=T, scale=cfg.scale, agg=cfg.agg, backend=backend)
             loss = loss * share
         if not torch.isfinite(distributed.all_sum(loss.detach())):  # summed: every rank stops together
             raise TrainingDiverged(f"grpo: loss is {loss.item()}; stopped. Try a lower lr in the preset's rl config.")
-        grad_norm = optimizer_step(opt, loss, list(model.parameters()), rl_cfg.grad_clip)
+        grad_norm = optimizer_step(opt, loss, list(model.parameters()), cfg.grad_clip)
         per_iteration.append({"loss": loss.item(), "kl": stats["kl"].item(), "clip_frac": stats["clip_frac"].item(),
                               "grad_norm": grad_norm,
                               "entropy": rl.token_entropy(logits.detach(), samples.mask, T)})
@@ -112,20 +113,18 @@ def grpo_step(model, ref_model, opt, enc, examples, score_fn: rl.ScoreFn, rl_cfg
     return {**averaged, **rl.rollout_stats(rewards, ro)}
 
 
-def train_grpo(preset, splits, policy_ckpt, out_path, score_fn: rl.ScoreFn, seed: int = 0,
-               backend: str = "auto") -> dict:
-    """GRPO from the policy at `policy_ckpt` on `splits.train` prompts, with `preset.rl` and `preset.grpo`.
+def train_grpo(splits, policy_ckpt, out_path, score_fn: rl.ScoreFn, rl_cfg: rl.RLConfig, cfg: GRPOConfig,
+               seed: int = 0, backend: str = "auto") -> dict:
+    """GRPO from the policy at `policy_ckpt` on `splits.train` prompts, at the budget `rl_cfg`.
 
     Writes the policy to `out_path`, per-step metrics to `<stem>.metrics.jsonl` and the reward
     curve to `<stem>.reward.png`. Returns {"stability": {"reward_fluctuation", "final_reward_mean"},
     "history": [per-step records]}."""
-    rl_cfg, cfg = preset.rl, preset.grpo
     if cfg.scale == "batch" and distributed.world_size() > 1:
         raise ValueError("grpo.scale='batch' divides by the std of every process's rewards, which one process's "
                          "loss does not see: use scale 'group' or 'none' under torchrun, or one process")
-    run = rl.start_run(policy_ckpt, out_path, rl_cfg, "grpo", f"{rl_cfg.steps} steps x {rl_cfg.prompts_per_step} "
-                       f"prompts x {rl_cfg.group_size} completions (<= {rl_cfg.max_new_tokens} tokens), "
-                       f"lr {rl_cfg.lr}, beta {rl_cfg.beta}, {cfg}")
+    run = rl.start_run(policy_ckpt, out_path, rl_cfg, cfg, "grpo", f"{rl_cfg.steps} steps x {rl_cfg.prompts_per_step} "
+                       f"prompts x {rl_cfg.group_size} completions (<= {rl_cfg.max_new_tokens} tokens), {cfg}")
     run.model.train()
     for step in range(rl_cfg.steps):
         lr = run.set_lr(step)

@@ -35,7 +35,7 @@ from nanobias.checkpoint import write_json
 from nanobias.data import ATTRIBUTES, render_completion
 from nanobias.model import GPT, KVCache
 from nanobias.plots import biased_vs_unbiased, neurons_per_layer
-from nanobias.reward import (BALANCED, PAIR_KINDS, RewardModel, bump, encode, fit_length_penalty, length_batches,
+from nanobias.reward import (BALANCED, PAIR_KINDS, PairConfig, RewardModel, bump, encode, fit_length_penalty, length_batches,
                              load_reward_model, lowess, make_pairs, pair_kind, pair_metrics, score)
 from nanobias.sampling import left_pad
 
@@ -46,6 +46,30 @@ METHODS = ("base", "cirm", "cirm_all", "all_neurons", "length_penalty", "lwr")
 
 
 # ---------------------------------------------------------------- Spearman correlation
+
+@dataclass
+class InterventionConfig:
+    """The neuron search: k (top-k and bottom-k neurons per attribute) from a grid of fractions of all
+    MLP neurons (0 is always tried), chosen on validation accuracy."""
+    k_fractions: tuple = (1 / 1024, 1 / 512, 1 / 256, 1 / 128, 1 / 64, 1 / 32)
+    max_edit_frac: float = 0.05  # candidates that edit more of all neurons are skipped (the paper edits < 2%)
+
+    def __post_init__(self):
+        if not 0 < self.max_edit_frac <= 1:
+            raise ValueError(f"intervention.max_edit_frac: expected a fraction in (0, 1], got {self.max_edit_frac}")
+        if not all(0 < f < 1 for f in self.k_fractions):
+            raise ValueError(f"intervention.k_fractions: expected fractions in (0, 1), got {self.k_fractions}")
+
+
+@dataclass
+class RewardEvalConfig:
+    sensitivity_completions: int = 200  # test completions whose knobs are bumped one at a time
+
+    def __post_init__(self):
+        if self.sensitivity_completions < 2:
+            raise ValueError(f"reward_eval.sensitivity_completions: expected at least 2, "
+                             f"got {self.sensitivity_completions}")
+
 
 def average_ranks(x: torch.Tensor) -> torch.Tensor:
     """x [N, M] -> 1-based ranks of each column [N, M] float64; tied values share their mean rank."""
@@ -270,11 +294,10 @@ def attribute_correlations(acts: torch.Tensor, completions) -> torch.Tensor:
     return torch.stack([spearman(acts.flatten(1), attrs[:, j]) for j in range(len(ATTRIBUTES))])
 
 
-def select_intervention(preset, splits, reward_ckpt, out_path, seed: int = 0):
+def select_intervention(splits, reward_ckpt, out_path, cfg: InterventionConfig, pairs_cfg: PairConfig, seed: int = 0):
     """Capture on validation pairs, correlate, search k, write the intervention JSON."""
-    cfg = preset.reward
     rm, enc, _ = load_reward_model(reward_ckpt)
-    pairs = make_pairs(splits.val, cfg.val_pairs, seed + 1, BALANCED)
+    pairs = make_pairs(splits.val, pairs_cfg.val_pairs, seed + 1, BALANCED)
     n = len(pairs)
     batches, rewards, acts = capture_pairs(rm, enc, pairs)  # _, [2n], [2n, L, H]
     rho = attribute_correlations(acts, [p.chosen for p in pairs] + [p.rejected for p in pairs])  # [A, L*H]
@@ -353,15 +376,15 @@ def method_metrics(r: np.ndarray, n_pairs: int, pairs, items: dict) -> dict:
     return out
 
 
-def evaluate_reward_models(preset, splits, reward_ckpt, intervention_path, out_dir, seed: int = 0) -> dict:
+def evaluate_reward_models(splits, reward_ckpt, intervention_path, out_dir, cfg: RewardEvalConfig,
+                           pairs_cfg: PairConfig, seed: int = 0) -> dict:
     """DESIGN.md's `reward_model` section for base / cirm / length_penalty / lwr (and cirm_all, the
     intervention at every position). intervention_path None: base and baselines only. Writes
     reward_eval.json and PNGs into out_dir."""
-    cfg = preset.reward
     rm, enc, _ = load_reward_model(reward_ckpt)
     out_dir = Path(out_dir)
 
-    val = make_pairs(splits.val, cfg.val_pairs, seed + 1, BALANCED)
+    val = make_pairs(splits.val, pairs_cfg.val_pairs, seed + 1, BALANCED)
     _, r_val, acts_val = capture_pairs(rm, enc, val)  # [2V], [2V, L, H]
     rv_c, rv_r = np.split(r_val.numpy(), 2)
     len_vc = np.array([p.chosen.attributes["length"] for p in val])
@@ -369,7 +392,7 @@ def evaluate_reward_models(preset, splits, reward_ckpt, intervention_path, out_d
     alpha = fit_length_penalty(rv_c, rv_r, len_vc, len_vr)
     val_len, val_r = np.concatenate([len_vc, len_vr]), np.concatenate([rv_c, rv_r])
 
-    test = make_pairs(splits.test, cfg.test_pairs, seed + 2, BALANCED)
+    test = make_pairs(splits.test, pairs_cfg.test_pairs, seed + 2, BALANCED)
     items = _sensitivity_items(test, cfg.sensitivity_completions)
     prompts = [p.prompt for p in test] * 2 + [test[i % len(test)].prompt for a in ATTRIBUTES for i, _ in items[a]]
     texts = ([p.chosen.text for p in test] + [p.rejected.text for p in test]

@@ -40,10 +40,9 @@ from nanobias.train import TrainingDiverged, optimizer_step
 
 
 @dataclass
-class PPOConfig:
-    # PPO's own learning rate (the rest of the optimiser follows rl): it takes epochs * minibatches
-    # steps per batch where GRPO takes one, and at GRPO's smoke rate it collapses the tiny policy
-    lr: float = 1e-4
+class PPOConfig(rl.RLOptimConfig):
+    # lr: PPO takes epochs * minibatches steps per batch where GRPO takes one, and at GRPO's smoke
+    # rate it collapses the tiny policy, so presets give it a lower one
     epochs: int = 2  # passes over each batch of samples
     minibatches: int = 2  # optimiser steps per pass: epochs * minibatches updates per batch
     eps: float = 0.2  # policy ratio clip
@@ -53,12 +52,13 @@ class PPOConfig:
     lam: float = 0.95
 
     def __post_init__(self):
-        checks = {"lr": self.lr > 0, "epochs": self.epochs >= 1, "minibatches": self.minibatches >= 1,
+        super().__post_init__()
+        checks = {"epochs": self.epochs >= 1, "minibatches": self.minibatches >= 1,
                   "eps": 0 < self.eps < 1, "eps_value": self.eps_value > 0, "vf_coef": self.vf_coef >= 0,
                   "gamma": 0 <= self.gamma <= 1, "lam": 0 <= self.lam <= 1}
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
-            raise ValueError(f"bad PPO setting ppo.{bad[0]}={getattr(self, bad[0])!r} (lr > 0; epochs, "
+            raise ValueError(f"bad PPO setting ppo.{bad[0]}={getattr(self, bad[0])!r} (epochs, "
                              "minibatches >= 1; 0 < eps < 1; eps_value > 0; vf_coef >= 0; gamma, lam in [0, 1])")
 
 
@@ -153,7 +153,7 @@ def ppo_step(model, value_head, ref_model, opt, enc, examples, score_fn: rl.Scor
         with device.autocast():
             logp_ref = token_logprobs(completion_logits(ref_model, samples), samples.tokens, temperature=T,
                                       backend=backend)
-        rewards = shaped_rewards(scores, logp_old, logp_ref, mask, rl_cfg.beta)
+        rewards = shaped_rewards(scores, logp_old, logp_ref, mask, cfg.beta)
         advantages, returns = gae(rewards, values_old, mask, cfg.gamma, cfg.lam)
         advantages = whiten(advantages, mask)
     R = len(scores)
@@ -170,7 +170,7 @@ def ppo_step(model, value_head, ref_model, opt, enc, examples, score_fn: rl.Scor
             loss = (pg + cfg.vf_coef * vf) * distributed.token_share((m != 0).sum())  # 1 in one process
             if not torch.isfinite(distributed.all_sum(loss.detach())):  # summed: every rank stops together
                 raise TrainingDiverged(f"ppo: loss is {loss.item()}; stopped. Try a lower ppo.lr in the preset.")
-            grad_norm = optimizer_step(opt, loss, params, rl_cfg.grad_clip)
+            grad_norm = optimizer_step(opt, loss, params, cfg.grad_clip)
             updates.append({"loss": loss.item(), "pg_loss": pg.item(), "vf_loss": vf.item(),
                             "clip_frac": clip_frac.item(), "grad_norm": grad_norm})
     averaged = {k: sum(u[k] for u in updates) / len(updates) for k in updates[0]}
@@ -178,17 +178,16 @@ def ppo_step(model, value_head, ref_model, opt, enc, examples, score_fn: rl.Scor
             "value_mean": masked_mean(values_old, mask).item(), **rl.rollout_stats(scores, ro)}
 
 
-def train_ppo(preset, splits, policy_ckpt, out_path, score_fn: rl.ScoreFn, seed: int = 0,
-              backend: str = "auto") -> dict:
-    """PPO from the policy at `policy_ckpt` on `splits.train` prompts, with `preset.rl` and `preset.ppo`.
+def train_ppo(splits, policy_ckpt, out_path, score_fn: rl.ScoreFn, rl_cfg: rl.RLConfig, cfg: PPOConfig,
+              seed: int = 0, backend: str = "auto") -> dict:
+    """PPO from the policy at `policy_ckpt` on `splits.train` prompts, at the budget `rl_cfg`.
 
     Writes the policy to `out_path`, per-step metrics to `<stem>.metrics.jsonl` and the reward
     curve to `<stem>.reward.png`. Returns {"stability": {"reward_fluctuation", "final_reward_mean"},
     "history": [per-step records]}."""
-    rl_cfg, cfg = preset.rl, preset.ppo
-    run = rl.start_run(policy_ckpt, out_path, rl_cfg, "ppo", f"{rl_cfg.steps} steps x {rl_cfg.prompts_per_step} "
-                       f"prompts x {rl_cfg.group_size} completions (<= {rl_cfg.max_new_tokens} tokens), "
-                       f"beta {rl_cfg.beta}, {cfg}", lr=cfg.lr, heads=lambda model: {"value_head": value_head(model)})
+    run = rl.start_run(policy_ckpt, out_path, rl_cfg, cfg, "ppo", f"{rl_cfg.steps} steps x {rl_cfg.prompts_per_step} "
+                       f"prompts x {rl_cfg.group_size} completions (<= {rl_cfg.max_new_tokens} tokens), {cfg}",
+                       heads=lambda model: {"value_head": value_head(model)})
     run.model.train()
     for step in range(rl_cfg.steps):
         lr = run.set_lr(step)

@@ -1,82 +1,153 @@
-"""Run sizes. `smoke` checks the plumbing in seconds (tests), `cpu` is the real reproduction on a
-laptop CPU (2 cores, minutes), `gpu` is a GPT-2-small-sized run for one GPU."""
+"""Run sizes, each a flat table of values: `smoke` checks the plumbing in seconds (the tests),
+`cpu` is the real reproduction on a laptop CPU, `gpu` a GPT-2-small-sized run for one GPU.
 
-from dataclasses import dataclass, field, replace
+A key is `section.field`: the section is the small config of the module that uses it (the table
+below says which), and a field a preset does not name keeps that config's default. Keys without
+a section describe the run itself. The same keys override a value, one way everywhere: the CLI's
+`--set grpo.beta=0.5`, the tutorials and the tests all call `get_preset(name, {"grpo.beta": 0.5})`.
+"""
+
+import json
+from dataclasses import dataclass, fields
 
 from nanobias.dpo import DPOConfig
 from nanobias.grpo import GRPOConfig
+from nanobias.intervention import InterventionConfig, RewardEvalConfig
 from nanobias.model import GPTConfig
 from nanobias.ppo import PPOConfig
-from nanobias.reward import RewardConfig
+from nanobias.pretrain import PretrainConfig
+from nanobias.reward import PairConfig, RewardConfig
 from nanobias.rl import RLConfig
-from nanobias.train import TrainConfig
 
-
-@dataclass
-class Preset:
-    name: str
-    model: GPTConfig
-    vocab_size: int  # BPE vocabulary trained on the pretraining corpus
-    variants_per_template: int  # synthetic examples per template = this many variants x 4 conditions
-    bias_rate: float  # share of ambiguous contexts answered with the biased answer in pretraining
-    long_rate: float  # share of pretraining completions in a long style (justification, filler, ...)
-    eval_examples: int | None = None  # evaluate on at most this many test (and held-out) examples; None: all
-    cuda_fast: bool = False  # on CUDA: bf16 autocast and TF32 (device.py); ignored on CPU
-    pretrain: TrainConfig = field(default_factory=TrainConfig)
-    rl: RLConfig = field(default_factory=RLConfig)  # the budget every RL method shares (GRPO, PPO, DPO)
-    grpo: GRPOConfig = field(default_factory=GRPOConfig)
-    dpo: DPOConfig = field(default_factory=DPOConfig)  # DPO/IPO baseline (pairs per step = rl's B*G)
-    ppo: PPOConfig = field(default_factory=PPOConfig)  # PPO baseline (same rollouts per step as GRPO)
-    reward: RewardConfig = field(default_factory=RewardConfig)  # reward model, planted cues, neuron search
-
-
-PRESETS = {
-    "smoke": Preset(
-        name="smoke",
-        model=GPTConfig(block_size=256, n_layer=2, n_head=2, n_embd=64),
-        vocab_size=512, variants_per_template=2, bias_rate=0.8, long_rate=0.3, eval_examples=64,
-        pretrain=TrainConfig(steps=40, batch_size=8, lr=3e-3, warmup=5, eval_every=20, ckpt_every=20),
-        rl=RLConfig(steps=10, prompts_per_step=4, group_size=8, max_new_tokens=8, lr=2e-3, warmup=3, beta=0.04),
-        dpo=DPOConfig(beta=0.1, lr=1e-4),
-        ppo=PPOConfig(lr=1e-3),
-        reward=RewardConfig(train=TrainConfig(steps=4, batch_size=4, lr=1e-3, warmup=1, eval_every=4, ckpt_every=4),
-                            val_pairs=16, test_pairs=16, sensitivity_completions=8),
-    ),
-    "cpu": Preset(
-        name="cpu",
-        model=GPTConfig(block_size=256, n_layer=4, n_head=4, n_embd=128),
-        vocab_size=1024, variants_per_template=32, bias_rate=0.8, long_rate=0.3, eval_examples=576,
-        # reading a disambiguated context is learned in sudden jumps (the stereotype long before):
-        # near step 2000 for most categories, later for Gender_identity, whose people are named
-        # (3000-4000 steps: 52-67% there, 91-92% over all; 4500: 99%). A policy that half-reads
-        # loses that reading to GRPO: the "unknown" it learns on ambiguous prompts leaks in.
-        pretrain=TrainConfig(steps=4500, batch_size=16, lr=2e-3, warmup=50, eval_every=500, ckpt_every=500),
-        # the KL weight trades debiasing for reading (3 seeds each, README): at beta 0.2, lr 1e-4
-        # GRPO took acc_ambig to 0.69 but lost 4.8 points of acc_disambig ("unknown" leaking into
-        # contexts that say who); at 0.7, 2e-4: acc_ambig 0.39-0.64, acc_disambig within 0.5 points
-        rl=RLConfig(steps=40, prompts_per_step=8, group_size=8, max_new_tokens=24, lr=2e-4, beta=0.7),
-        dpo=DPOConfig(beta=0.1, lr=1e-4),
-        ppo=PPOConfig(lr=1e-4),
-        reward=RewardConfig(train=TrainConfig(steps=150, batch_size=16, lr=1e-3, warmup=15, eval_every=50, ckpt_every=50),
-                            val_pairs=400, test_pairs=300, sensitivity_completions=100),
-    ),
-    "gpu": Preset(
-        name="gpu",
-        model=GPTConfig(block_size=512, n_layer=12, n_head=12, n_embd=768),
-        vocab_size=4096, variants_per_template=200, bias_rate=0.8, long_rate=0.3, eval_examples=2000, cuda_fast=True,
-        pretrain=TrainConfig(steps=4000, batch_size=64, lr=6e-4, warmup=200, eval_every=500, ckpt_every=500),
-        rl=RLConfig(steps=200, prompts_per_step=32, group_size=8, max_new_tokens=48, lr=1e-5, beta=0.04),
-        dpo=DPOConfig(beta=0.1, lr=1e-5),
-        ppo=PPOConfig(lr=1e-5),
-        reward=RewardConfig(train=TrainConfig(steps=1000, batch_size=32, lr=3e-5, warmup=50, eval_every=200, ckpt_every=200),
-                            val_pairs=1000, test_pairs=2000, sensitivity_completions=500),
-    ),
+SECTIONS = {
+    "model": GPTConfig,  # the GPT's shape (the reward model shares its policy's)
+    "pretrain": PretrainConfig,  # tokenizer size, planted bias rate, pretraining run
+    "pairs": PairConfig,  # preference data: planted style cues, held-out pair counts
+    "reward": RewardConfig,  # reward-model training
+    "intervention": InterventionConfig,  # the neuron search
+    "reward_eval": RewardEvalConfig,  # reward-model evaluation
+    "rl": RLConfig,  # the budget GRPO, PPO and DPO share
+    "grpo": GRPOConfig,
+    "ppo": PPOConfig,
+    "dpo": DPOConfig,
 }
 
 
-def get_preset(name: str, **pretrain_overrides) -> Preset:
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    variants_per_template: int  # synthetic examples per template = this many variants x 4 conditions
+    eval_examples: int | None  # test (and held-out) prompts each policy is evaluated on; None: all
+    cuda_fast: bool  # on CUDA: bf16 autocast and TF32 (device.py); ignored on CPU
+    model: GPTConfig
+    pretrain: PretrainConfig
+    pairs: PairConfig
+    reward: RewardConfig
+    intervention: InterventionConfig
+    reward_eval: RewardEvalConfig
+    rl: RLConfig
+    grpo: GRPOConfig
+    ppo: PPOConfig
+    dpo: DPOConfig
+
+
+PRESETS = {
+    "smoke": {
+        "variants_per_template": 2, "eval_examples": 64, "cuda_fast": False,
+        "model.block_size": 256, "model.n_layer": 2, "model.n_head": 2, "model.n_embd": 64,
+        "pretrain.vocab_size": 512, "pretrain.bias_rate": 0.8, "pretrain.long_rate": 0.3,
+        "pretrain.steps": 40, "pretrain.batch_size": 8, "pretrain.lr": 3e-3, "pretrain.warmup": 5,
+        "pretrain.eval_every": 20, "pretrain.ckpt_every": 20,
+        "pairs.val_pairs": 16, "pairs.test_pairs": 16,
+        "reward.steps": 4, "reward.batch_size": 4, "reward.lr": 1e-3, "reward.warmup": 1,
+        "reward.eval_every": 4, "reward.ckpt_every": 4,
+        "reward_eval.sensitivity_completions": 8,
+        "rl.steps": 10, "rl.prompts_per_step": 4, "rl.group_size": 8, "rl.max_new_tokens": 8,
+        "grpo.lr": 2e-3, "grpo.warmup": 3, "grpo.beta": 0.04,
+        "ppo.lr": 1e-3, "ppo.warmup": 3, "ppo.beta": 0.04,
+        "dpo.lr": 1e-4, "dpo.warmup": 3, "dpo.beta": 0.1,
+    },
+    "cpu": {
+        "variants_per_template": 32, "eval_examples": 576, "cuda_fast": False,
+        "model.block_size": 256, "model.n_layer": 4, "model.n_head": 4, "model.n_embd": 128,
+        "pretrain.vocab_size": 1024, "pretrain.bias_rate": 0.8, "pretrain.long_rate": 0.3,
+        # reading a disambiguated context is learned in late, sudden jumps (README, "the base policy")
+        "pretrain.steps": 4500, "pretrain.batch_size": 16, "pretrain.lr": 2e-3, "pretrain.warmup": 50,
+        "pretrain.eval_every": 500, "pretrain.ckpt_every": 500,
+        "pairs.val_pairs": 400, "pairs.test_pairs": 300,
+        "reward.steps": 150, "reward.batch_size": 16, "reward.lr": 1e-3, "reward.warmup": 15,
+        "reward.eval_every": 50, "reward.ckpt_every": 50,
+        "reward_eval.sensitivity_completions": 100,
+        "rl.steps": 40, "rl.prompts_per_step": 8, "rl.group_size": 8, "rl.max_new_tokens": 24,
+        # the KL weight trades debiasing for reading disambiguated contexts (README, "GRPO's KL weight")
+        "grpo.lr": 2e-4, "grpo.beta": 0.7,
+        "ppo.lr": 1e-4, "ppo.beta": 0.7,
+        "dpo.lr": 1e-4, "dpo.beta": 0.1,
+    },
+    "gpu": {
+        "variants_per_template": 200, "eval_examples": 2000, "cuda_fast": True,
+        "model.block_size": 512, "model.n_layer": 12, "model.n_head": 12, "model.n_embd": 768,
+        "pretrain.vocab_size": 4096, "pretrain.bias_rate": 0.8, "pretrain.long_rate": 0.3,
+        "pretrain.steps": 4000, "pretrain.batch_size": 64, "pretrain.lr": 6e-4, "pretrain.warmup": 200,
+        "pretrain.eval_every": 500, "pretrain.ckpt_every": 500,
+        "pairs.val_pairs": 1000, "pairs.test_pairs": 2000,
+        "reward.steps": 1000, "reward.batch_size": 32, "reward.lr": 3e-5, "reward.warmup": 50,
+        "reward.eval_every": 200, "reward.ckpt_every": 200,
+        "reward_eval.sensitivity_completions": 500,
+        "rl.steps": 200, "rl.prompts_per_step": 32, "rl.group_size": 8, "rl.max_new_tokens": 48,
+        "grpo.lr": 1e-5, "grpo.beta": 0.04,
+        "ppo.lr": 1e-5, "ppo.beta": 0.04,
+        "dpo.lr": 1e-5, "dpo.beta": 0.1,
+    },
+}
+RUN_KEYS = ("variants_per_template", "eval_examples", "cuda_fast")
+
+
+def known_keys() -> list[str]:
+    return list(RUN_KEYS) + [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in fields(cls)]
+
+
+def get_preset(name: str, overrides: dict | None = None) -> Preset:
+    """The preset `name` with `overrides` ({"section.field": value}) applied; bad keys or values
+    raise ValueError naming them."""
     if name not in PRESETS:
         raise ValueError(f"--preset {name!r} is not one of {sorted(PRESETS)}")
-    preset = PRESETS[name]
-    overrides = {k: v for k, v in pretrain_overrides.items() if v is not None}
-    return replace(preset, pretrain=replace(preset.pretrain, **overrides)) if overrides else preset
+    values = {**PRESETS[name], **(overrides or {})}
+    run, sections = {}, {s: {} for s in SECTIONS}
+    for key, value in values.items():
+        section, dot, field = key.partition(".")
+        if key in RUN_KEYS:
+            run[key] = value
+        elif dot and section in SECTIONS and field in {f.name for f in fields(SECTIONS[section])}:
+            sections[section][field] = value
+        else:
+            raise ValueError(f"unknown setting {key!r}; known: {', '.join(known_keys())}")
+    return Preset(name=name, **run, **{s: cls(**sections[s]) for s, cls in SECTIONS.items()})
+
+
+def parse_setting(text: str, preset: str = "cpu") -> tuple[str, object]:
+    """'section.field=value' -> (key, value), the value read as JSON (a bare word is a string) and
+    given the type of the preset's current value (an int where a float is expected becomes a float)."""
+    key, eq, raw = text.partition("=")
+    key = key.strip()
+    if not eq or key not in known_keys():
+        raise ValueError(f"--set {text!r}: expected KEY=VALUE with KEY one of {', '.join(known_keys())}")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw.strip()
+    current = current_value(get_preset(preset), key)
+    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    elif isinstance(current, tuple) and isinstance(value, list):
+        value = tuple(value)
+    nullable = key == "eval_examples" and value is None  # None: evaluate every prompt
+    if not nullable and current is not None and type(value) is not type(current):
+        raise ValueError(f"--set {text!r}: {key} takes a {type(current).__name__} (now {current!r}), "
+                         f"got {value!r}")
+    return key, value
+
+
+def current_value(preset: Preset, key: str):
+    section, _, field = key.partition(".")
+    return getattr(preset, key) if key in RUN_KEYS else getattr(getattr(preset, section), field)

@@ -15,7 +15,7 @@ and the answer only a handful, so a loss on all tokens would spend nearly all of
 budget on the template; here every gradient goes to choosing the answer.
 """
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -23,18 +23,30 @@ import torch.nn.functional as F
 from nanobias import distributed
 from nanobias.checkpoint import policy_meta
 from nanobias.data import Splits, pretraining_documents
-from nanobias.model import GPT
-from nanobias.presets import Preset
-from nanobias.tokenizer import get_tokenizer, save_tokenizer, train_bpe
-from nanobias.train import train
+from nanobias.model import GPT, GPTConfig
+from nanobias.tokenizer import get_tokenizer, load_tokenizer, save_tokenizer, train_bpe
+from nanobias.train import TrainConfig, check, train
 
 ANSWER_CUE = "Answer:"  # render_prompt ends with it; the completion follows
 
 
-def corpus(splits: Splits, preset: Preset, seed: int) -> tuple[list[str], list[str]]:
+@dataclass
+class PretrainConfig(TrainConfig):
+    vocab_size: int = 1024  # BPE vocabulary trained on the pretraining corpus
+    bias_rate: float = 0.8  # share of ambiguous contexts answered with the biased answer: the planted bias
+    long_rate: float = 0.3  # share of completions in a long style (justification, filler, ...)
+
+    def __post_init__(self):
+        super().__post_init__()
+        check(self, {"vocab_size": self.vocab_size >= 257, "bias_rate": 0 <= self.bias_rate <= 1,
+                     "long_rate": 0 <= self.long_rate <= 1},
+              "vocab_size >= 257 (256 bytes + end-of-text); bias_rate, long_rate in [0, 1]")
+
+
+def corpus(splits: Splits, cfg: PretrainConfig, seed: int) -> tuple[list[str], list[str]]:
     """Pretraining documents for (train, val); they differ by template, so val measures transfer."""
-    return (pretraining_documents(splits.train, preset.bias_rate, seed, preset.long_rate),
-            pretraining_documents(splits.val, preset.bias_rate, seed + 1, preset.long_rate))
+    return (pretraining_documents(splits.train, cfg.bias_rate, seed, cfg.long_rate),
+            pretraining_documents(splits.val, cfg.bias_rate, seed + 1, cfg.long_rate))
 
 
 def make_tokenizer(docs: list[str], vocab_size: int, path, init_dir=None):
@@ -46,14 +58,14 @@ def make_tokenizer(docs: list[str], vocab_size: int, path, init_dir=None):
     return enc
 
 
-def initial_model(preset: Preset, init_dir=None) -> GPT | None:
+def initial_model(model_cfg: GPTConfig, init_dir=None) -> GPT | None:
     """GPT-2's weights from the Hugging Face folder `init_dir`, or None: `pretrain` starts from a
     random initialisation."""
     if init_dir is None:
         return None
     from nanobias.gpt2 import load_gpt2
 
-    return load_gpt2(init_dir, preset.model.dropout)
+    return load_gpt2(init_dir, model_cfg.dropout)
 
 
 GENERATION_ROOM = 64  # tokens the policy may generate after the longest prompt
@@ -110,16 +122,15 @@ def lm_loss(model: GPT, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | N
     return (nll * mask).sum() / mask.sum().clamp(min=1)
 
 
-def pretrain(preset: Preset, enc, train_docs: list[str], val_docs: list[str], ckpt_path, seed: int = 0,
-             resume: bool = False, init: GPT | None = None) -> GPT:
-    """Train a fresh GPT of the preset's size (or `init`, e.g. GPT-2's weights) on the documents;
+def pretrain(cfg: PretrainConfig, model_cfg: GPTConfig, enc, train_docs: list[str], val_docs: list[str], ckpt_path,
+             seed: int = 0, resume: bool = False, init: GPT | None = None) -> GPT:
+    """Train a fresh GPT of shape `model_cfg` (or `init`, e.g. GPT-2's weights) on the documents;
     writes the policy checkpoint."""
     train_set, val_set = encode_documents(enc, train_docs), encode_documents(enc, val_docs)
-    block_size = fitted_block_size(preset.model.block_size, train_set + val_set)
-    if block_size != preset.model.block_size:
-        print(f"pretrain: block_size {preset.model.block_size} -> {block_size} to fit the longest document")
-    config = replace(preset.model, vocab_size=enc.n_vocab, block_size=block_size)
-    cfg = preset.pretrain
+    block_size = fitted_block_size(model_cfg.block_size, train_set + val_set)
+    if block_size != model_cfg.block_size:
+        print(f"pretrain: block_size {model_cfg.block_size} -> {block_size} to fit the longest document")
+    config = replace(model_cfg, vocab_size=enc.n_vocab, block_size=block_size)
     torch.manual_seed(seed)  # the weight init
     model = GPT(config) if init is None else init
     need = fitted_block_size(1, train_set + val_set)  # the documents and room to generate, whatever the preset says
@@ -130,8 +141,7 @@ def pretrain(preset: Preset, enc, train_docs: list[str], val_docs: list[str], ck
     def batch_loss(step):
         # the batch is a function of (seed, step) alone, so a resumed run sees the same batches
         g = torch.Generator().manual_seed(seed * 1_000_003 + step)
-        x, y, mask = (t[distributed.shard(cfg.batch_size, "documents")]  # this rank's rows (all of them alone)
-                      for t in document_batch(train_set, cfg.batch_size, g, enc.eot_token))
+        x, y, mask = distributed.my_rows(*document_batch(train_set, cfg.batch_size, g, enc.eot_token))
         return lm_loss(model, x, y, mask) * distributed.token_share(mask.sum()), {}
 
     def val_loss():
@@ -145,3 +155,17 @@ def pretrain(preset: Preset, enc, train_docs: list[str], val_docs: list[str], ck
     train(model, batch_loss, cfg, ckpt_path, meta=policy_meta(model, enc), val_loss=val_loss, resume=resume,
           desc="pretrain")
     return model
+
+
+def pretrain_policy(splits: Splits, cfg: PretrainConfig, model_cfg: GPTConfig, out_dir, seed: int = 0,
+                    resume: bool = False, init_dir=None):
+    """The whole stage: documents, tokenizer (out_dir/tokenizer.json), pretraining (out_dir/policy.pt).
+    Returns (model, enc). `nanobias pretrain`, `reproduce`, the tutorials and the tests all call this."""
+    train_docs, val_docs = corpus(splits, cfg, seed)
+    if distributed.is_main():
+        make_tokenizer(train_docs, cfg.vocab_size, out_dir / "tokenizer.json", init_dir)
+    distributed.barrier()
+    enc = load_tokenizer(out_dir / "tokenizer.json")
+    model = pretrain(cfg, model_cfg, enc, train_docs, val_docs, out_dir / "policy.pt", seed=seed, resume=resume,
+                     init=initial_model(model_cfg, init_dir))
+    return model, enc

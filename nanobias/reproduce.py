@@ -52,9 +52,8 @@ def reproduce(preset, data: str = "synthetic", bbq_dir=None, seed: int = 0, out=
     Face GPT-2 folder) pretraining starts from GPT-2's weights and its tiktoken `gpt2` encoding."""
     from nanobias import dpo, grpo, intervention, ppo, reward, rl
     from nanobias.evaluate import evaluate_policy
-    from nanobias.pretrain import corpus, initial_model, make_tokenizer, pretrain
+    from nanobias.pretrain import pretrain_policy
     from nanobias.report import write_report
-    from nanobias.tokenizer import load_tokenizer
 
     out = Path(out)
     total_start = time.perf_counter()
@@ -69,33 +68,28 @@ def reproduce(preset, data: str = "synthetic", bbq_dir=None, seed: int = 0, out=
         results[name], seconds[name] = run_stage(out, name, fn, force, every_rank)
         return results[name]
 
-    train_docs, val_docs = corpus(splits, preset, seed)
-
-    def tokenizer_stage():
-        enc = make_tokenizer(train_docs, preset.vocab_size, out / "tokenizer.json", init_dir)
-        return {"n_vocab": enc.n_vocab, **({"init": "gpt2"} if init_dir is not None else {})}
-
     def pretrain_stage():
-        model = pretrain(preset, load_tokenizer(out / "tokenizer.json"), train_docs, val_docs, out / "policy.pt",
-                         seed=seed, resume=not force, init=initial_model(preset, init_dir))
-        return {"policy": "policy.pt", "params": model.num_params()}
+        model, enc = pretrain_policy(splits, preset.pretrain, preset.model, out, seed=seed, resume=not force,
+                                     init_dir=init_dir)
+        return {"policy": "policy.pt", "params": model.num_params(), "n_vocab": enc.n_vocab,
+                **({"init": "gpt2"} if init_dir is not None else {})}
 
-    stage("tokenizer", tokenizer_stage)
     stage("pretrain", pretrain_stage, every_rank=True)
-    stage("reward", lambda: {"reward": str(reward.train_reward_model(preset, splits, out / "policy.pt",
-                                                                     out / "reward.pt", seed=seed, resume=not force))},
+    stage("reward", lambda: {"reward": str(reward.train_reward_model(
+        splits, out / "policy.pt", out / "reward.pt", preset.reward, preset.pairs, seed=seed, resume=not force))},
           every_rank=True)
     stage("intervene", lambda: {"intervention": str(intervention.select_intervention(
-        preset, splits, out / "reward.pt", out / "intervention.json", seed=seed))})
+        splits, out / "reward.pt", out / "intervention.json", preset.intervention, preset.pairs, seed=seed))})
     reward_model = stage("reward_eval", lambda: intervention.evaluate_reward_models(
-        preset, splits, out / "reward.pt", out / "intervention.json", out, seed=seed))
+        splits, out / "reward.pt", out / "intervention.json", out, preset.reward_eval, preset.pairs, seed=seed))
 
     base_scorer = rl.make_scorer(out / "reward.pt")
     cirm_scorer = rl.make_scorer(out / "reward.pt", out / "intervention.json")
 
     def grpo_cirm_stage():
         if intervention.load_intervention(out / "intervention.json").neurons:
-            return grpo.train_grpo(preset, splits, out / "policy.pt", out / "grpo_cirm.pt", cirm_scorer, seed, backend)
+            return grpo.train_grpo(splits, out / "policy.pt", out / "grpo_cirm.pt", cirm_scorer, preset.rl, preset.grpo,
+                                   seed, backend)
         # an empty intervention scores exactly as the base reward model, so GRPO+CIRM would repeat
         # GRPO's run step for step (same seed): reuse it rather than spend the time again
         if distributed.is_main():
@@ -105,11 +99,13 @@ def reproduce(preset, data: str = "synthetic", bbq_dir=None, seed: int = 0, out=
         return training["grpo"]
 
     trainers = {
-        "grpo": lambda: grpo.train_grpo(preset, splits, out / "policy.pt", out / "grpo.pt", base_scorer, seed, backend),
+        "grpo": lambda: grpo.train_grpo(splits, out / "policy.pt", out / "grpo.pt", base_scorer, preset.rl, preset.grpo,
+                                        seed, backend),
         "grpo_cirm": grpo_cirm_stage,
-        "dpo": lambda: dpo.train_dpo(preset, splits, out / "policy.pt", out / "dpo.pt", seed=seed, backend=backend,
-                                     score_fn=base_scorer),
-        "ppo": lambda: ppo.train_ppo(preset, splits, out / "policy.pt", out / "ppo.pt", base_scorer, seed, backend),
+        "dpo": lambda: dpo.train_dpo(splits, out / "policy.pt", out / "dpo.pt", preset.rl, preset.dpo, preset.pairs,
+                                     seed=seed, backend=backend, score_fn=base_scorer),
+        "ppo": lambda: ppo.train_ppo(splits, out / "policy.pt", out / "ppo.pt", base_scorer, preset.rl, preset.ppo,
+                                     seed, backend),
     }
     training = {}
     for name, fn in trainers.items():

@@ -47,31 +47,31 @@ LOSSES = ("bt", "regression")
 
 
 @dataclass
-class RewardConfig:
-    train: TrainConfig = field(default_factory=TrainConfig)  # batch_size = preference pairs per step
-    loss: str = "bt"  # "bt" (Bradley-Terry) | "regression"
-    planted: dict = field(default_factory=lambda: dict(PLANTED))
+class PairConfig:
+    """The preference data: how strongly each style cue is planted, and how many held-out pairs."""
+    planted: dict = field(default_factory=lambda: dict(PLANTED))  # P(chosen side has more of a) per attribute
     biased_reject_rate: float = 0.7  # share of pairs whose rejected side is the biased answer, where it is wrong
     val_pairs: int = 300  # balanced pairs from validation templates: neuron search and baseline fits
     test_pairs: int = 400  # balanced pairs from test templates: the reported metrics
-    # grid of k (top-k and bottom-k neurons per attribute) as fractions of all MLP neurons; 0 is always tried
-    k_fractions: tuple = (1 / 1024, 1 / 512, 1 / 256, 1 / 128, 1 / 64, 1 / 32)
-    max_edit_frac: float = 0.05  # candidates that edit more of all neurons are skipped (the paper edits < 2%)
-    sensitivity_completions: int = 200  # test completions whose knobs are bumped one at a time
 
     def __post_init__(self):
+        check_planted(self.planted, "pairs.planted")
+        if not 0 <= self.biased_reject_rate <= 1:
+            raise ValueError(f"pairs.biased_reject_rate: expected a value in [0, 1], got {self.biased_reject_rate}")
+        for name in ("val_pairs", "test_pairs"):
+            if getattr(self, name) < 2:
+                raise ValueError(f"pairs.{name}: expected at least 2, got {getattr(self, name)}")
+
+
+@dataclass
+class RewardConfig(TrainConfig):
+    """Reward-model training; batch_size = preference pairs per step."""
+    loss: str = "bt"  # "bt" (Bradley-Terry) | "regression"
+
+    def __post_init__(self):
+        super().__post_init__()
         if self.loss not in LOSSES:
             raise ValueError(f"reward loss: expected one of {LOSSES}, got {self.loss!r}")
-        check_planted(self.planted, "reward.planted")
-        if not 0 <= self.biased_reject_rate <= 1:
-            raise ValueError(f"reward.biased_reject_rate: expected a value in [0, 1], got {self.biased_reject_rate}")
-        for name in ("val_pairs", "test_pairs", "sensitivity_completions"):
-            if getattr(self, name) < 2:
-                raise ValueError(f"reward.{name}: expected at least 2, got {getattr(self, name)}")
-        if not 0 < self.max_edit_frac <= 1:
-            raise ValueError(f"reward.max_edit_frac: expected a fraction in (0, 1], got {self.max_edit_frac}")
-        if not all(0 < f < 1 for f in self.k_fractions):
-            raise ValueError(f"reward.k_fractions: expected fractions in (0, 1), got {self.k_fractions}")
 
 
 def check_planted(planted: dict, where: str) -> None:
@@ -270,32 +270,32 @@ def reward_meta(rm: RewardModel, enc, **extra) -> dict:
     return {**policy_meta(rm.gpt, enc), "kind": "reward", **extra}
 
 
-def train_reward_model(preset, splits, policy_ckpt, out_path, seed: int = 0, resume: bool = False):
+def train_reward_model(splits, policy_ckpt, out_path, cfg: RewardConfig, pairs_cfg: PairConfig, seed: int = 0,
+                       resume: bool = False):
     """Fine-tune the policy's backbone + a scalar head on planted-bias pairs; writes out_path."""
-    cfg: RewardConfig = preset.reward
     policy, enc, _ = load_policy(policy_ckpt)
     rm = reward_model_from_policy(policy, seed)
-    val_pairs = make_pairs(splits.val, min(64, cfg.val_pairs), seed + 1)
+    val_pairs = make_pairs(splits.val, min(64, pairs_cfg.val_pairs), seed + 1)
     train_rng_seed = seed * 1_000_003 + 17
 
     def batch_loss(step):
         # the batch is a function of (seed, step) alone, so a resumed run sees the same pairs
         rng = random.Random(train_rng_seed + step)
-        pairs = [make_pair(rng.choice(splits.train), rng, cfg.planted, cfg.biased_reject_rate)
-                 for _ in range(cfg.train.batch_size)]
+        pairs = [make_pair(rng.choice(splits.train), rng, pairs_cfg.planted, pairs_cfg.biased_reject_rate)
+                 for _ in range(cfg.batch_size)]
         pairs = pairs[distributed.shard(len(pairs), "preference pairs")]  # this process's share (torchrun)
         return pair_loss(rm, enc, pairs, cfg.loss)
 
     def val_loss():
         return pair_loss(rm, enc, val_pairs, cfg.loss)[0].item()
 
-    sample_pairs = make_pairs(splits.train, 500, seed, cfg.planted, cfg.biased_reject_rate)
+    sample_pairs = make_pairs(splits.train, 500, seed, pairs_cfg.planted, pairs_cfg.biased_reject_rate)
     rates = planted_rates(sample_pairs)
-    print(f"reward: {cfg.train.steps} steps x {cfg.train.batch_size} pairs, loss={cfg.loss}; chosen side larger in "
+    print(f"reward: {cfg.steps} steps x {cfg.batch_size} pairs, loss={cfg.loss}; chosen side larger in "
           + ", ".join(f"{a} {r:.2f}" for a, r in rates.items()) + " of training pairs")
-    meta = reward_meta(rm, enc, loss=cfg.loss, planted=cfg.planted, realised_planted=rates,
+    meta = reward_meta(rm, enc, loss=cfg.loss, planted=pairs_cfg.planted, realised_planted=rates,
                        policy_ckpt=str(policy_ckpt), seed=seed)
-    train(rm, batch_loss, cfg.train, out_path, meta=meta, val_loss=val_loss, resume=resume, desc="reward")
+    train(rm, batch_loss, cfg, out_path, meta=meta, val_loss=val_loss, resume=resume, desc="reward")
     return out_path
 
 

@@ -30,7 +30,7 @@ import copy
 import json
 import random
 import statistics
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -41,42 +41,43 @@ from nanobias.checkpoint import load_policy, save_policy
 from nanobias.data import Example, render_prompt
 from nanobias.progress import Progress
 from nanobias.sampling import Samples, completion_texts, sample
-from nanobias.train import TrainConfig, make_optimizer, set_lr
+from nanobias.train import OptimConfig, check, make_optimizer, set_lr
 
 ScoreFn = Callable[[list[Example], list[str], list[str]], torch.Tensor]
 
 
 @dataclass
 class RLConfig:
+    """The budget GRPO, PPO and DPO share: B*G reward-model calls (DPO: preference pairs) per step."""
     steps: int = 40
     prompts_per_step: int = 8  # B
-    group_size: int = 8  # G: completions per prompt, so B*G reward-model calls per step
+    group_size: int = 8  # G: completions per prompt
     max_new_tokens: int = 24
     temperature: float = 1.0  # sampling temperature; log-probs in every loss use the same one
+
+    def __post_init__(self):
+        check(self, {"steps": self.steps >= 1, "prompts_per_step": self.prompts_per_step >= 1,
+                     "group_size": self.group_size >= 1, "max_new_tokens": self.max_new_tokens >= 1,
+                     "temperature": self.temperature > 0},
+              "steps, prompts_per_step, group_size, max_new_tokens >= 1; temperature > 0")
+
+    @property
+    def calls_per_step(self) -> int:
+        return self.prompts_per_step * self.group_size
+
+
+@dataclass
+class RLOptimConfig(OptimConfig):
+    """An RL trainer's optimiser: a constant learning rate, no weight decay, and the KL weight beta."""
     lr: float = 1e-4
     warmup: int = 0
-    min_lr_frac: float = 1.0  # 1.0: constant learning rate after warmup
+    min_lr_frac: float = 1.0
     weight_decay: float = 0.0
-    grad_clip: float = 1.0
     beta: float = 0.04  # weight of the KL to the reference policy
 
     def __post_init__(self):
-        checks = {"steps": self.steps >= 1, "prompts_per_step": self.prompts_per_step >= 1,
-                  "group_size": self.group_size >= 1, "max_new_tokens": self.max_new_tokens >= 1,
-                  "temperature": self.temperature > 0, "lr": self.lr > 0, "warmup": self.warmup >= 0,
-                  "min_lr_frac": 0 <= self.min_lr_frac <= 1, "weight_decay": self.weight_decay >= 0,
-                  "grad_clip": self.grad_clip > 0, "beta": self.beta >= 0}
-        bad = [k for k, ok in checks.items() if not ok]
-        if bad:
-            raise ValueError(f"bad RL setting {bad[0]}={getattr(self, bad[0])!r} (steps, prompts_per_step, "
-                             "group_size, max_new_tokens >= 1; temperature, lr, grad_clip > 0; warmup, "
-                             "weight_decay, beta >= 0; 0 <= min_lr_frac <= 1)")
-
-    def train_config(self) -> TrainConfig:
-        """The optimiser and schedule settings, for train.make_optimizer and train.set_lr."""
-        return TrainConfig(steps=self.steps, batch_size=self.prompts_per_step * self.group_size, lr=self.lr,
-                           warmup=self.warmup, min_lr_frac=self.min_lr_frac, weight_decay=self.weight_decay,
-                           grad_clip=self.grad_clip)
+        super().__post_init__()
+        check(self, {"beta": self.beta >= 0}, "beta >= 0")
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -208,13 +209,14 @@ class Run:
     ref_model: torch.nn.Module
     enc: object
     opt: torch.optim.Optimizer
-    train_cfg: TrainConfig
+    steps: int
+    optim: OptimConfig
     log: MetricsLog
     progress: Progress
     heads: dict  # modules trained beside the policy (PPO's value head), by name
 
     def set_lr(self, step: int) -> float:
-        return set_lr(self.opt, step, self.train_cfg)
+        return set_lr(self.opt, step, self.steps, self.optim)
 
     def log_step(self, record: dict, shown: tuple[str, ...]) -> None:
         """Append the step's record (averaged over ranks); rank 0 prints the `shown` fields."""
@@ -237,21 +239,20 @@ class Run:
         return result
 
 
-def start_run(policy_ckpt, out_path, rl_cfg: RLConfig, desc: str, about: str, lr: float | None = None,
+def start_run(policy_ckpt, out_path, rl_cfg: RLConfig, optim: OptimConfig, desc: str, about: str,
               heads: Callable[[torch.nn.Module], dict] | None = None) -> Run:
     """Load the policy onto this process's device, freeze a reference copy, build the optimiser (over
-    the policy and any `heads(policy)` trained with it, e.g. PPO's value head; learning rate `lr`,
-    default rl_cfg.lr), start `<out stem>.metrics.jsonl` and the progress line; rank 0 prints `about`."""
+    the policy and any `heads(policy)` trained with it, e.g. PPO's value head), start
+    `<out stem>.metrics.jsonl` and the progress line; print `about`."""
     model, enc, _ = load_policy(policy_ckpt)
     ref_model = reference_policy(model).to(distributed.device())
     extra = heads(model) if heads else {}
     trained = torch.nn.ModuleDict({"policy": model, **extra}).to(distributed.device())
     device.prepare(model)
     distributed.sync_parameters(trained)
-    train_cfg = replace(rl_cfg.train_config(), lr=lr or rl_cfg.lr)
     if distributed.is_main():
         print(f"{desc}: {about}" + (f" on {distributed.world_size()} processes" if distributed.world_size() > 1 else ""))
-    return Run(model, ref_model, enc, make_optimizer(trained, train_cfg), train_cfg,
+    return Run(model, ref_model, enc, make_optimizer(trained, optim), rl_cfg.steps, optim,
                MetricsLog(metrics_path(out_path)), Progress(rl_cfg.steps, desc, unit="step"), extra)
 
 

@@ -26,50 +26,64 @@ from nanobias.progress import Progress
 
 
 @dataclass
-class TrainConfig:
-    steps: int = 1000
-    batch_size: int = 32
+class OptimConfig:
+    """AdamW and its schedule; every trainer's config extends it (RL trainers with their own defaults)."""
     lr: float = 1e-3
     warmup: int = 50
-    min_lr_frac: float = 0.1
+    min_lr_frac: float = 0.1  # cosine decay to this share of lr; 1.0: constant after warmup
     weight_decay: float = 0.1
     grad_clip: float = 1.0
+
+    def __post_init__(self):
+        check(self, {"lr": self.lr > 0, "warmup": self.warmup >= 0, "min_lr_frac": 0 <= self.min_lr_frac <= 1,
+                     "weight_decay": self.weight_decay >= 0, "grad_clip": self.grad_clip > 0},
+              "lr, grad_clip > 0; warmup, weight_decay >= 0; 0 <= min_lr_frac <= 1")
+
+
+@dataclass
+class TrainConfig(OptimConfig):
+    """A supervised stage (pretraining, the reward model): its optimiser and its length."""
+    steps: int = 1000
+    batch_size: int = 32
     eval_every: int = 200
     ckpt_every: int = 200
 
     def __post_init__(self):
-        checks = {"steps": self.steps >= 1, "batch_size": self.batch_size >= 1, "lr": self.lr > 0,
-                  "warmup": self.warmup >= 0, "min_lr_frac": 0 <= self.min_lr_frac <= 1,
-                  "weight_decay": self.weight_decay >= 0, "grad_clip": self.grad_clip > 0,
-                  "eval_every": self.eval_every >= 1, "ckpt_every": self.ckpt_every >= 1}
-        bad = [k for k, ok in checks.items() if not ok]
-        if bad:
-            raise ValueError(f"bad training setting {bad[0]}={getattr(self, bad[0])!r} "
-                             "(steps, batch_size, eval_every, ckpt_every >= 1; lr, grad_clip > 0; "
-                             "warmup, weight_decay >= 0; 0 <= min_lr_frac <= 1)")
+        super().__post_init__()
+        check(self, {"steps": self.steps >= 1, "batch_size": self.batch_size >= 1,
+                     "eval_every": self.eval_every >= 1, "ckpt_every": self.ckpt_every >= 1},
+              "steps, batch_size, eval_every, ckpt_every >= 1")
+
+
+def check(cfg, checks: dict[str, bool], rule: str) -> None:
+    """Raise ValueError naming the first setting of `cfg` whose check failed, and the rule."""
+    bad = [k for k, ok in checks.items() if not ok]
+    if bad:
+        raise ValueError(f"bad setting {type(cfg).__name__}.{bad[0]}={getattr(cfg, bad[0])!r} ({rule})")
 
 
 class TrainingDiverged(RuntimeError):
     pass
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
+def lr_at(step: int, steps: int, cfg: OptimConfig) -> float:
+    """Step `step` of `steps`: linear warmup, then cosine decay from lr to min_lr_frac * lr."""
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
-    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    progress = (step - cfg.warmup) / max(1, steps - cfg.warmup)
     return cfg.lr * (cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+def make_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
 
 
-def set_lr(opt: torch.optim.Optimizer, step: int, cfg: TrainConfig) -> float:
-    """Give every parameter group the scheduled learning rate of `step`; returns it."""
-    lr = lr_at(step, cfg)
+def set_lr(opt: torch.optim.Optimizer, step: int, steps: int, cfg: OptimConfig) -> float:
+    """Give every parameter group the scheduled learning rate of `step` (of `steps`); returns it."""
+    lr = lr_at(step, steps, cfg)
     for group in opt.param_groups:
         group["lr"] = lr
     return lr
@@ -121,7 +135,7 @@ def train(model: torch.nn.Module, batch_loss: Callable[[int], tuple[torch.Tensor
     last = {}
     model.train()
     for step in range(start, cfg.steps):
-        lr = set_lr(opt, step, cfg)
+        lr = set_lr(opt, step, cfg.steps, cfg)
         with device.autocast():
             loss, stats = batch_loss(step)
         # averaged before the check, so that every rank stops together

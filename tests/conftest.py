@@ -12,21 +12,16 @@ import pytest  # noqa: E402  (after TRITON_INTERPRET, which must come first)
 def smoke_policy(tmp_path_factory):
     """A smoke-sized policy that has learned the answer format (short answers, two categories),
     pretrained once for every RL test: (preset, splits, policy checkpoint path)."""
-    from dataclasses import replace
-
     from nanobias.data import CATEGORIES, load_splits
     from nanobias.presets import get_preset
-    from nanobias.pretrain import corpus, make_tokenizer, pretrain
+    from nanobias.pretrain import pretrain_policy
 
     out = tmp_path_factory.mktemp("smoke_policy")
-    preset = get_preset("smoke")
-    preset = replace(preset, long_rate=0.0, pretrain=replace(preset.pretrain, steps=150, lr=1e-2, warmup=10,
-                                                             eval_every=150, ckpt_every=150))
+    preset = get_preset("smoke", {"pretrain.long_rate": 0.0, "pretrain.steps": 150, "pretrain.lr": 1e-2,
+                                  "pretrain.warmup": 10, "pretrain.eval_every": 150, "pretrain.ckpt_every": 150})
     splits = load_splits("synthetic", seed=0, variants_per_template=preset.variants_per_template,
                          train_categories=list(CATEGORIES[:2]))
-    train_docs, val_docs = corpus(splits, preset, 0)
-    enc = make_tokenizer(train_docs, preset.vocab_size, out / "tokenizer.json")
-    pretrain(preset, enc, train_docs, val_docs, out / "policy.pt", seed=0)
+    pretrain_policy(splits, preset.pretrain, preset.model, out, seed=0)
     return preset, splits, out / "policy.pt"
 
 

@@ -21,7 +21,7 @@ import tempfile
 import textwrap
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -88,21 +88,17 @@ def tutorial_preset(tiny: bool):
     from nanobias.presets import get_preset
 
     if tiny:
-        p = get_preset("smoke")
-        return replace(
-            p, eval_examples=16,
-            pretrain=replace(p.pretrain, steps=6, eval_every=6, ckpt_every=6),
-            rl=replace(p.rl, steps=2, prompts_per_step=2, group_size=4, max_new_tokens=8),
-            reward=replace(p.reward, train=replace(p.reward.train, steps=2, batch_size=4, eval_every=2, ckpt_every=2),
-                           val_pairs=16, test_pairs=16, sensitivity_completions=4))
-    p = get_preset("cpu")
-    return replace(
-        p, variants_per_template=8, eval_examples=120,
-        pretrain=replace(p.pretrain, steps=200, eval_every=100, ckpt_every=100),
-        rl=replace(p.rl, steps=8, prompts_per_step=4, group_size=8, max_new_tokens=16),
-        reward=replace(p.reward, train=replace(p.reward.train, steps=40, batch_size=16, warmup=5, eval_every=20,
-                                               ckpt_every=20),
-                       val_pairs=96, test_pairs=128, sensitivity_completions=48))
+        return get_preset("smoke", {
+            "eval_examples": 16, "pretrain.steps": 6, "pretrain.eval_every": 6, "pretrain.ckpt_every": 6,
+            "rl.steps": 2, "rl.prompts_per_step": 2, "rl.group_size": 4, "rl.max_new_tokens": 8,
+            "reward.steps": 2, "reward.batch_size": 4, "reward.eval_every": 2, "reward.ckpt_every": 2,
+            "pairs.val_pairs": 16, "pairs.test_pairs": 16, "reward_eval.sensitivity_completions": 4})
+    return get_preset("cpu", {
+        "variants_per_template": 8, "eval_examples": 120,
+        "pretrain.steps": 200, "pretrain.eval_every": 100, "pretrain.ckpt_every": 100,
+        "rl.steps": 8, "rl.prompts_per_step": 4, "rl.group_size": 8, "rl.max_new_tokens": 16,
+        "reward.steps": 40, "reward.batch_size": 16, "reward.warmup": 5, "reward.eval_every": 20, "reward.ckpt_every": 20,
+        "pairs.val_pairs": 96, "pairs.test_pairs": 128, "reward_eval.sensitivity_completions": 48})
 
 
 def world(preset, eval_categories=()):
@@ -140,12 +136,10 @@ def record_recipe(out: Path, preset) -> None:
 
 def pretrain_policy(preset, splits, out: Path):
     """Tokenizer + pretraining (tutorial 04's stage calls) -> (model, enc); writes out/policy.pt."""
-    from nanobias.pretrain import corpus, make_tokenizer, pretrain
+    from nanobias.pretrain import pretrain_policy
 
     record_recipe(out, preset)
-    train_docs, val_docs = corpus(splits, preset, SEED)
-    enc = make_tokenizer(train_docs, preset.vocab_size, out / "tokenizer.json")
-    return pretrain(preset, enc, train_docs, val_docs, out / "policy.pt", seed=SEED), enc
+    return pretrain_policy(splits, preset.pretrain, preset.model, out, seed=SEED)
 
 
 def ensure_policy(preset, splits, out: Path) -> Path:
@@ -167,5 +161,5 @@ def ensure_reward(preset, splits, out: Path) -> Path:
         print(f"reusing the reward model {out / 'reward.pt'} (from tutorial 05)")
     else:
         print(f"no reward model with these settings in {out}: training one now (tutorial 05 explains it)")
-        train_reward_model(preset, splits, policy, out / "reward.pt", seed=SEED)
+        train_reward_model(splits, policy, out / "reward.pt", preset.reward, preset.pairs, seed=SEED)
     return out / "reward.pt"
