@@ -22,6 +22,7 @@ contexts that do say who).
 import random
 import re
 from collections import defaultdict
+from pathlib import Path
 
 import torch
 
@@ -158,6 +159,22 @@ def evaluate_policy(model, enc, test: list[Example], heldout: list[Example] = ()
                        "biased": ex.biased_index, "unknown": ex.unknown_index}
                       for ex, c, p in list(zip(test, completions, preds))[:8]]
     return out
+
+
+def evaluate_checkpoint(path, splits, max_examples: int | None, name: str | None = None) -> dict:
+    """evaluate_policy for the policy checkpoint at `path` on `splits.test` and `splits.heldout`: the one
+    evaluation path of the CLI, reproduce, the tutorials and the tests."""
+    from nanobias.checkpoint import load_policy
+
+    model, enc, _ = load_policy(path)
+    return evaluate_policy(model, enc, splits.test, splits.heldout, max_examples=max_examples,
+                           desc=f"eval {name or Path(path).stem}")
+
+
+def table_rows(name: str, metrics: dict) -> dict[str, dict]:
+    """One policy's rows of format_table: its test metrics, and its held-out categories' if any."""
+    return {f"{name} (test)": metrics, **({f"{name} (held-out categories)": metrics["heldout"]}
+                                         if metrics["heldout"] else {})}
 
 
 def format_table(rows: dict[str, dict]) -> str:

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from nanobias import distributed
-from nanobias.checkpoint import load_policy, write_json
+from nanobias.checkpoint import write_json
 from nanobias.data import load_splits
 from nanobias.progress import format_seconds
 
@@ -51,7 +51,7 @@ def reproduce(preset, data: str = "synthetic", bbq_dir=None, seed: int = 0, out=
     """Run every stage into `out`; returns results.json's content (DESIGN.md). With `init_dir` (a Hugging
     Face GPT-2 folder) pretraining starts from GPT-2's weights and its tiktoken `gpt2` encoding."""
     from nanobias import dpo, grpo, intervention, ppo, reward, rl
-    from nanobias.evaluate import evaluate_policy
+    from nanobias.evaluate import evaluate_checkpoint
     from nanobias.pretrain import pretrain_policy
     from nanobias.report import write_report
 
@@ -114,9 +114,8 @@ def reproduce(preset, data: str = "synthetic", bbq_dir=None, seed: int = 0, out=
     def evaluate_all():
         policy = {}
         for name in POLICIES:
-            model, enc, _ = load_policy(out / ("policy.pt" if name == "base" else f"{name}.pt"))
-            metrics = evaluate_policy(model, enc, splits.test, splits.heldout, max_examples=preset.eval_examples,
-                                      desc=f"eval {name}")
+            metrics = evaluate_checkpoint(out / ("policy.pt" if name == "base" else f"{name}.pt"), splits,
+                                          preset.eval_examples, name)
             policy[name] = {k: v for k, v in metrics.items() if k != "samples"}
             policy[name]["samples"] = metrics["samples"][:3]
         return policy
