@@ -378,7 +378,7 @@ def method_metrics(r: np.ndarray, n_pairs: int, pairs, items: dict) -> dict:
 
 def evaluate_reward_models(splits, reward_ckpt, intervention_path, out_dir, cfg: RewardEvalConfig,
                            pairs_cfg: PairConfig, seed: int = 0) -> dict:
-    """DESIGN.md's `reward_model` section for base / cirm / length_penalty / lwr (and cirm_all, the
+    """docs/design.md's `reward_model` section for base / cirm / length_penalty / lwr (and cirm_all, the
     intervention at every position). intervention_path None: base and baselines only. Writes
     reward_eval.json and PNGs into out_dir."""
     rm, enc, _ = load_reward_model(reward_ckpt)

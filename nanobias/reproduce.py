@@ -48,7 +48,7 @@ def run_stage(out: Path, name: str, fn, force: bool, every_rank: bool = False):
 def reproduce(preset, data: str = "synthetic", bbq_dir=None, seed: int = 0, out="runs/cpu-synthetic-0",
               train_categories=None, eval_categories=(), force: bool = False, backend: str = "auto",
               command: str = "", init_dir=None) -> dict:
-    """Run every stage into `out`; returns results.json's content (DESIGN.md). With `init_dir` (a Hugging
+    """Run every stage into `out`; returns results.json's content (docs/design.md). With `init_dir` (a Hugging
     Face GPT-2 folder) pretraining starts from GPT-2's weights and its tiktoken `gpt2` encoding."""
     from nanobias import dpo, grpo, intervention, ppo, reward, rl
     from nanobias.evaluate import evaluate_checkpoint

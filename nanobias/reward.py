@@ -19,7 +19,7 @@ longer / louder / bolder is better: the bias that intervention.py removes. Valid
 pairs use 0.5 everywhere, so every attribute has a "biased" subset (chosen side larger) and an
 "unbiased" one (chosen side smaller).
 
-Also here: the pairwise metrics of DESIGN.md, the one-knob `bump` that measures sensitivity, and
+Also here: the pairwise metrics of docs/design.md, the one-knob `bump` that measures sensitivity, and
 the two length-only baselines of Shinoda et al. (Sec. 5): a length penalty r - alpha * length
 and locally weighted regression (LOWESS) of reward on length, whose fitted curve is subtracted.
 """
@@ -307,7 +307,7 @@ def load_reward_model(path, device="cpu"):
 # ---------------------------------------------------------------- metrics and length-only baselines
 
 def pair_metrics(r_chosen, r_rejected, attrs_chosen: dict, attrs_rejected: dict, kinds=None) -> dict:
-    """DESIGN.md's reward-model metrics. attrs_*: {attribute: values [P]}. A pair counts as right
+    """docs/design.md's reward-model metrics. attrs_*: {attribute: values [P]}. A pair counts as right
     when r_chosen > r_rejected (a tie is wrong). Pairs where an attribute ties are in neither subset.
     kinds: each pair's `pair_kind` [P], for the accuracy per kind (None where a kind has no pair)."""
     r_c, r_r = np.asarray(r_chosen, dtype=np.float64), np.asarray(r_rejected, dtype=np.float64)

@@ -22,7 +22,7 @@ B prompts: whole groups stay on one process, so group normalisation is unchanged
 prompt's completions are sampled with the prompt's own seed, so the samples are those of a single
 process. Logged statistics are over the whole batch (rewards gathered, the rest averaged).
 
-Stability (DESIGN.md): `reward_fluctuation` = population std of the per-step batch-mean reward
+Stability (docs/design.md): `reward_fluctuation` = population std of the per-step batch-mean reward
 over the last half of training; `final_reward_mean` = the mean of those batch means.
 """
 

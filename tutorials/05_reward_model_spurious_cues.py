@@ -5,7 +5,7 @@ Run: python tutorials/05_reward_model_spurious_cues.py [--tiny]
 What you will see: preference pairs whose chosen side is right AND (more often than not) longer,
 more paragraphed, closer to the prompt's words, louder and bolder; a Bradley-Terry reward model
 trained on them from the pretrained policy's backbone; its reward for one answer as only the
-style changes; and the evaluation of DESIGN.md: accuracy on pairs where the chosen side is the
+style changes; and the evaluation of docs/design.md: accuracy on pairs where the chosen side is the
 longer one ("biased" subset) against pairs where it is the shorter one ("unbiased"), and the
 sensitivity to each attribute. The model is written to runs/tutorial/reward.pt for tutorials 06
 and 08. Library: nanobias/reward.py, nanobias/intervention.py (evaluate_reward_models).
