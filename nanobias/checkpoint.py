@@ -4,9 +4,6 @@ A checkpoint is a dict of tensors and plain values, `{"model", "optimizer", "ste
 saved with `torch.save` to a temporary file that is then renamed, and read with
 `torch.load(weights_only=True)`. A policy's `meta` carries its model config and its tokenizer
 as JSON text, so a checkpoint file is all one needs to sample from it.
-
-Under torchrun only rank 0 writes (every rank holds the same weights); the others skip the write,
-and whoever reads the file next waits for it at a barrier (train.train, rl, reproduce).
 """
 
 import json

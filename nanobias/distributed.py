@@ -21,7 +21,22 @@ Parameters start equal (every rank seeds the same initialisation or loads the sa
 `sync_parameters` copies rank 0's to make sure), so equal steps keep them equal.
 
 Rank 0 alone writes checkpoints, metrics, reports and progress lines; every rank can resume
-(all load the same checkpoint). One machine (a shared file system) is assumed.
+(all load the same checkpoint), and whoever reads a file next waits for it at a barrier. One
+machine (a shared file system) is assumed. Logged values are averaged over ranks (rewards are
+gathered whole), and a non-finite loss on any rank stops every rank (train.stop_if_diverged).
+
+What each stage splits, so that the single-process code stays single-process code:
+- pretraining and the reward model (train.train): `batch_loss` takes this rank's rows of the
+  step's batch (`my_rows`, `shard`), its token-weighted loss scaled by `token_share`.
+- GRPO, PPO (rl.rollout): each rank samples, scores and trains on whole groups of its share of
+  the B prompts, so group normalisation is unchanged; each prompt is sampled with its own seed,
+  so the samples are those of one process. GRPO's "grpo"/"dr_grpo" losses are means over
+  sequences (equal shards: the mean of means); "dapo" takes `token_share`; "batch" scale would
+  need every rank's rewards inside the loss and runs in one process only. PPO whitens advantages
+  with every rank's tokens, and each rank splits its own rows into minibatches.
+- DPO: each rank takes its share of each step's pairs; the loss is a mean over pairs.
+- reproduce: every rank runs the training stages; rank 0 alone runs the neuron search,
+  evaluation and report while the rest wait, and sends every rank each stage's result.
 """
 
 import os

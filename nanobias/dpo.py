@@ -24,9 +24,6 @@ Stability: DPO has no reward in its loop. To put it on the same scale as GRPO an
 `probe_every` steps the policy samples G completions for the B prompts GRPO sees at that step
 (rl.prompt_batch, rl.rollout) and they are scored with the same score_fn. The probe only
 watches: no gradient flows through it and its reward-model calls are not training data.
-
-Under torchrun each process takes its share of each step's pairs; the loss is a mean over pairs,
-so the ranks' average is the loss of the whole batch (distributed.py).
 """
 
 from dataclasses import asdict, dataclass
@@ -37,7 +34,7 @@ import torch.nn.functional as F
 from nanobias import device, distributed, rl
 from nanobias.reward import Pair, PairConfig, length_batches, make_pairs
 from nanobias.sampling import Samples, completion_logprobs, left_pad
-from nanobias.train import TrainingDiverged, optimizer_step
+from nanobias.train import optimizer_step, stop_if_diverged
 
 LOSSES = ("dpo", "ipo")
 
@@ -137,8 +134,7 @@ def dpo_update(model, ref_model, opt, enc, pairs: list[Pair], cfg: DPOConfig, lo
     with device.autocast():
         logp = pair_logprobs(model, enc, pairs, cfg.chunk, backend)  # [2P]
         value, stats = preference_loss(logp[:P], logp[P:], ref[:P], ref[P:], cfg.beta, loss)
-    if not torch.isfinite(distributed.all_sum(value.detach())):  # summed: every rank stops together
-        raise TrainingDiverged(f"{loss}: loss is {value.item()}; stopped. Try a lower dpo.lr in the preset.")
+    stop_if_diverged(value, loss, "a lower dpo.lr (--set dpo.lr=...)")
     grad_norm = optimizer_step(opt, value, list(model.parameters()), cfg.grad_clip)
     return {"loss": value.item(), "grad_norm": grad_norm, **stats}
 
@@ -166,7 +162,7 @@ def train_dpo(splits, policy_ckpt, out_path, rl_cfg: rl.RLConfig, cfg: DPOConfig
     run = rl.start_run(policy_ckpt, out_path, rl_cfg, cfg, loss, f"{rl_cfg.steps} steps x {per_step} pairs = "
                        f"{len(pairs)} pairs (the B*G reward-model calls per step of GRPO/PPO), {cfg}"
                        + ("" if score_fn else "; no score_fn: no reward probe"))
-    mine = distributed.shard(per_step, "preference pairs")
+    mine = distributed.shard(per_step, "preference pairs")  # every pair in one process
     run.model.train()
     for step in range(rl_cfg.steps):
         record = {"step": step, "lr": run.set_lr(step)}

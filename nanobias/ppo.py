@@ -21,11 +21,6 @@ BiasGRPO reports that this critic makes PPO's reward fluctuate more than GRPO's,
 is the group-normalised reward. The value head is trained with the policy and discarded at the end.
 The logged "kl" is the mean of logp - logp_ref over completion tokens (the estimator inside r_t;
 GRPO logs its k3 estimator, which is >= 0 per token).
-
-Under torchrun each process holds whole groups (rl.rollout); advantages are whitened with the
-mean and std of every process's tokens, and each process splits its own rows into minibatches,
-so a minibatch is the union of one chunk per process; its token means are over that union
-(distributed.token_share). Same sizes as one process, a different random split.
 """
 
 from dataclasses import asdict, dataclass
@@ -36,7 +31,7 @@ import torch.nn as nn
 from kernels import token_logprobs
 from nanobias import device, distributed, rl
 from nanobias.sampling import Samples, completion_logits
-from nanobias.train import TrainingDiverged, optimizer_step
+from nanobias.train import optimizer_step, stop_if_diverged
 
 
 @dataclass
@@ -68,8 +63,9 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """(x - mean) / std over the masked entries of every process (population std); 0 outside the mask."""
+    """(x - mean) / std over the masked entries (population std); 0 outside the mask."""
     m = (mask != 0).to(x.dtype)
+    # all_sum: over every torchrun process's tokens (the sum itself in one process)
     count = distributed.all_sum(m.sum()).clamp(min=1)
     mean = distributed.all_sum((x * m).sum()) / count
     std = (distributed.all_sum(((x - mean) ** 2 * m).sum()) / count).sqrt()
@@ -168,8 +164,7 @@ def ppo_step(model, value_head, ref_model, opt, enc, examples, score_fn: rl.Scor
             pg, clip_frac = policy_loss(logp, logp_old[idx], advantages[idx], m, cfg.eps)
             vf = value_loss(values, values_old[idx], returns[idx], m, cfg.eps_value)
             loss = (pg + cfg.vf_coef * vf) * distributed.token_share((m != 0).sum())  # 1 in one process
-            if not torch.isfinite(distributed.all_sum(loss.detach())):  # summed: every rank stops together
-                raise TrainingDiverged(f"ppo: loss is {loss.item()}; stopped. Try a lower ppo.lr in the preset.")
+            stop_if_diverged(loss, "ppo", "a lower ppo.lr (--set ppo.lr=...)")
             grad_norm = optimizer_step(opt, loss, params, cfg.grad_clip)
             updates.append({"loss": loss.item(), "pg_loss": pg.item(), "vf_loss": vf.item(),
                             "clip_frac": clip_frac.item(), "grad_norm": grad_norm})

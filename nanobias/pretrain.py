@@ -141,7 +141,7 @@ def pretrain(cfg: PretrainConfig, model_cfg: GPTConfig, enc, train_docs: list[st
     def batch_loss(step):
         # the batch is a function of (seed, step) alone, so a resumed run sees the same batches
         g = torch.Generator().manual_seed(seed * 1_000_003 + step)
-        x, y, mask = distributed.my_rows(*document_batch(train_set, cfg.batch_size, g, enc.eot_token))
+        x, y, mask = distributed.my_rows(*document_batch(train_set, cfg.batch_size, g, enc.eot_token), what="documents")
         return lm_loss(model, x, y, mask) * distributed.token_share(mask.sum()), {}
 
     def val_loss():

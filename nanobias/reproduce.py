@@ -8,10 +8,6 @@ Every stage writes its outputs atomically and then a marker `stages/<stage>.json
 result and wall time. A re-run skips the stages whose marker exists (`force=True` redoes them),
 so an interrupted run resumes where it stopped; pretraining and reward-model training also
 resume from their last checkpoint inside the stage.
-
-Under torchrun every process runs the training stages (pretrain, reward, grpo, grpo_cirm, dpo,
-ppo) on its share of each batch; rank 0 alone runs the others (tokenizer, neuron search,
-evaluation, report) while the rest wait, and sends every rank each stage's result.
 """
 
 import json
@@ -29,7 +25,7 @@ POLICIES = ("base", "dpo", "ppo", "grpo", "grpo_cirm")
 
 def run_stage(out: Path, name: str, fn, force: bool, every_rank: bool = False):
     """Run `fn()` unless `out/stages/<name>.json` says it finished; return its JSON-able result.
-    Under torchrun: on every rank if `every_rank` (a training stage), else on rank 0 alone."""
+    `every_rank`: a training stage, which every torchrun process runs (distributed.py)."""
     marker = out / "stages" / f"{name}.json"
     say = print if distributed.is_main() else lambda *a, **k: None
     done = distributed.from_main(lambda: json.loads(marker.read_text()) if marker.is_file() and not force else None)

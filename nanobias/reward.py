@@ -283,7 +283,7 @@ def train_reward_model(splits, policy_ckpt, out_path, cfg: RewardConfig, pairs_c
         rng = random.Random(train_rng_seed + step)
         pairs = [make_pair(rng.choice(splits.train), rng, pairs_cfg.planted, pairs_cfg.biased_reject_rate)
                  for _ in range(cfg.batch_size)]
-        pairs = pairs[distributed.shard(len(pairs), "preference pairs")]  # this process's share (torchrun)
+        pairs = pairs[distributed.shard(len(pairs), "preference pairs")]  # every pair in one process
         return pair_loss(rm, enc, pairs, cfg.loss)
 
     def val_loss():

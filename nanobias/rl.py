@@ -17,11 +17,6 @@ number of preference pairs. The rest is plumbing each trainer would otherwise re
 - `start_run`: the set-up every trainer repeats (policy on its device, reference, optimiser,
   metrics log, progress line); `Run.finish`, the end (policy saved, reward curve drawn).
 
-Under torchrun (distributed.py) each process samples, scores and trains on its own share of the
-B prompts: whole groups stay on one process, so group normalisation is unchanged, and each
-prompt's completions are sampled with the prompt's own seed, so the samples are those of a single
-process. Logged statistics are over the whole batch (rewards gathered, the rest averaged).
-
 Stability (docs/design.md): `reward_fluctuation` = population std of the per-step batch-mean reward
 over the last half of training; `final_reward_mean` = the mean of those batch means.
 """
@@ -107,10 +102,9 @@ class Rollout:
 
 
 def rollout(model, enc, examples: list[Example], cfg: RLConfig, seed: int) -> Rollout:
-    """G completions of each of this process's examples (its shard of the step's B; all of them in a
-    single process), sampled with the KV cache shared across the group. Prompt b of the step is
-    sampled with its own seed, a function of (seed, b), whichever process samples it."""
-    mine = distributed.shard(len(examples), "prompts")
+    """G completions of each example, sampled with the KV cache shared across the group. Prompt b of
+    the step is sampled with its own seed, a function of (seed, b)."""
+    mine = distributed.shard(len(examples), "prompts")  # every prompt in one process
     examples = examples[mine]
     texts = [render_prompt(ex) for ex in examples]
     seeds = [seed * 100_003 + b for b in range(mine.start, mine.stop)]
@@ -173,8 +167,7 @@ def token_entropy(logits: torch.Tensor, mask: torch.Tensor, temperature: float =
 
 
 def rollout_stats(rewards: torch.Tensor, ro: Rollout) -> dict:
-    """Reward mean/std (population) and completion length in characters and tokens, over every
-    process's completions."""
+    """Reward mean/std (population) and completion length in characters and tokens."""
     rewards = distributed.all_gather(rewards.float())  # [B*G]
     chars = distributed.all_gather(torch.tensor([float(len(c)) for c in ro.completions]))
     tokens = distributed.all_gather(ro.samples.mask.sum(1).float())
@@ -183,8 +176,7 @@ def rollout_stats(rewards: torch.Tensor, ro: Rollout) -> dict:
 
 
 class MetricsLog:
-    """Per-step records appended to a JSONL file (started afresh), kept in memory as `history`.
-    Under torchrun every rank appends (float values are averaged over ranks), rank 0 writes."""
+    """Per-step records appended to a JSONL file (started afresh), kept in memory as `history`."""
 
     def __init__(self, path):
         self.path = Path(path)
@@ -219,7 +211,7 @@ class Run:
         return set_lr(self.opt, step, self.steps, self.optim)
 
     def log_step(self, record: dict, shown: tuple[str, ...]) -> None:
-        """Append the step's record (averaged over ranks); rank 0 prints the `shown` fields."""
+        """Append the step's record and show its `shown` fields on the progress line."""
         self.log.append(record)
         record = self.log.history[-1]
         if distributed.is_main():
@@ -228,8 +220,7 @@ class Run:
 
     def finish(self, out_path, stage: str, **meta) -> dict:
         """Save the trained policy (its `meta` beside it), draw the reward curve as `<stem>.reward.png`
-        (if any step scored a reward), wait until every rank can read the file.
-        Returns {"stability", "history"}."""
+        (if any step scored a reward). Returns {"stability", "history"}."""
         self.model.eval()
         save_policy(out_path, self.model, self.enc, stage=stage, **meta)
         result = {"stability": stability(self.log.history), "history": self.log.history}
@@ -241,7 +232,7 @@ class Run:
 
 def start_run(policy_ckpt, out_path, rl_cfg: RLConfig, optim: OptimConfig, desc: str, about: str,
               heads: Callable[[torch.nn.Module], dict] | None = None) -> Run:
-    """Load the policy onto this process's device, freeze a reference copy, build the optimiser (over
+    """Load the policy onto the device, freeze a reference copy, build the optimiser (over
     the policy and any `heads(policy)` trained with it, e.g. PPO's value head), start
     `<out stem>.metrics.jsonl` and the progress line; print `about`."""
     model, enc, _ = load_policy(policy_ckpt)

@@ -11,8 +11,7 @@ end-of-text or after `max_new_tokens`. The returned log-probs are those of the s
 under softmax(logits / temperature) before the top-k/top-p cut: the policy the GRPO ratio uses.
 
 Seeds: one seed for the batch, or one per prompt. With one per prompt each group draws from its
-own generator, so a prompt's completions do not depend on the other prompts in the batch: a
-batch split over several processes (distributed.py) samples exactly what one process would.
+own generator, so a prompt's completions do not depend on the other prompts in the batch.
 """
 
 from dataclasses import dataclass

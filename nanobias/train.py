@@ -5,11 +5,6 @@ AdamW (weight decay on matrices only), learning rate with linear warmup then cos
 file, checkpoints written to a temporary file and renamed. The caller gives `batch_loss(step)`:
 the batch is a pure function of the step, so a resumed run replays exactly the batches an
 uninterrupted one would have seen and ends with the same weights.
-
-Under torchrun (distributed.py) every process runs this loop on its shard of each batch:
-`batch_loss` returns this rank's loss, scaled so that the ranks' average is the global batch's
-loss; `optimizer_step` averages the gradients before clipping, so every rank takes the same step.
-Logged values are averaged over ranks; rank 0 alone writes the metrics and the checkpoints.
 """
 
 import json
@@ -64,6 +59,12 @@ def check(cfg, checks: dict[str, bool], rule: str) -> None:
 
 class TrainingDiverged(RuntimeError):
     pass
+
+
+def stop_if_diverged(loss: torch.Tensor, what: str, remedy: str) -> None:
+    """Raise TrainingDiverged if `loss` is not finite (on any process: they all stop together)."""
+    if not torch.isfinite(distributed.all_sum(loss.detach())):
+        raise TrainingDiverged(f"{what}: loss is {loss.item()}; stopped. Try {remedy}.")
 
 
 def lr_at(step: int, steps: int, cfg: OptimConfig) -> float:
