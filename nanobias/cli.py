@@ -4,14 +4,16 @@ Under `torchrun --nproc_per_node=N -m nanobias ...` the training stages run on N
 (distributed.py); rank 0 alone writes files, evaluates and prints the reports."""
 
 import argparse
+import os
 import shlex
 import sys
 from pathlib import Path
 
+from nanobias.errors import UserError
 from nanobias.flags import (add_compile_arg, add_data_args, add_init_args, add_preset_args, add_rl_args,
                             check_data_args, check_pretrain_args, check_reward_args, check_rl_args, eval_examples,
-                            nonnegative_float, positive_float, positive_int, preset_from_args, scorer_from_args,
-                            splits_from_args, vocab_size)
+                            nonnegative_float, positive_float, positive_int, preset_from_args, scorer_from_args, seconds,
+                            seed, splits_from_args, vocab_size)
 
 
 def cmd_pretrain(args) -> None:
@@ -158,9 +160,13 @@ def cmd_reproduce(args) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nanobias", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (also NANOBIAS_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("reproduce", help="the whole pipeline: pretrain, reward model, intervention, GRPO/DPO/PPO, report")
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+    p = command("reproduce", help="the whole pipeline: pretrain, reward model, intervention, GRPO/DPO/PPO, report")
     add_preset_args(p)
     add_data_args(p)
     p.add_argument("--out", type=Path, help="output folder (default runs/<preset>-<data>-<seed>)")
@@ -171,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_compile_arg(p)
     p.set_defaults(func=cmd_reproduce, check=check_pretrain_args, parser=p)
 
-    p = sub.add_parser("pretrain", help="train the tokenizer and a GPT policy with a planted bias")
+    p = command("pretrain", help="train the tokenizer and a GPT policy with a planted bias")
     add_preset_args(p)
     add_data_args(p)
     p.add_argument("--out", required=True, help="output folder (tokenizer.json, policy.pt, metrics)")
@@ -188,23 +194,23 @@ def build_parser() -> argparse.ArgumentParser:
     add_compile_arg(p)
     p.set_defaults(func=cmd_pretrain, check=check_pretrain_args, parser=p)
 
-    p = sub.add_parser("sample", help="print completions of a prompt from a policy checkpoint")
-    p.add_argument("--ckpt", required=True, type=Path)
+    p = command("sample", help="print completions of a prompt from a policy checkpoint")
+    p.add_argument("--ckpt", required=True, type=Path, help="policy checkpoint (policy.pt, grpo.pt, ...)")
     p.add_argument("--prompt", required=True, help="prompt text (\\n for newlines)")
     p.add_argument("--n", type=positive_int, default=4, help="number of completions")
-    p.add_argument("--max-new-tokens", type=positive_int, default=48)
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--top-k", type=positive_int)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-new-tokens", type=positive_int, default=48, help="tokens to generate at most")
+    p.add_argument("--temperature", type=nonnegative_float, default=0.8, help="sampling temperature (0: greedy)")
+    p.add_argument("--top-k", type=positive_int, help="sample from the k most likely tokens only")
+    p.add_argument("--seed", type=seed, default=0, help="sampling seed")
     p.set_defaults(func=cmd_sample, parser=p,
                    check=lambda parser, a: a.ckpt.is_file() or parser.error(f"--ckpt {a.ckpt}: no such file"))
 
-    p = sub.add_parser("bench", help="training and sampling throughput of a preset's model")
+    p = command("bench", help="training and sampling throughput of a preset's model")
     add_preset_args(p)
-    p.add_argument("--seconds", type=positive_float, default=10.0, help="time per measurement")
+    p.add_argument("--seconds", type=seconds, default=10.0, help="time per measurement")
     p.set_defaults(func=cmd_bench, check=lambda parser, a: None, parser=p)
 
-    p = sub.add_parser("grpo", help="debias a policy with GRPO against a reward model (BiasGRPO)")
+    p = command("grpo", help="debias a policy with GRPO against a reward model (BiasGRPO)")
     add_rl_args(p)
     p.add_argument("--beta", type=nonnegative_float, help="override the preset's KL weight (grpo.beta)")
     p.add_argument("--lr", type=positive_float, help="override the preset's GRPO learning rate (grpo.lr)")
@@ -214,17 +220,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(shorthands={"--beta": "grpo.beta", "--lr": "grpo.lr", "--scale": "grpo.scale", "--agg": "grpo.agg"})
     p.set_defaults(func=cmd_online_rl, check=check_rl_args, parser=p)
 
-    p = sub.add_parser("dpo", help="DPO/IPO baseline on offline preference pairs, as many as GRPO's reward-model "
+    p = command("dpo", help="DPO/IPO baseline on offline preference pairs, as many as GRPO's reward-model "
                        "calls (the reward only scores DPO's samples, for the stability curve)")
     add_rl_args(p)
     p.add_argument("--loss", choices=["dpo", "ipo"], default="dpo", help="DPO's -log sigmoid or IPO's squared loss")
     p.set_defaults(func=cmd_dpo, check=check_rl_args, parser=p)
 
-    p = sub.add_parser("ppo", help="PPO baseline with a value head, GAE and a per-token KL penalty, at GRPO's budget")
+    p = command("ppo", help="PPO baseline with a value head, GAE and a per-token KL penalty, at GRPO's budget")
     add_rl_args(p)
     p.set_defaults(func=cmd_online_rl, check=check_rl_args, parser=p)
 
-    p = sub.add_parser("eval", help="a policy's BBQ accuracy and bias scores on the test (and held-out) prompts")
+    p = command("eval", help="a policy's BBQ accuracy and bias scores on the test (and held-out) prompts")
     add_preset_args(p, help="the preset the policy's data was made with (synthetic world size)")
     add_data_args(p)
     p.add_argument("--policy", required=True, type=Path, help="policy checkpoint")
@@ -233,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="test (and held-out) prompts to evaluate, drawn at random (default: the preset's, as reproduce)")
     p.set_defaults(func=cmd_eval, parser=p, check=lambda parser, a: (
         check_data_args(parser, a), a.policy.is_file() or parser.error(f"--policy {a.policy}: no such file")))
-    p = sub.add_parser("reward", help="train the reward model on planted-bias preference pairs")
+    p = command("reward", help="train the reward model on planted-bias preference pairs")
     add_preset_args(p)
     add_data_args(p)
     p.add_argument("--out", required=True, type=Path, help="output folder (reward.pt, reward_eval.json, plots)")
@@ -249,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_compile_arg(p)
     p.set_defaults(func=cmd_reward, check=check_reward_args, parser=p)
 
-    p = sub.add_parser("intervene", help="find the reward model's bias neurons and clamp them to their medians")
+    p = command("intervene", help="find the reward model's bias neurons and clamp them to their medians")
     add_preset_args(p)
     add_data_args(p)
     p.add_argument("--out", required=True, type=Path, help="output folder (reward_eval.json, plots)")
@@ -260,11 +266,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Run a command. A user's mistake (UserError, a bad value or file, a failed write) and Ctrl-C
+    print one line and exit non-zero; --debug or NANOBIAS_DEBUG=1 shows the traceback instead."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv or os.environ.get("NANOBIAS_DEBUG") == "1"
+    argv = [a for a in argv if a != "--debug"]
+    command = argv[0] if argv else "nanobias"
+    try:
+        run(argv)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        sys.exit(f"nanobias {command}: interrupted; run the same command again to resume")
+    except (UserError, ValueError, OSError) as e:
+        if debug:
+            raise
+        sys.exit(f"nanobias {command}: error: {e} (--debug shows the traceback)")
+
+
+def run(argv: list[str]) -> None:
     from nanobias import device, distributed
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    args.argv = sys.argv[1:] if argv is None else list(argv)
+    args.argv = argv
     args.check(args.parser, args)
     if hasattr(args, "preset"):
         args.config = preset_from_args(args.parser, args)

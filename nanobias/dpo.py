@@ -134,7 +134,7 @@ def dpo_update(model, ref_model, opt, enc, pairs: list[Pair], cfg: DPOConfig, lo
     with device.autocast():
         logp = pair_logprobs(model, enc, pairs, cfg.chunk, backend)  # [2P]
         value, stats = preference_loss(logp[:P], logp[P:], ref[:P], ref[P:], cfg.beta, loss)
-    stop_if_diverged(value, loss, "a lower dpo.lr (--set dpo.lr=...)")
+    stop_if_diverged(value, "the loss", "dpo.lr too high (--set dpo.lr=...)")
     grad_norm = optimizer_step(opt, value, list(model.parameters()), cfg.grad_clip)
     return {"loss": value.item(), "grad_norm": grad_norm, **stats}
 
@@ -143,7 +143,7 @@ def dpo_update(model, ref_model, opt, enc, pairs: list[Pair], cfg: DPOConfig, lo
 def probe(model, enc, examples, score_fn: rl.ScoreFn, rl_cfg: rl.RLConfig, seed: int) -> dict:
     """Reward statistics of G sampled completions per example (rl.rollout_stats), for stability."""
     ro = rl.rollout(model, enc, examples, rl_cfg, seed)
-    return rl.rollout_stats(score_fn(ro.examples, ro.prompts, ro.completions).float(), ro)
+    return rl.rollout_stats(rl.score_rollout(score_fn, ro), ro)
 
 
 def train_dpo(splits, policy_ckpt, out_path, rl_cfg: rl.RLConfig, cfg: DPOConfig, pairs_cfg: PairConfig,
@@ -166,11 +166,12 @@ def train_dpo(splits, policy_ckpt, out_path, rl_cfg: rl.RLConfig, cfg: DPOConfig
     run.model.train()
     for step in range(rl_cfg.steps):
         record = {"step": step, "lr": run.set_lr(step)}
-        if score_fn is not None and step % cfg.probe_every == 0:
-            examples = rl.prompt_batch(splits.train, rl_cfg.prompts_per_step, seed, step)
-            record.update(probe(run.model, run.enc, examples, score_fn, rl_cfg, rl.step_seed(seed, step)))
-        step_pairs = pairs[step * per_step:(step + 1) * per_step][mine]  # this process's share
-        record.update(dpo_update(run.model, run.ref_model, run.opt, run.enc, step_pairs, cfg, loss, backend))
+        with rl.at_step(loss, step):
+            if score_fn is not None and step % cfg.probe_every == 0:
+                examples = rl.prompt_batch(splits.train, rl_cfg.prompts_per_step, seed, step)
+                record.update(probe(run.model, run.enc, examples, score_fn, rl_cfg, rl.step_seed(seed, step)))
+            step_pairs = pairs[step * per_step:(step + 1) * per_step][mine]  # this process's share
+            record.update(dpo_update(run.model, run.ref_model, run.opt, run.enc, step_pairs, cfg, loss, backend))
         run.log_step(record, shown=("loss", "margin", "reward_mean"))
     return {**run.finish(out_path, loss, base_policy=str(policy_ckpt), seed=seed, pairs=len(pairs),
                          rl_config=asdict(rl_cfg), dpo_config=asdict(cfg)), "pairs": len(pairs)}

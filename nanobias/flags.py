@@ -5,6 +5,7 @@ preset comes from `--preset`, `--set KEY=VALUE` and a command's shorthand flags,
 presets.get_preset, the one way to override a setting."""
 
 import argparse
+import math
 from pathlib import Path
 
 from nanobias.data import CATEGORIES
@@ -13,32 +14,37 @@ DATA_SOURCES = ("synthetic", "bbq")
 PRESET_NAMES = ("smoke", "cpu", "gpu")  # presets.PRESETS, named here so that parsing imports no torch
 
 
-
 def number(text: str, kind: type, ok, expected: str):
-    """`text` read as `kind` (int or float) and checked by `ok`, else an argparse error saying what was expected."""
+    """`text` read as `kind` (int or float), finite and checked by `ok`, else an argparse error saying
+    what was expected (inf and nan are never a setting: they would end up in JSON as no number)."""
     try:
         value = kind(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
-    if not ok(value):
+    if not math.isfinite(value) or not ok(value):
         raise argparse.ArgumentTypeError(f"expected {expected}, got {value}")
     return value
 
+
+def seed(text: str) -> int:
+    # every derived seed (seed * 1_000_003 + step, ...) must fit torch's 64-bit generators
+    return number(text, int, lambda v: 0 <= v < 2**31, "a seed from 0 to 2**31 - 1")
 
 
 def positive_int(text: str) -> int:
     return number(text, int, lambda v: v >= 1, "a positive integer")
 
 
-
 def positive_float(text: str) -> float:
     return number(text, float, lambda v: v > 0, "a positive number")
-
 
 
 def nonnegative_float(text: str) -> float:
     return number(text, float, lambda v: v >= 0, "a number >= 0")
 
+
+def seconds(text: str) -> float:
+    return number(text, float, lambda v: 0 < v <= 3600, "seconds between 0 and 3600")
 
 
 def vocab_size(text: str) -> int:
@@ -48,20 +54,22 @@ def vocab_size(text: str) -> int:
     return value
 
 
-
 def category_list(text: str) -> list[str]:
     return [c.strip() for c in text.split(",") if c.strip()]
 
 
+PRESET_HELP = ("smoke: a plumbing check in seconds, its models untrained; cpu: the real reproduction on a "
+               "laptop CPU; gpu: GPT-2-small-sized, for one GPU")
 
-def add_preset_args(p: argparse.ArgumentParser, shorthands: dict[str, str] | None = None, help: str = "run size") -> None:
+
+def add_preset_args(p: argparse.ArgumentParser, shorthands: dict[str, str] | None = None,
+                    help: str = PRESET_HELP) -> None:
     """--preset and --set KEY=VALUE; `shorthands` maps a command's own flags to the preset keys they set
     (e.g. {"--steps": "pretrain.steps"}), so both reach the run through presets.get_preset."""
     p.add_argument("--preset", default="cpu", choices=PRESET_NAMES, help=help)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one preset value, e.g. grpo.beta=0.5 (repeatable; keys in nanobias/presets.py)")
     p.set_defaults(shorthands=shorthands or {})
-
 
 
 def preset_from_args(parser: argparse.ArgumentParser, args):
@@ -82,17 +90,15 @@ def preset_from_args(parser: argparse.ArgumentParser, args):
     return get_preset(args.preset, overrides)
 
 
-
 def add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", choices=DATA_SOURCES, default="synthetic", help="synthetic world or real BBQ files")
     p.add_argument("--bbq-dir", type=Path, help="folder with BBQ's {Category}.jsonl files (with --data bbq)")
     p.add_argument("--train-categories", type=category_list, help="comma-separated categories to train on")
     p.add_argument("--eval-categories", type=category_list, default=[],
                    help="comma-separated categories held out of every training stage, reported apart")
-    p.add_argument("--seed", type=int, default=0,
+    p.add_argument("--seed", type=seed, default=0,
                    help="training seed (initialisation, batches, sampling); the world and its template split "
                         "stay fixed (data.WORLD_SEED), so runs with different seeds share their test templates")
-
 
 
 def check_data_args(parser: argparse.ArgumentParser, args) -> None:
@@ -116,13 +122,11 @@ def check_data_args(parser: argparse.ArgumentParser, args) -> None:
         parser.error(f"--train-categories and --eval-categories share {sorted(overlap)}")
 
 
-
 def splits_from_args(args, preset):
     from nanobias.data import load_splits
 
     return load_splits(args.data, bbq_dir=args.bbq_dir, variants_per_template=preset.variants_per_template,
                        train_categories=args.train_categories, eval_categories=args.eval_categories)
-
 
 
 def add_init_args(p: argparse.ArgumentParser) -> None:
@@ -131,7 +135,6 @@ def add_init_args(p: argparse.ArgumentParser) -> None:
                         "GPT-2's weights (--init-dir) with its tiktoken 'gpt2' encoding")
     p.add_argument("--init-dir", type=Path, help="Hugging Face GPT-2 folder: config.json and model.safetensors "
                    "or pytorch_model.bin (with --init gpt2)")
-
 
 
 def check_pretrain_args(parser: argparse.ArgumentParser, args) -> None:
@@ -146,11 +149,9 @@ def check_pretrain_args(parser: argparse.ArgumentParser, args) -> None:
         parser.error("--init-dir is only used with --init gpt2")
 
 
-
 def add_compile_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the trained models (CUDA only; "
                    "ignored on CPU)")
-
 
 
 def add_rl_args(p: argparse.ArgumentParser) -> None:
@@ -171,7 +172,6 @@ def add_rl_args(p: argparse.ArgumentParser) -> None:
     add_compile_arg(p)
 
 
-
 def check_rl_args(parser: argparse.ArgumentParser, args) -> None:
     check_data_args(parser, args)
     for flag in ("policy", "reward", "intervention"):
@@ -182,18 +182,15 @@ def check_rl_args(parser: argparse.ArgumentParser, args) -> None:
         parser.error("--intervention edits a reward model: it needs --reward, not --oracle-reward")
 
 
-
 def scorer_from_args(args):
     from nanobias.rl import make_scorer
 
     return make_scorer(reward_ckpt=args.reward, intervention_path=args.intervention, oracle=args.oracle_reward)
 
 
-
 def eval_examples(args) -> int | None:
     """--eval-examples, else the preset's own number (the prompts `reproduce` evaluates; None: all)."""
     return args.eval_examples or args.config.eval_examples
-
 
 
 def check_reward_args(parser: argparse.ArgumentParser, args) -> None:

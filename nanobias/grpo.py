@@ -41,7 +41,7 @@ from kernels import grpo_loss, token_logprobs
 from kernels.reference import AGGS, SCALES
 from nanobias import device, distributed, rl
 from nanobias.sampling import Samples, completion_logits
-from nanobias.train import TrainingDiverged, optimizer_step
+from nanobias.train import optimizer_step, stop_if_diverged
 
 @dataclass
 class GRPOConfig(rl.RLOptimConfig):
@@ -93,8 +93,7 @@ def grpo_update(model, ref_model, opt, samples: Samples, rewards: torch.Tensor, 
                                     logp_old=logp_old, logp_ref=logp_ref, eps_low=cfg.eps_low, eps_high=cfg.eps_high,
                                     beta=cfg.beta, temperature=T, scale=cfg.scale, agg=cfg.agg, backend=backend)
             loss = loss * share
-        if not torch.isfinite(distributed.all_sum(loss.detach())):  # summed: every rank stops together
-            raise TrainingDiverged(f"grpo: loss is {loss.item()}; stopped. Try a lower lr in the preset's rl config.")
+        stop_if_diverged(loss, "the loss", "--lr (grpo.lr) too high, or --beta (grpo.beta) too large")
         grad_norm = optimizer_step(opt, loss, list(model.parameters()), cfg.grad_clip)
         per_iteration.append({"loss": loss.item(), "kl": stats["kl"].item(), "clip_frac": stats["clip_frac"].item(),
                               "grad_norm": grad_norm,
@@ -107,7 +106,7 @@ def grpo_step(model, ref_model, opt, enc, examples, score_fn: rl.ScoreFn, rl_cfg
     """Sample G completions for each of the B examples, score, update. Returns the step's log record:
     loss, kl, clip_frac, grad_norm, entropy averaged over the inner iterations, and rl.rollout_stats."""
     ro = rl.rollout(model, enc, examples, rl_cfg, seed)
-    rewards = score_fn(ro.examples, ro.prompts, ro.completions).float().to(ro.samples.tokens.device)  # [R]
+    rewards = rl.score_rollout(score_fn, ro)  # [R]
     per_iteration = grpo_update(model, ref_model, opt, ro.samples, rewards, rl_cfg, cfg, backend)
     averaged = {k: sum(it[k] for it in per_iteration) / len(per_iteration) for k in per_iteration[0]}
     return {**averaged, **rl.rollout_stats(rewards, ro)}
@@ -129,8 +128,9 @@ def train_grpo(splits, policy_ckpt, out_path, score_fn: rl.ScoreFn, rl_cfg: rl.R
     for step in range(rl_cfg.steps):
         lr = run.set_lr(step)
         examples = rl.prompt_batch(splits.train, rl_cfg.prompts_per_step, seed, step)
-        record = {"step": step, "lr": lr, **grpo_step(run.model, run.ref_model, run.opt, run.enc, examples, score_fn,
-                                                      rl_cfg, cfg, rl.step_seed(seed, step), backend)}
+        with rl.at_step("grpo", step):
+            record = {"step": step, "lr": lr, **grpo_step(run.model, run.ref_model, run.opt, run.enc, examples,
+                                                          score_fn, rl_cfg, cfg, rl.step_seed(seed, step), backend)}
         run.log_step(record, shown=("reward_mean", "kl", "completion_len"))
     return run.finish(out_path, "grpo", base_policy=str(policy_ckpt), seed=seed,
                       rl_config=asdict(rl_cfg), grpo_config=asdict(cfg))

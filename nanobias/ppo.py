@@ -141,7 +141,7 @@ def ppo_step(model, value_head, ref_model, opt, enc, examples, score_fn: rl.Scor
     T = rl_cfg.temperature
     ro = rl.rollout(model, enc, examples, rl_cfg, seed)
     samples, mask = ro.samples, ro.samples.mask
-    scores = score_fn(ro.examples, ro.prompts, ro.completions).float().to(mask.device)  # [R]
+    scores = rl.score_rollout(score_fn, ro)  # [R]
     with torch.no_grad():
         logp_old, values_old, logits = forward(model, value_head, samples, T, backend)
         entropy = rl.token_entropy(logits, mask, T)
@@ -164,7 +164,7 @@ def ppo_step(model, value_head, ref_model, opt, enc, examples, score_fn: rl.Scor
             pg, clip_frac = policy_loss(logp, logp_old[idx], advantages[idx], m, cfg.eps)
             vf = value_loss(values, values_old[idx], returns[idx], m, cfg.eps_value)
             loss = (pg + cfg.vf_coef * vf) * distributed.token_share((m != 0).sum())  # 1 in one process
-            stop_if_diverged(loss, "ppo", "a lower ppo.lr (--set ppo.lr=...)")
+            stop_if_diverged(loss, "the loss", "ppo.lr too high, or ppo.beta too large (--set ppo.lr=...)")
             grad_norm = optimizer_step(opt, loss, params, cfg.grad_clip)
             updates.append({"loss": loss.item(), "pg_loss": pg.item(), "vf_loss": vf.item(),
                             "clip_frac": clip_frac.item(), "grad_norm": grad_norm})
@@ -187,9 +187,10 @@ def train_ppo(splits, policy_ckpt, out_path, score_fn: rl.ScoreFn, rl_cfg: rl.RL
     for step in range(rl_cfg.steps):
         lr = run.set_lr(step)
         examples = rl.prompt_batch(splits.train, rl_cfg.prompts_per_step, seed, step)
-        record = {"step": step, "lr": lr, **ppo_step(run.model, run.heads["value_head"], run.ref_model, run.opt,
-                                                     run.enc, examples, score_fn, rl_cfg, cfg,
-                                                     rl.step_seed(seed, step), backend)}
+        with rl.at_step("ppo", step):
+            record = {"step": step, "lr": lr, **ppo_step(run.model, run.heads["value_head"], run.ref_model, run.opt,
+                                                         run.enc, examples, score_fn, rl_cfg, cfg,
+                                                         rl.step_seed(seed, step), backend)}
         run.log_step(record, shown=("reward_mean", "kl", "completion_len"))
     return run.finish(out_path, "ppo", base_policy=str(policy_ckpt), seed=seed,
                       rl_config=asdict(rl_cfg), ppo_config=asdict(cfg))

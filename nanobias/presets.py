@@ -8,6 +8,7 @@ a section describe the run itself. The same keys override a value, one way every
 """
 
 import json
+import math
 from dataclasses import dataclass, fields
 
 from nanobias.dpo import DPOConfig
@@ -136,6 +137,8 @@ def parse_setting(text: str, preset: str = "cpu") -> tuple[str, object]:
         value = json.loads(raw)
     except json.JSONDecodeError:
         value = raw.strip()
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"--set {text!r}: {key} must be a finite number")
     current = current_value(get_preset(preset), key)
     if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)

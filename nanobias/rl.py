@@ -23,6 +23,7 @@ over the last half of training; `final_reward_mean` = the mean of those batch me
 
 import copy
 import json
+from contextlib import contextmanager
 import random
 import statistics
 from dataclasses import dataclass
@@ -36,7 +37,8 @@ from nanobias.checkpoint import load_policy, save_policy
 from nanobias.data import Example, render_prompt
 from nanobias.progress import Progress
 from nanobias.sampling import Samples, completion_texts, sample
-from nanobias.train import OptimConfig, check, make_optimizer, set_lr
+from nanobias.errors import TrainingDiverged
+from nanobias.train import OptimConfig, check, make_optimizer, set_lr, stop_if_diverged
 
 ScoreFn = Callable[[list[Example], list[str], list[str]], torch.Tensor]
 
@@ -145,6 +147,23 @@ def make_scorer(reward_ckpt=None, intervention_path=None, oracle: bool = False, 
             return score(rm, enc, prompts, completions, intervention=intervention, batch_size=batch_size).float()
 
     return score_fn
+
+
+@contextmanager
+def at_step(stage: str, step: int):
+    """Name the stage and the step in a TrainingDiverged raised inside (a non-finite quantity)."""
+    try:
+        yield
+    except TrainingDiverged as e:
+        raise TrainingDiverged(f"{stage} step {step}: {e}") from None
+
+
+def score_rollout(score_fn: ScoreFn, ro: Rollout) -> torch.Tensor:
+    """Rewards [R] of the rollout's completions, float32 on the samples' device; stops on a non-finite one."""
+    rewards = score_fn(ro.examples, ro.prompts, ro.completions).float().to(ro.samples.tokens.device)
+    stop_if_diverged(rewards, "a reward", "the reward model or its intervention (intervention.json) "
+                                          "gives non-finite rewards")
+    return rewards
 
 
 def reference_policy(model: torch.nn.Module) -> torch.nn.Module:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from nanobias.errors import TrainingDiverged, UserError
 from nanobias.model import GPT, KVCache
 
 
@@ -84,6 +85,11 @@ def sample(model: GPT, prompts: list[list[int]], eot_id: int, group_size: int = 
     ids, mask = left_pad(prompts, eot_id, device)  # [B, P]
     ids, mask = ids.repeat_interleave(group_size, 0), mask.repeat_interleave(group_size, 0)  # [R, P], R = B*G
     R, P = ids.shape
+    if P + max_new_tokens > model.config.block_size:
+        raise UserError(f"sample: a prompt of {P} tokens and {max_new_tokens} new ones need {P + max_new_tokens} "
+                        f"positions, more than this policy's block_size={model.config.block_size}: its training "
+                        "prompts were shorter (a policy pretrained on the synthetic world, used on BBQ?). Use a "
+                        "policy pretrained on this data, or fewer new tokens")
     was_training = model.training
     model.eval()
     if use_cache:
@@ -94,6 +100,9 @@ def sample(model: GPT, prompts: list[list[int]], eot_id: int, group_size: int = 
         cache = cache.repeat_interleave(group_size)
     else:
         logits = model(ids, attention_mask=mask)[:, -1]
+    if not torch.isfinite(logits).all():  # once per call: broken weights show at the prompt already
+        raise TrainingDiverged("sample: the policy's logits are not finite, so its weights have diverged "
+                               "(a learning rate too high for the last update?)")
     tokens = torch.full((R, max_new_tokens), eot_id, dtype=torch.long, device=device)
     out_mask = torch.zeros((R, max_new_tokens), dtype=torch.long, device=device)
     logprobs = torch.zeros((R, max_new_tokens), device=device)

@@ -16,7 +16,8 @@ from typing import Callable
 import torch
 
 from nanobias import device, distributed
-from nanobias.checkpoint import load_checkpoint, save_checkpoint
+from nanobias.checkpoint import load_checkpoint, save_checkpoint, write_atomic
+from nanobias.errors import TrainingDiverged, UserError
 from nanobias.progress import Progress
 
 
@@ -57,14 +58,11 @@ def check(cfg, checks: dict[str, bool], rule: str) -> None:
         raise ValueError(f"bad setting {type(cfg).__name__}.{bad[0]}={getattr(cfg, bad[0])!r} ({rule})")
 
 
-class TrainingDiverged(RuntimeError):
-    pass
-
-
-def stop_if_diverged(loss: torch.Tensor, what: str, remedy: str) -> None:
-    """Raise TrainingDiverged if `loss` is not finite (on any process: they all stop together)."""
-    if not torch.isfinite(distributed.all_sum(loss.detach())):
-        raise TrainingDiverged(f"{what}: loss is {loss.item()}; stopped. Try {remedy}.")
+def stop_if_diverged(value: torch.Tensor, quantity: str, causes: str) -> None:
+    """Raise TrainingDiverged if `value` (any shape) is not finite on any process (they all stop together)."""
+    if not torch.isfinite(distributed.all_sum(value.detach().float().sum())):
+        bad = value.detach().flatten()[~torch.isfinite(value.detach().flatten())][0].item()
+        raise TrainingDiverged(f"{quantity} is {bad}; stopped. Likely cause: {causes}")
 
 
 def lr_at(step: int, steps: int, cfg: OptimConfig) -> float:
@@ -100,6 +98,24 @@ def optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, params: list,
     return grad_norm
 
 
+def read_metrics(path) -> list[dict]:
+    """The records of a metrics JSONL file. A torn last line (the run was killed mid-write) is dropped;
+    any other line that is not a JSON record with a "step" is a UserError naming the file and line."""
+    lines = Path(path).read_text(errors="replace").splitlines()
+    records = []
+    for i, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+            record["step"]
+        except (json.JSONDecodeError, TypeError, KeyError) as e:
+            if i == len(lines):
+                break
+            raise UserError(f"{path}, line {i}: not a metrics record ({e}); delete the file to start "
+                            "its log afresh") from e
+        records.append(record)
+    return records
+
+
 def train(model: torch.nn.Module, batch_loss: Callable[[int], tuple[torch.Tensor, dict]], cfg: TrainConfig,
           ckpt_path, meta: dict, val_loss: Callable[[], float] | None = None, resume: bool = False,
           desc: str = "train") -> dict:
@@ -124,13 +140,13 @@ def train(model: torch.nn.Module, batch_loss: Callable[[int], tuple[torch.Tensor
     if distributed.is_main():
         kept = []
         if start > 0 and metrics_path.is_file():
-            kept = [ln for ln in metrics_path.read_text().splitlines() if json.loads(ln)["step"] < start]
-        metrics_path.parent.mkdir(parents=True, exist_ok=True)
-        metrics_path.write_text("".join(ln + "\n" for ln in kept))
+            kept = [json.dumps(r) for r in read_metrics(metrics_path) if r["step"] < start]
+        write_atomic(metrics_path, "".join(ln + "\n" for ln in kept).encode())
 
     def checkpoint(step):
-        save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                                    "step": step, "meta": {**meta, "train_config": asdict(cfg)}})
+        save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
+                                    "steps": cfg.steps, "final": step == cfg.steps,
+                                    "meta": {**meta, "train_config": asdict(cfg)}})
 
     progress = Progress(cfg.steps, desc, unit="step", already_done=start)
     last = {}

@@ -1,0 +1,14 @@
+"""The one exception type for a mistake the user can act on: a bad file, flag or setting.
+
+The CLI prints it as one line (`nanobias <command>: error: ...`) and exits non-zero; `--debug` or
+NANOBIAS_DEBUG=1 shows the traceback instead. Its message names the file, line, field or flag,
+what was expected, and what to do.
+"""
+
+
+class UserError(Exception):
+    pass
+
+
+class TrainingDiverged(UserError):
+    """A non-finite loss, reward or logit: the message names the quantity, the step and the likely flags."""
