@@ -9,7 +9,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from nanobias.data import CATEGORIES
+from nanobias.world import CATEGORIES
 
 DATA_SOURCES = ("synthetic", "bbq")
 

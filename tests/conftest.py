@@ -14,9 +14,10 @@ def smoke_policy(tmp_path_factory):
     pretrained once for every RL test: (preset, splits, policy checkpoint path)."""
     from dataclasses import replace
 
-    from nanobias.data import CATEGORIES, load_splits
+    from nanobias.data import load_splits
     from nanobias.presets import get_preset
     from nanobias.pretrain import corpus, make_tokenizer, pretrain
+    from nanobias.world import CATEGORIES
 
     out = tmp_path_factory.mktemp("smoke_policy")
     preset = get_preset("smoke")
