@@ -26,8 +26,9 @@ from pathlib import Path
 
 import torch
 
-from nanobias.data import UNKNOWN_PHRASES, Example, render_prompt
+from nanobias.bbq import UNKNOWN_PHRASES, Example
 from nanobias.progress import Progress
+from nanobias.render import render_prompt
 from nanobias.sampling import completion_texts, sample
 
 # other ways a model (or a person) says "unknown"; the data's own wordings come first

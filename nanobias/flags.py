@@ -8,7 +8,7 @@ import argparse
 import math
 from pathlib import Path
 
-from nanobias.data import CATEGORIES
+from nanobias.world import CATEGORIES
 
 DATA_SOURCES = ("synthetic", "bbq")
 PRESET_NAMES = ("smoke", "cpu", "gpu")  # presets.PRESETS, named here so that parsing imports no torch

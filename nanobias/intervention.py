@@ -8,7 +8,7 @@ holds the neurons that carry the attributes at fixed values, do(a_n = m_n).
 1. Capture: a_{l,h}(x, y) = activation of MLP neuron h of layer l at the last token (the one
    the reward head reads), over validation completions (through `model.neuron_sites`).
 2. Correlate: rho_{A,n} = Spearman(a_n, A) over those completions, for each attribute A of
-   data.style_attributes (length, paragraphs, overlap, exclamations, bold):
+   render.style_attributes (length, paragraphs, overlap, exclamations, bold):
        rho = Pearson(rank(a_n), rank(A)),  ties get the average of their ranks.
 3. Select: per attribute, the k_A neurons with the largest rho and the k_A with the smallest.
    k_A comes from a grid (fractions of all neurons), by coordinate ascent on validation pairwise
@@ -32,9 +32,9 @@ import numpy as np
 import torch
 
 from nanobias.checkpoint import write_json
-from nanobias.data import ATTRIBUTES, render_completion
 from nanobias.model import GPT, KVCache
 from nanobias.plots import biased_vs_unbiased, neurons_per_layer
+from nanobias.render import ATTRIBUTES, render_completion
 from nanobias.reward import (BALANCED, PAIR_KINDS, PairConfig, RewardModel, bump, encode, fit_length_penalty, length_batches,
                              load_reward_model, lowess, make_pairs, pair_kind, pair_metrics, score)
 from nanobias.sampling import left_pad
@@ -288,7 +288,7 @@ def capture_pairs(rm: RewardModel, enc, pairs):
 
 
 def attribute_correlations(acts: torch.Tensor, completions) -> torch.Tensor:
-    """acts [N, L, H] of N completions (data.Completion) -> Spearman rho of every neuron with each
+    """acts [N, L, H] of N completions (render.Completion) -> Spearman rho of every neuron with each
     attribute [A, L*H], attributes in ATTRIBUTES order."""
     attrs = torch.tensor([[c.attributes[a] for a in ATTRIBUTES] for c in completions])  # [N, A]
     return torch.stack([spearman(acts.flatten(1), attrs[:, j]) for j in range(len(ATTRIBUTES))])

@@ -1,6 +1,6 @@
 """Pretraining: teach a GPT the answer format, and a planted bias.
 
-The corpus is rendered training examples, prompt + completion + end-of-text (data.py). Ambiguous
+The corpus is rendered training examples, prompt + completion + end-of-text (render.py). Ambiguous
 contexts are answered with the biased answer at rate `bias_rate` and "unknown" otherwise;
 disambiguated contexts are answered correctly. A model trained on it learns to read contexts
 *and* to fall back on the stereotype when the context does not say: the biased base policy the
@@ -22,12 +22,11 @@ import torch.nn.functional as F
 
 from nanobias import distributed
 from nanobias.checkpoint import policy_meta
-from nanobias.data import Splits, pretraining_documents
+from nanobias.data import Splits
 from nanobias.model import GPT, GPTConfig
+from nanobias.render import ANSWER_CUE, pretraining_documents
 from nanobias.tokenizer import get_tokenizer, load_tokenizer, save_tokenizer, train_bpe
 from nanobias.train import TrainConfig, check, train
-
-ANSWER_CUE = "Answer:"  # render_prompt ends with it; the completion follows
 
 
 @dataclass

@@ -34,9 +34,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from nanobias import distributed
+from nanobias.bbq import Example
 from nanobias.checkpoint import load_model, load_policy, policy_meta
-from nanobias.data import ATTRIBUTES, Completion, Example, Style, render_completion, render_prompt
 from nanobias.model import GPT, GPTConfig
+from nanobias.render import ATTRIBUTES, Completion, Style, render_completion, render_prompt
 from nanobias.sampling import left_pad
 from nanobias.train import TrainConfig, train
 

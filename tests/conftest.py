@@ -12,9 +12,10 @@ import pytest  # noqa: E402  (after TRITON_INTERPRET, which must come first)
 def smoke_policy(tmp_path_factory):
     """A smoke-sized policy that has learned the answer format (short answers, two categories),
     pretrained once for every RL test: (preset, splits, policy checkpoint path)."""
-    from nanobias.data import CATEGORIES, load_splits
+    from nanobias.data import load_splits
     from nanobias.presets import get_preset
     from nanobias.pretrain import pretrain_policy
+    from nanobias.world import CATEGORIES
 
     out = tmp_path_factory.mktemp("smoke_policy")
     preset = get_preset("smoke", {"pretrain.long_rate": 0.0, "pretrain.steps": 150, "pretrain.lr": 1e-2,

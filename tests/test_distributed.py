@@ -41,7 +41,8 @@ def length_reward(examples, prompts, completions):
 
 
 def splits_and_preset():
-    from nanobias.data import CATEGORIES, load_splits
+    from nanobias.data import load_splits
+    from nanobias.world import CATEGORIES
 
     preset = smoke_preset()
     return preset, load_splits("synthetic", seed=0, variants_per_template=preset.variants_per_template,

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from nanobias.data import UNKNOWN_PHRASES, Example
+from nanobias.bbq import UNKNOWN_PHRASES, Example
 from nanobias.evaluate import (bias_metrics, evaluate_policy, extract_answer, format_table, metrics_with_breakdown,
                                oracle_rewards, spread)
 from nanobias.model import GPT, GPTConfig

@@ -8,11 +8,11 @@ import torch
 from nanobias import rl
 from nanobias.checkpoint import load_policy
 from nanobias.cli import main
-from nanobias.data import CATEGORIES
 from nanobias.grpo import GRPOConfig, grpo_step, grpo_update, train_grpo
 from nanobias.presets import get_preset
 from nanobias.sampling import completion_logprobs
 from nanobias.train import make_optimizer
+from nanobias.world import CATEGORIES
 
 CATS = CATEGORIES[:2]
 

@@ -6,15 +6,17 @@ import pytest
 import torch
 
 from nanobias.checkpoint import save_checkpoint
-from nanobias.data import ATTRIBUTES, Splits, load_splits, pretraining_documents, synthetic_examples
+from nanobias.data import Splits, load_splits
 from nanobias.intervention import (Intervention, average_ranks, build_intervention, column_medians,
                                    evaluate_reward_models, k_grid, last_token_rewards, length_from_position,
                                    load_intervention, method_metrics, prefill, save_intervention, search_k,
                                    select_intervention, spearman)
 from nanobias.model import GPT, GPTConfig
 from nanobias.presets import PRESETS
+from nanobias.render import ATTRIBUTES, pretraining_documents
 from nanobias.reward import RewardConfig, make_pairs, reward_meta, reward_model_from_policy, score
 from nanobias.tokenizer import train_bpe
+from nanobias.world import synthetic_examples
 
 N_LAYER, N_EMBD = 2, 16
 H = 4 * N_EMBD  # MLP neurons per layer

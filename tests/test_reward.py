@@ -7,16 +7,17 @@ import pytest
 import torch
 
 from nanobias.checkpoint import load_checkpoint, save_policy
-from nanobias.data import (ATTRIBUTES, Style, load_splits, pretraining_documents, render_completion,
-                           render_prompt, synthetic_examples)
+from nanobias.data import load_splits
 from nanobias.model import GPT, GPTConfig
 from nanobias.presets import PRESETS
+from nanobias.render import ATTRIBUTES, Style, pretraining_documents, render_completion, render_prompt
 from nanobias.reward import (BALANCED, PAIR_KINDS, PLANTED, RewardConfig, bradley_terry_loss, bump, fit_length_penalty,
                              load_reward_model, lowess, make_pair, make_pairs, pair_kind, pair_metrics, planted_rates,
                              regression_loss, reward_model_from_policy, right_answer, score, score_pairs,
                              train_reward_model)
 from nanobias.tokenizer import train_bpe
 from nanobias.train import TrainConfig
+from nanobias.world import synthetic_examples
 
 
 @pytest.fixture(scope="module")

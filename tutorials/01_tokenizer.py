@@ -14,8 +14,8 @@ import common
 
 args = common.parse_args(__doc__)
 
-from nanobias.data import render_prompt  # noqa: E402  (common puts the repository on the path first)
-from nanobias.pretrain import corpus  # noqa: E402
+from nanobias.pretrain import corpus  # noqa: E402  (common puts the repository on the path first)
+from nanobias.render import render_prompt  # noqa: E402
 from nanobias.tokenizer import EOT, load_tokenizer, save_tokenizer, train_bpe  # noqa: E402
 
 preset = common.tutorial_preset(args.tiny)

@@ -6,8 +6,8 @@ What you will see: one scenario in its four BBQ conditions, which answer counts 
 why, completions in different styles with their five spurious attributes, how free text is read
 back as an answer, how the data is split (by template, whole categories held out), the bias rate
 planted in the pretraining text, and BBQ's accuracy and bias scores on three toy answerers.
-With --bbq-dir, the same fields on a line of the real BBQ files. Library: nanobias/data.py,
-nanobias/evaluate.py.
+With --bbq-dir, the same fields on a line of the real BBQ files. Library: nanobias/bbq.py,
+world.py, data.py, render.py, evaluate.py.
 """
 
 import random
@@ -19,10 +19,11 @@ import common
 args = common.parse_args(__doc__, lambda p: p.add_argument(
     "--bbq-dir", type=Path, help="also show the first line of each real BBQ {Category}.jsonl file in DIR"))
 
-from nanobias.data import (ATTRIBUTES, CATEGORIES, Style, load_bbq, pretraining_documents,  # noqa: E402
-                           render_completion, render_prompt, synthetic_examples)
+from nanobias.bbq import load_bbq  # noqa: E402
 from nanobias.evaluate import bias_metrics, extract_answer, format_table  # noqa: E402
-from nanobias.pretrain import ANSWER_CUE  # noqa: E402
+from nanobias.render import (ANSWER_CUE, ATTRIBUTES, Style, pretraining_documents, render_completion,  # noqa: E402
+                             render_prompt)
+from nanobias.world import CATEGORIES, synthetic_examples  # noqa: E402
 
 preset = common.tutorial_preset(args.tiny)
 

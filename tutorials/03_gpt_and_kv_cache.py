@@ -19,9 +19,9 @@ args = common.parse_args(__doc__)
 
 import torch  # noqa: E402
 
-from nanobias.data import render_prompt  # noqa: E402
 from nanobias.model import GPT, KVCache  # noqa: E402
 from nanobias.pretrain import corpus  # noqa: E402
+from nanobias.render import render_prompt  # noqa: E402
 from nanobias.sampling import completion_texts, left_pad, sample  # noqa: E402
 from nanobias.tokenizer import train_bpe  # noqa: E402
 

@@ -15,8 +15,8 @@ import common
 
 args = common.parse_args(__doc__)
 
-from nanobias.data import ATTRIBUTES, Style, render_completion, render_prompt  # noqa: E402
 from nanobias.intervention import evaluate_reward_models  # noqa: E402
+from nanobias.render import ATTRIBUTES, Style, render_completion, render_prompt  # noqa: E402
 from nanobias.reward import (BALANCED, bump, load_reward_model, make_pairs, planted_rates, right_answer,  # noqa: E402
                              score, train_reward_model)
 

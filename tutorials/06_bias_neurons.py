@@ -15,9 +15,9 @@ import common
 
 args = common.parse_args(__doc__)
 
-from nanobias.data import ATTRIBUTES, Style, render_completion, render_prompt  # noqa: E402
 from nanobias.intervention import (attribute_correlations, build_intervention, capture_pairs,  # noqa: E402
                                    evaluate_reward_models, k_grid, load_intervention, select_intervention)
+from nanobias.render import ATTRIBUTES, Style, render_completion, render_prompt  # noqa: E402
 from nanobias.reward import BALANCED, bump, load_reward_model, make_pairs, right_answer, score  # noqa: E402
 
 preset = common.tutorial_preset(args.tiny)

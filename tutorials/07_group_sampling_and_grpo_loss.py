@@ -22,9 +22,9 @@ from kernels import group_advantages, grpo_loss, reference  # noqa: E402
 from kernels.dispatch import resolve_backend  # noqa: E402
 from nanobias import rl  # noqa: E402
 from nanobias.checkpoint import load_policy  # noqa: E402
-from nanobias.data import render_prompt  # noqa: E402
 from nanobias.evaluate import extract_answer, oracle_rewards  # noqa: E402
 from nanobias.grpo import fixed_logprobs, grpo_update  # noqa: E402
+from nanobias.render import render_prompt  # noqa: E402
 from nanobias.sampling import completion_logits, completion_logprobs, completion_texts, sample  # noqa: E402
 from nanobias.train import make_optimizer  # noqa: E402
 
