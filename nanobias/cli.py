@@ -278,7 +278,11 @@ def main(argv: list[str] | None = None) -> None:
         if debug:
             raise
         sys.exit(f"nanobias {command}: interrupted; run the same command again to resume")
-    except (UserError, ValueError, OSError) as e:
+    except UserError as e:
+        if debug:
+            raise
+        sys.exit(f"nanobias {command}: error: {e}")
+    except (ValueError, OSError) as e:  # a bad value or file the checks above did not name
         if debug:
             raise
         sys.exit(f"nanobias {command}: error: {e} (--debug shows the traceback)")

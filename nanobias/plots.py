@@ -29,6 +29,10 @@ def neurons_per_layer(per_layer: list[int], total_per_layer: int, path, title: s
     ax.set_xlabel("layer")
     ax.set_ylabel(f"neurons edited (of {total_per_layer} per layer)")
     ax.set_title(title or f"selected bias neurons: {sum(per_layer)} of {total_per_layer * len(per_layer)}")
+    if not sum(per_layer):
+        ax.set_ylim(0, 1)
+        ax.text(0.5, 0.5, "the intervention edits no neuron (k = 0 was best on validation)", ha="center",
+                va="center", transform=ax.transAxes)
     _save(fig, path)
 
 
@@ -61,7 +65,8 @@ def policy_metrics(policy: dict[str, dict], path, keys=("acc_ambig", "acc_disamb
     width = 0.8 / len(methods)
     for m, method in enumerate(methods):
         xs = [i + (m - (len(methods) - 1) / 2) * width for i in range(len(keys))]
-        ax.bar(xs, [policy[method][k] for k in keys], width, label=method)
+        no_answer = policy[method].get("invalid_rate", 0) == 1  # every metric is 0 then: say so, not "unbiased"
+        ax.bar(xs, [policy[method][k] for k in keys], width, label=method + (" (no valid answer)" if no_answer else ""))
     ax.set_xticks(range(len(keys)))
     ax.set_xticklabels(keys)
     ax.axhline(0, color="gray", lw=0.8)
@@ -74,8 +79,12 @@ def policy_metrics(policy: dict[str, dict], path, keys=("acc_ambig", "acc_disamb
 def completion_length(histories: dict[str, list[dict]], path) -> None:
     """Mean completion length (characters) per training step, one line per run."""
     fig, ax = plt.subplots(figsize=(6, 3.2))
+    drawn = {}
     for name, history in histories.items():
-        ax.plot([h["step"] for h in history], [h["completion_len"] for h in history], label=name)
+        same = next((other for other, h in drawn.items() if h == history), None)  # a copied run hides under the other
+        ax.plot([h["step"] for h in history], [h["completion_len"] for h in history], ls="--" if same else "-",
+                label=f"{name} (= {same}: the same run)" if same else name)
+        drawn[name] = history
     ax.set_xlabel("step")
     ax.set_ylabel("mean completion length (chars)")
     ax.legend()
@@ -87,7 +96,7 @@ def reward_curves(histories: dict[str, list[dict]], path) -> Path:
     (the steps that scored a reward: DPO probes only every probe_every steps)."""
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for name, history in histories.items():
-        history = [h for h in history if "reward_mean" in h]
+        history = [h for h in history if "reward_mean" in h]  # DPO probes only every probe_every steps
         steps = [h["step"] for h in history]
         mean = [h["reward_mean"] for h in history]
         std = [h["reward_std"] for h in history]

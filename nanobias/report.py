@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from nanobias import plots
+from nanobias.checkpoint import write_atomic
 from nanobias.evaluate import format_table
 from nanobias.intervention import format_reward_table
 from nanobias.progress import format_seconds
@@ -45,6 +46,9 @@ def write_report(out: Path, results: dict, histories: dict[str, list[dict]], pol
     lines = [
         f"# nanobias report: preset `{results['preset']}`, data `{results['data']}`, seed {results['seed']}",
         "",
+        *(["> **The smoke preset is a plumbing check.** Its models train for seconds and are not meant to answer:",
+           "> the numbers below show that every stage runs, not what the methods do (an invalid_rate of 1",
+           "> makes every bias score 0). Run `--preset cpu` for results.", ""] if results["preset"] == "smoke" else []),
         f"- command: `{results['command']}`",
         f"- machine: {machine()}",
         f"- commit: {commit()}, date: {date.today().isoformat()}",
@@ -105,6 +109,4 @@ def write_report(out: Path, results: dict, histories: dict[str, list[dict]], pol
         *[f"| {k} | {format_seconds(v)} |" for k, v in results["seconds"].items()],
         "",
     ]
-    tmp = out / "report.md.tmp"
-    tmp.write_text("\n".join(lines))
-    os.replace(tmp, out / "report.md")
+    write_atomic(out / "report.md", "\n".join(lines).encode())

@@ -4,31 +4,85 @@
       -> neuron intervention + baselines -> GRPO with the base and with the intervened reward model
       -> DPO -> PPO -> evaluation -> report (results.json, report.md, PNG plots)
 
+A run folder is identified by what made it: `identity.json` records every setting that changes a
+result (the preset's values, data, categories, seed, backend, initialisation) and a hash of the
+code. A re-run with the same identity resumes; one with another identity stops before any work
+and names each differing setting (`force=True`, `--force`, redoes every stage under the new one).
+
 Every stage writes its outputs atomically and then a marker `stages/<stage>.json` holding its
-result and wall time. A re-run skips the stages whose marker exists (`force=True` redoes them),
-so an interrupted run resumes where it stopped; pretraining and reward-model training also
-resume from their last checkpoint inside the stage.
+result, wall time and the identity it was computed under. A re-run skips the stages whose marker
+has this run's identity, so an interrupted run resumes where it stopped; pretraining and
+reward-model training also resume from their last checkpoint inside the stage.
 """
 
+import hashlib
 import json
 import shutil
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from nanobias import distributed
 from nanobias.checkpoint import write_json
 from nanobias.data import load_splits
+from nanobias.errors import UserError
 from nanobias.progress import format_seconds
 
 POLICIES = ("base", "dpo", "ppo", "grpo", "grpo_cirm")
 
 
-def run_stage(out: Path, name: str, fn, force: bool, every_rank: bool = False):
-    """Run `fn()` unless `out/stages/<name>.json` says it finished; return its JSON-able result.
-    `every_rank`: a training stage, which every torchrun process runs (distributed.py)."""
+def code_version() -> str:
+    """A hash of the package's source files: a run resumes only under the code that started it."""
+    package = Path(__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def flat(d: dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1}."""
+    out = {}
+    for k, v in d.items():
+        out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def identity_problem(out: Path, identity: dict, force: bool) -> str | None:
+    """Why `out` cannot take a run of `identity` (None: it can; then identity.json records it)."""
+    path = out / "identity.json"
+    if not force and path.is_file():
+        try:
+            old = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            return f"{path}: not JSON ({e}); delete it, or pass --force to redo every stage"
+        if old != identity:
+            now, was = flat(identity), flat(old)
+            diff = [f"{k} {was.get(k, '(unset)')!r} -> {now.get(k, '(unset)')!r}"
+                    for k in sorted(set(now) | set(was)) if now.get(k) != was.get(k)]
+            return (f"{out} holds a run made with other settings: " + "; ".join(diff[:6])
+                    + (f"; and {len(diff) - 6} more" if len(diff) > 6 else "")
+                    + ". Use another --out, or --force to redo every stage here")
+    elif not force and list((out / "stages").glob("*.json")):
+        return (f"{out} holds stages of a run with no record of its settings (identity.json): use another --out, "
+                "or --force to redo every stage here")
+    write_json(path, identity)
+    return None
+
+
+def run_stage(out: Path, name: str, fn, force: bool, every_rank: bool = False, identity: str = ""):
+    """Run `fn()` unless `out/stages/<name>.json` says it finished under `identity`; return its JSON-able
+    result. `every_rank`: a training stage, which every torchrun process runs (distributed.py)."""
     marker = out / "stages" / f"{name}.json"
     say = print if distributed.is_main() else lambda *a, **k: None
-    done = distributed.from_main(lambda: json.loads(marker.read_text()) if marker.is_file() and not force else None)
+
+    def finished():
+        if force or not marker.is_file():
+            return None
+        done = json.loads(marker.read_text())
+        return done if done.get("identity") == identity else None
+
+    done = distributed.from_main(finished)
     if done is not None:
         say(f"[{name}] already done ({format_seconds(done['seconds'])}), skipped", flush=True)
         return done["result"], done["seconds"]
@@ -36,7 +90,7 @@ def run_stage(out: Path, name: str, fn, force: bool, every_rank: bool = False):
     start = time.perf_counter()
     result = fn() if every_rank or distributed.is_main() else None
     seconds = time.perf_counter() - start
-    write_json(marker, {"seconds": seconds, "result": result})
+    write_json(marker, {"seconds": seconds, "result": result, "identity": identity})
     say(f"[{name}] done in {format_seconds(seconds)}", flush=True)
     return distributed.from_main(lambda: result), seconds
 
@@ -53,6 +107,15 @@ def reproduce(preset, data: str = "synthetic", bbq_dir=None, seed: int = 0, out=
 
     out = Path(out)
     total_start = time.perf_counter()
+    identity = {"preset": preset.name, "settings": json.loads(json.dumps(asdict(preset))), "data": data,
+                "bbq_dir": str(Path(bbq_dir).resolve()) if bbq_dir is not None else None,
+                "train_categories": list(train_categories) if train_categories else None,
+                "eval_categories": list(eval_categories), "seed": seed, "backend": backend,
+                "init_dir": str(Path(init_dir).resolve()) if init_dir is not None else None, "code": code_version()}
+    problem = distributed.from_main(lambda: identity_problem(out, identity, force))
+    if problem:
+        raise UserError(problem)
+    identity_hash = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
     splits = load_splits(data, bbq_dir=bbq_dir, variants_per_template=preset.variants_per_template,
                          train_categories=train_categories, eval_categories=eval_categories)
     if distributed.is_main():
@@ -61,7 +124,7 @@ def reproduce(preset, data: str = "synthetic", bbq_dir=None, seed: int = 0, out=
     seconds, results = {}, {}
 
     def stage(name, fn, every_rank=False):
-        results[name], seconds[name] = run_stage(out, name, fn, force, every_rank)
+        results[name], seconds[name] = run_stage(out, name, fn, force, every_rank, identity_hash)
         return results[name]
 
     def pretrain_stage():
@@ -119,7 +182,7 @@ def reproduce(preset, data: str = "synthetic", bbq_dir=None, seed: int = 0, out=
     policy = stage("eval", evaluate_all)
     seconds["total"] = time.perf_counter() - total_start
     results_json = {
-        "preset": preset.name, "data": data, "seed": seed, "seconds": seconds,
+        "preset": preset.name, "data": data, "seed": seed, "identity": identity, "seconds": seconds,
         "policy": {name: {k: v for k, v in m.items() if k != "samples"} for name, m in policy.items()},
         "reward_model": reward_model,
         "stability": {name: training[name]["stability"] for name in ("grpo", "ppo", "dpo")},
