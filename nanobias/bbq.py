@@ -26,6 +26,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from nanobias.errors import UserError
+
 # BBQ's ten wordings of the unknown option (all occur in the real files)
 UNKNOWN_PHRASES: tuple[str, ...] = (
     "Can't be determined", "Cannot be determined", "Not known", "Undetermined", "Cannot answer",
@@ -181,8 +183,14 @@ def load_bbq(bbq_dir, categories: list[str] | None = None) -> list[Example]:
                 raise FileNotFoundError(f"no {path.name} in {folder} for category {path.stem!r} (found: {found})")
     examples = []
     for path in paths:
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
+        before = len(examples)
+        with open(path, "rb") as f:
+            for lineno, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise UserError(f"{path}, line {lineno}: not UTF-8 text (byte {e.start} is {raw[e.start]:#04x}); "
+                                    "BBQ's files are UTF-8 JSON lines") from None
                 if not line.strip():
                     continue
                 try:
@@ -193,4 +201,6 @@ def load_bbq(bbq_dir, categories: list[str] | None = None) -> list[Example]:
                     examples.append(_example_from_record(record, path.stem))
                 except ValueError as e:
                     raise ValueError(f"{path}, line {lineno}, {e}") from None
+        if len(examples) == before:
+            raise UserError(f"{path}: no examples (the file is empty); expected BBQ's JSON lines, one example each")
     return examples

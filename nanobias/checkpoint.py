@@ -52,12 +52,11 @@ def load_checkpoint(path) -> dict:
         raise UserError(f"checkpoint {path} does not exist")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:  # weights_only refuses code and arbitrary objects
-        raise UserError(f"{path}: not a plain checkpoint of tensors and values, refused unread "
-                        f"({str(e).splitlines()[0][:120]})") from e
     except Exception as e:  # empty, truncated or random bytes fail in torch's zip and pickle readers
-        raise UserError(f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else 'no detail'}); "
-                        "it is empty, truncated or not written by nanobias: re-run the command that writes it") from e
+        why = ("the safe loader (weights_only) refused it" if isinstance(e, pickle.UnpicklingError)
+               else f"{type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else 'no detail'}")
+        raise UserError(f"{path}: not a readable checkpoint ({why}); it is empty, truncated, not written by nanobias "
+                        "or holds objects the safe loader will not run: re-run the command that writes it") from e
     if not isinstance(ckpt, dict) or not {"model", "meta"} <= set(ckpt):
         raise UserError(f"{path}: not a nanobias checkpoint (expected a dict with 'model' and 'meta')")
     return ckpt

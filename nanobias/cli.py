@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 from nanobias.errors import UserError
-from nanobias.flags import (add_compile_arg, add_data_args, add_init_args, add_preset_args, add_rl_args,
-                            check_data_args, check_pretrain_args, check_reward_args, check_rl_args, eval_examples,
+from nanobias.flags import (add_compile_arg, add_data_args, add_init_args, add_preset_args, add_rl_args, check_eval_args,
+                            check_pretrain_args, check_reward_args, check_rl_args, check_sample_args, eval_examples,
                             nonnegative_float, positive_float, positive_int, preset_from_args, scorer_from_args, seconds,
                             seed, splits_from_args, vocab_size)
 
@@ -203,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=positive_int, help="sample from the k most likely tokens only")
     p.add_argument("--seed", type=seed, default=0, help="sampling seed")
     p.set_defaults(func=cmd_sample, parser=p,
-                   check=lambda parser, a: a.ckpt.is_file() or parser.error(f"--ckpt {a.ckpt}: no such file"))
+                   check=check_sample_args)
 
     p = command("bench", help="training and sampling throughput of a preset's model")
     add_preset_args(p)
@@ -237,8 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="folder for <policy stem>.eval.json")
     p.add_argument("--eval-examples", type=positive_int,
                    help="test (and held-out) prompts to evaluate, drawn at random (default: the preset's, as reproduce)")
-    p.set_defaults(func=cmd_eval, parser=p, check=lambda parser, a: (
-        check_data_args(parser, a), a.policy.is_file() or parser.error(f"--policy {a.policy}: no such file")))
+    p.set_defaults(func=cmd_eval, parser=p, check=check_eval_args)
     p = command("reward", help="train the reward model on planted-bias preference pairs")
     add_preset_args(p)
     add_data_args(p)

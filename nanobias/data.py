@@ -12,6 +12,7 @@ import random
 from dataclasses import dataclass
 
 from nanobias.bbq import Example, load_bbq
+from nanobias.errors import UserError
 from nanobias.world import CATEGORIES, WORLD, synthetic_examples
 
 
@@ -88,5 +89,11 @@ def load_splits(source: str, bbq_dir=None, seed: int = WORLD_SEED, variants_per_
     hold eval_categories out of every training split."""
     categories = None if train_categories is None else list(train_categories) + list(eval_categories)
     examples = load_examples(source, bbq_dir, seed, categories, variants_per_template)
-    return split_examples(examples, heldout_categories=tuple(eval_categories), seed=seed)
+    splits = split_examples(examples, heldout_categories=tuple(eval_categories), seed=seed)
+    if not splits.train:
+        raise UserError(f"--eval-categories {','.join(eval_categories)} holds out every category of this data: "
+                        "nothing is left to train on")
+    if not splits.test and not splits.heldout:
+        raise UserError("no test examples: every category has fewer than 3 templates to split by")
+    return splits
 

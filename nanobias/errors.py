@@ -6,8 +6,8 @@ what was expected, and what to do.
 """
 
 
-class UserError(Exception):
-    pass
+class UserError(ValueError):
+    """A ValueError, so that code checking for bad values catches it too."""
 
 
 class TrainingDiverged(UserError):

@@ -193,6 +193,21 @@ def eval_examples(args) -> int | None:
     return args.eval_examples or args.config.eval_examples
 
 
+def check_sample_args(parser: argparse.ArgumentParser, args) -> None:
+    if not args.ckpt.is_file():
+        parser.error(f"--ckpt {args.ckpt}: no such file")
+    if not args.prompt.strip():
+        parser.error("--prompt: expected some text to continue, got an empty prompt")
+
+
+def check_eval_args(parser: argparse.ArgumentParser, args) -> None:
+    check_data_args(parser, args)
+    if not args.policy.is_file():
+        parser.error(f"--policy {args.policy}: no such file")
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        parser.error(f"--out {args.out}: a file, not a folder (eval writes <policy stem>.eval.json into it)")
+
+
 def check_reward_args(parser: argparse.ArgumentParser, args) -> None:
     check_data_args(parser, args)
     flag, path = ("policy", args.policy or args.out / "policy.pt") if args.command == "reward" else \

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from nanobias.errors import UserError
 from nanobias.model import GPT, GPTConfig
 
 SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
@@ -55,6 +56,19 @@ def read_safetensors(path) -> dict[str, torch.Tensor]:
     return tensors
 
 
+# config.json fields of GPT-2 variants that model.py does not implement, and the values it does
+SUPPORTED = {
+    "activation_function": lambda v: v == "gelu_new",
+    "layer_norm_epsilon": lambda v: v == 1e-5,
+    "scale_attn_weights": lambda v: v is True,
+    "scale_attn_by_inverse_layer_idx": lambda v: v is False,
+    "reorder_and_upcast_attn": lambda v: v is False,
+    "add_cross_attention": lambda v: v is False,
+    "n_inner": lambda v: v is None,
+    "tie_word_embeddings": lambda v: v is True,
+}
+
+
 def read_config(directory: Path, dropout: float = 0.0) -> GPTConfig:
     path = directory / "config.json"
     if not path.is_file():
@@ -62,6 +76,14 @@ def read_config(directory: Path, dropout: float = 0.0) -> GPTConfig:
                                 f"(config.json and {' or '.join(WEIGHT_FILES)})")
     config = json.loads(path.read_text())
     config.setdefault("n_positions", config.get("n_ctx"))  # older GPT-2 configs call it n_ctx
+    if config.get("n_inner") == 4 * config.get("n_embd", 0):
+        config["n_inner"] = None  # the default, written out
+    unsupported = {k: config[k] for k, ok in SUPPORTED.items() if k in config and not ok(config[k])}
+    if unsupported:  # loading them anyway gives logits off by up to ~0.3: refuse
+        raise UserError(f"{path}: this GPT-2 variant is not implemented here ("
+                        + ", ".join(f"{k}={v!r}" for k, v in unsupported.items())
+                        + "); nanobias implements gelu_new, layer_norm_epsilon 1e-5, scaled attention, "
+                          "an MLP of 4 * n_embd and tied embeddings")
     missing = [k for k in ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size") if config.get(k) is None]
     if missing:
         raise KeyError(f"{path}: missing {', '.join(missing)}")

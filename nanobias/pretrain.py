@@ -21,8 +21,9 @@ import torch
 import torch.nn.functional as F
 
 from nanobias import distributed
-from nanobias.checkpoint import policy_meta
+from nanobias.checkpoint import load_checkpoint, policy_meta
 from nanobias.data import Splits
+from nanobias.errors import UserError
 from nanobias.model import GPT, GPTConfig
 from nanobias.render import ANSWER_CUE, pretraining_documents
 from nanobias.tokenizer import get_tokenizer, load_tokenizer, save_tokenizer, train_bpe
@@ -161,6 +162,12 @@ def pretrain_policy(splits: Splits, cfg: PretrainConfig, model_cfg: GPTConfig, o
     """The whole stage: documents, tokenizer (out_dir/tokenizer.json), pretraining (out_dir/policy.pt).
     Returns (model, enc). `nanobias pretrain`, `reproduce`, the tutorials and the tests all call this."""
     train_docs, val_docs = corpus(splits, cfg, seed)
+    ckpt = out_dir / "policy.pt"
+    if resume and ckpt.is_file():  # checked before the tokenizer beside it is rewritten
+        trained_with = load_checkpoint(ckpt)["meta"].get("train_config", {}).get("vocab_size", cfg.vocab_size)
+        if trained_with != cfg.vocab_size:
+            raise UserError(f"--resume: {ckpt} was trained with a vocabulary of {trained_with}, not {cfg.vocab_size}; "
+                            "resume with the same settings, or start afresh without --resume")
     if distributed.is_main():
         make_tokenizer(train_docs, cfg.vocab_size, out_dir / "tokenizer.json", init_dir)
     distributed.barrier()
