@@ -134,7 +134,7 @@ def dpo_update(model, ref_model, opt, enc, pairs: list[Pair], cfg: DPOConfig, lo
     with device.autocast():
         logp = pair_logprobs(model, enc, pairs, cfg.chunk, backend)  # [2P]
         value, stats = preference_loss(logp[:P], logp[P:], ref[:P], ref[P:], cfg.beta, loss)
-    stop_if_diverged(value, "the loss", "dpo.lr too high (--set dpo.lr=...)")
+    stop_if_diverged(value, "the loss")
     grad_norm = optimizer_step(opt, value, list(model.parameters()), cfg.grad_clip)
     return {"loss": value.item(), "grad_norm": grad_norm, **stats}
 
@@ -166,7 +166,7 @@ def train_dpo(splits, policy_ckpt, out_path, rl_cfg: rl.RLConfig, cfg: DPOConfig
     run.model.train()
     for step in range(rl_cfg.steps):
         record = {"step": step, "lr": run.set_lr(step)}
-        with rl.at_step(loss, step):
+        with rl.at_step(loss, step, "dpo.lr too high, or dpo.beta too small (--set dpo.lr=...)"):
             if score_fn is not None and step % cfg.probe_every == 0:
                 examples = rl.prompt_batch(splits.train, rl_cfg.prompts_per_step, seed, step)
                 record.update(probe(run.model, run.enc, examples, score_fn, rl_cfg, rl.step_seed(seed, step)))

@@ -93,7 +93,7 @@ def grpo_update(model, ref_model, opt, samples: Samples, rewards: torch.Tensor, 
                                     logp_old=logp_old, logp_ref=logp_ref, eps_low=cfg.eps_low, eps_high=cfg.eps_high,
                                     beta=cfg.beta, temperature=T, scale=cfg.scale, agg=cfg.agg, backend=backend)
             loss = loss * share
-        stop_if_diverged(loss, "the loss", "--lr (grpo.lr) too high, or --beta (grpo.beta) too large")
+        stop_if_diverged(loss, "the loss")
         grad_norm = optimizer_step(opt, loss, list(model.parameters()), cfg.grad_clip)
         per_iteration.append({"loss": loss.item(), "kl": stats["kl"].item(), "clip_frac": stats["clip_frac"].item(),
                               "grad_norm": grad_norm,
@@ -128,7 +128,7 @@ def train_grpo(splits, policy_ckpt, out_path, score_fn: rl.ScoreFn, rl_cfg: rl.R
     for step in range(rl_cfg.steps):
         lr = run.set_lr(step)
         examples = rl.prompt_batch(splits.train, rl_cfg.prompts_per_step, seed, step)
-        with rl.at_step("grpo", step):
+        with rl.at_step("grpo", step, "--lr (grpo.lr) too high, or --beta (grpo.beta) too large"):
             record = {"step": step, "lr": lr, **grpo_step(run.model, run.ref_model, run.opt, run.enc, examples,
                                                           score_fn, rl_cfg, cfg, rl.step_seed(seed, step), backend)}
         run.log_step(record, shown=("reward_mean", "kl", "completion_len"))

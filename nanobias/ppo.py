@@ -164,7 +164,7 @@ def ppo_step(model, value_head, ref_model, opt, enc, examples, score_fn: rl.Scor
             pg, clip_frac = policy_loss(logp, logp_old[idx], advantages[idx], m, cfg.eps)
             vf = value_loss(values, values_old[idx], returns[idx], m, cfg.eps_value)
             loss = (pg + cfg.vf_coef * vf) * distributed.token_share((m != 0).sum())  # 1 in one process
-            stop_if_diverged(loss, "the loss", "ppo.lr too high, or ppo.beta too large (--set ppo.lr=...)")
+            stop_if_diverged(loss, "the loss")
             grad_norm = optimizer_step(opt, loss, params, cfg.grad_clip)
             updates.append({"loss": loss.item(), "pg_loss": pg.item(), "vf_loss": vf.item(),
                             "clip_frac": clip_frac.item(), "grad_norm": grad_norm})
@@ -187,7 +187,7 @@ def train_ppo(splits, policy_ckpt, out_path, score_fn: rl.ScoreFn, rl_cfg: rl.RL
     for step in range(rl_cfg.steps):
         lr = run.set_lr(step)
         examples = rl.prompt_batch(splits.train, rl_cfg.prompts_per_step, seed, step)
-        with rl.at_step("ppo", step):
+        with rl.at_step("ppo", step, "ppo.lr too high, or ppo.beta too large (--set ppo.lr=...)"):
             record = {"step": step, "lr": lr, **ppo_step(run.model, run.heads["value_head"], run.ref_model, run.opt,
                                                          run.enc, examples, score_fn, rl_cfg, cfg,
                                                          rl.step_seed(seed, step), backend)}

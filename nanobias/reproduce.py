@@ -107,6 +107,8 @@ def reproduce(preset, data: str = "synthetic", bbq_dir=None, seed: int = 0, out=
 
     out = Path(out)
     total_start = time.perf_counter()
+    splits = load_splits(data, bbq_dir=bbq_dir, variants_per_template=preset.variants_per_template,
+                         train_categories=train_categories, eval_categories=eval_categories)
     identity = {"preset": preset.name, "settings": json.loads(json.dumps(asdict(preset))), "data": data,
                 "bbq_dir": str(Path(bbq_dir).resolve()) if bbq_dir is not None else None,
                 "train_categories": list(train_categories) if train_categories else None,
@@ -116,8 +118,6 @@ def reproduce(preset, data: str = "synthetic", bbq_dir=None, seed: int = 0, out=
     if problem:
         raise UserError(problem)
     identity_hash = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
-    splits = load_splits(data, bbq_dir=bbq_dir, variants_per_template=preset.variants_per_template,
-                         train_categories=train_categories, eval_categories=eval_categories)
     if distributed.is_main():
         print(f"data: {data}, {len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test examples, "
               f"{len(splits.heldout)} in held-out categories {list(eval_categories) or '(none)'}")

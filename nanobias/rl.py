@@ -151,12 +151,14 @@ def make_scorer(reward_ckpt=None, intervention_path=None, oracle: bool = False, 
 
 
 @contextmanager
-def at_step(stage: str, step: int):
-    """Name the stage and the step in a TrainingDiverged raised inside (a non-finite quantity)."""
+def at_step(stage: str, step: int, causes: str):
+    """Name the stage, the step and, unless the message has its own, the likely `causes` in a
+    TrainingDiverged raised inside (a non-finite loss, reward or logit)."""
     try:
         yield
     except TrainingDiverged as e:
-        raise TrainingDiverged(f"{stage} step {step}: {e}") from None
+        raise TrainingDiverged(f"{stage} step {step}: {e}" + ("" if "Likely cause" in str(e) else
+                                                              f" Likely cause: {causes}")) from None
 
 
 def score_rollout(score_fn: ScoreFn, ro: Rollout) -> torch.Tensor:

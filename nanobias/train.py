@@ -58,11 +58,13 @@ def check(cfg, checks: dict[str, bool], rule: str) -> None:
         raise ValueError(f"bad setting {type(cfg).__name__}.{bad[0]}={getattr(cfg, bad[0])!r} ({rule})")
 
 
-def stop_if_diverged(value: torch.Tensor, quantity: str, causes: str) -> None:
-    """Raise TrainingDiverged if `value` (any shape) is not finite on any process (they all stop together)."""
+def stop_if_diverged(value: torch.Tensor, quantity: str, causes: str = "") -> None:
+    """Raise TrainingDiverged if `value` (any shape) is not finite on any process (they all stop together);
+    `causes`, if given, names what likely made it so (else the caller's rl.at_step does)."""
     if not torch.isfinite(distributed.all_sum(value.detach().float().sum())):
-        bad = value.detach().flatten()[~torch.isfinite(value.detach().flatten())][0].item()
-        raise TrainingDiverged(f"{quantity} is {bad}; stopped. Likely cause: {causes}")
+        values = value.detach().flatten()
+        raise TrainingDiverged(f"{quantity} is {values[~torch.isfinite(values)][0].item()}; stopped."
+                               + (f" Likely cause: {causes}" if causes else ""))
 
 
 def lr_at(step: int, steps: int, cfg: OptimConfig) -> float:
