@@ -191,7 +191,7 @@ def check_rl_args(parser: argparse.ArgumentParser, args) -> None:
     if args.intervention is not None and args.reward is None:
         parser.error("--intervention edits a reward model: it needs --reward, not --oracle-reward")
     if args.command == "grpo":
-        from kernels.reference import AGGS, SCALES  # imports torch: only once `nanobias grpo` is chosen
+        from nanobias.grpo import AGGS, SCALES  # imports torch: only once `nanobias grpo` is chosen
 
         for flag, value, allowed in (("scale", args.scale, SCALES), ("agg", args.agg, AGGS)):
             if value is not None and value not in allowed:
