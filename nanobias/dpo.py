@@ -12,7 +12,7 @@ pi_ref the frozen initial policy. Two losses on h:
 
 DPO keeps pushing h up (its gradient vanishes only as h -> inf, so the policy can drift far from
 pi_ref on pairs it already separates); IPO regresses h to the fixed target 1/(2 beta). Log-probs
-come from `kernels.token_logprobs` (via sampling.completion_logprobs).
+come from `nanobias.kernels.token_logprobs` (via sampling.completion_logprobs).
 
 Pairs: `reward.make_pairs`, the builder and the planted spurious cues of the reward model's own
 training pairs (chosen = the right answer, rejected = a wrong one, often the biased one).

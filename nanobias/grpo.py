@@ -20,8 +20,13 @@ group whose rewards are all equal teaches nothing (A = 0). The policy is then up
 aggregated over completion tokens by `agg`: "grpo" = mean per sequence then over sequences,
 "dapo" = sum over tokens / number of tokens, "dr_grpo" = sum over tokens / (B*G*N), N the
 width of the batch's completion tensor (a constant, so long completions are not down-weighted).
-The advantages and the loss are computed by `kernels` (`group_advantages`, `grpo_loss`; the
-readable definitions are in kernels/reference.py), on the backend given ("torch" | "triton" | ...).
+
+The advantages, the aggregation weights and the loss are written out below in plain PyTorch
+(`group_advantages`, `aggregation_weights`, `grpo_loss`). `backend` says how the log-probs are
+computed (nanobias.kernels.token_logprobs: "reference" | "torch" | "triton" | "auto"); where it
+resolves to "triton", the fused Triton kernel nanobias.kernels.fused_grpo_loss computes log-probs
+and loss in one pass per row instead: a drop-in, tested against this definition
+(tests/test_kernels_logprob.py).
 
 A training step: sample (rl.rollout) -> score (the reward model, with or without the neuron
 intervention; rl.make_scorer) -> advantages -> `num_iterations` clipped updates.
@@ -37,11 +42,145 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from kernels import grpo_loss, token_logprobs
-from kernels.reference import AGGS, SCALES
 from nanobias import device, distributed, rl
+from nanobias.kernels import dispatch, fused_grpo_loss, token_logprobs
 from nanobias.sampling import Samples, completion_logits
 from nanobias.train import optimizer_step, stop_if_diverged
+
+SCALES = ("group", "batch", "none")
+AGGS = ("grpo", "dapo", "dr_grpo")
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "group", eps: float = 1e-4) -> torch.Tensor:
+    """rewards [R] (R = B*G, a prompt's completions adjacent) -> advantages A [R].
+
+    scale "group": divide by each group's std; "batch": by the std of all R rewards; "none": only
+    centre on the group mean (Dr. GRPO). Advantages are constants: no gradient flows to rewards.
+    """
+    if rewards.dim() != 1 or group_size < 1 or rewards.numel() % group_size != 0:
+        raise ValueError(
+            f"group_advantages: rewards must be 1-D with a length divisible by group_size={group_size}, "
+            f"got shape {tuple(rewards.shape)}"
+        )
+    if scale not in SCALES:
+        raise ValueError(f"group_advantages: scale must be one of {SCALES}, got {scale!r}")
+    r = rewards.detach().to(torch.promote_types(rewards.dtype, torch.float32)).view(-1, group_size)  # [B, G]
+    centred = r - r.mean(dim=1, keepdim=True)
+    if scale == "group":
+        adv = centred / (r.std(dim=1, correction=0, keepdim=True) + eps)  # population std: G = 1 is allowed
+    elif scale == "batch":
+        adv = centred / (r.std(correction=0) + eps)
+    else:
+        adv = centred
+    # (r - mean) of equal floats can round to ~1e-8 instead of 0; an equal group must give exactly 0
+    equal = r.amax(dim=1, keepdim=True) == r.amin(dim=1, keepdim=True)
+    return torch.where(equal, torch.zeros_like(adv), adv).view(-1)
+
+
+def aggregation_weights(mask: torch.Tensor, agg: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """mask [R, N] -> weights [R, N] with loss = sum(weights * per_token_loss).
+
+    "grpo": mean over each sequence's tokens, then mean over the R sequences (an all-masked
+    sequence contributes 0); "dapo": sum over all tokens / number of tokens; "dr_grpo": sum over
+    all tokens / (R * N), a constant that does not depend on completion lengths.
+    """
+    if agg not in AGGS:
+        raise ValueError(f"grpo_loss: agg must be one of {AGGS}, got {agg!r}")
+    m = (mask != 0).to(dtype)  # [R, N]
+    n_seq, t_len = m.shape
+    if agg == "grpo":
+        return m / (m.sum(dim=1, keepdim=True).clamp(min=1) * n_seq)
+    if agg == "dapo":
+        return m / m.sum().clamp(min=1)
+    return m / (n_seq * t_len)
+
+
+def completion_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of x [R, N] over completion tokens (mask != 0) as a 0-dim fp32 tensor; 0 if there are none."""
+    completion = mask != 0
+    return (torch.where(completion, x, 0.0).sum() / completion.sum().clamp(min=1)).float()
+
+
+def _check_inputs(logits, mask, rewards, group_size, logp_old, logp_ref, eps_low, eps_high, beta):
+    """Shape errors that name the argument, before anything broadcasts a wrong shape silently.
+    tokens and temperature are checked by the kernels."""
+    if logits.dim() != 3 or not logits.is_floating_point():
+        raise ValueError(f"grpo_loss: logits must be a floating tensor of 3-D shape [R, N, V], "
+                         f"got {logits.dtype} {tuple(logits.shape)}")
+    R, N = logits.shape[:2]
+    if tuple(mask.shape) != (R, N):
+        raise ValueError(f"grpo_loss: mask must have shape [R, N] = {(R, N)}, got {tuple(mask.shape)}")
+    if tuple(rewards.shape) != (R,):
+        raise ValueError(f"grpo_loss: rewards must have shape [R] = ({R},), got {tuple(rewards.shape)}")
+    if not isinstance(group_size, int) or group_size < 1 or R % group_size:
+        raise ValueError(f"grpo_loss: group_size must be a positive int dividing R = {R}, got {group_size!r}")
+    for name, values in (("logp_old", logp_old), ("logp_ref", logp_ref)):
+        if values is not None and tuple(values.shape) != (R, N):
+            raise ValueError(f"grpo_loss: {name} must be None or have shape [R, N] = {(R, N)}, "
+                             f"got {tuple(values.shape)}")
+    if beta > 0 and logp_ref is None:
+        raise ValueError(f"grpo_loss: beta = {beta} > 0 needs logp_ref (the reference policy's log-probs)")
+    if not (0 <= eps_low < 1 and eps_high >= 0):
+        raise ValueError(f"grpo_loss: need 0 <= eps_low < 1 and eps_high >= 0, got eps_low={eps_low}, "
+                         f"eps_high={eps_high}")
+
+
+def grpo_loss(
+    logits: torch.Tensor,
+    tokens: torch.Tensor,
+    mask: torch.Tensor,
+    rewards: torch.Tensor,
+    group_size: int,
+    logp_old: torch.Tensor | None = None,
+    logp_ref: torch.Tensor | None = None,
+    eps_low: float = 0.2,
+    eps_high: float | None = None,
+    beta: float = 0.0,
+    temperature: float = 1.0,
+    scale: str = "group",
+    agg: str = "grpo",
+    backend: str = "auto",
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The GRPO loss to minimise (the module docstring's l_t, aggregated by `agg`).
+
+    logits [R, N, V] predict tokens [R, N]; mask [R, N] is 1 on completion tokens; rewards [R].
+    logp_old / logp_ref [R, N] are constants (logp_old None: on-policy, ratio 1 with its gradient
+    kept; eps_high None: eps_low). Returns (0-dim loss, stats): stats["kl"] the mean k3 KL over
+    completion tokens (0 without logp_ref), stats["clip_frac"] the share of completion tokens
+    whose clipped term is the minimum (their gradient is zero); detached 0-dim fp32 tensors.
+    """
+    eps_high = eps_low if eps_high is None else eps_high
+    chosen = dispatch.resolve_backend(backend, logits.device, "grpo_loss")
+    _check_inputs(logits, mask, rewards, group_size, logp_old, logp_ref, eps_low, eps_high, beta)
+    advantages = group_advantages(rewards, group_size, scale)  # [R]
+    weights = aggregation_weights(mask, agg, torch.promote_types(logits.dtype, torch.float32))  # [R, N]
+    if chosen == "triton":  # all of the below and the log-probs in one pass per row: no [R, N, V] temporary
+        loss, kl, clipped = fused_grpo_loss(logits, tokens, advantages, weights, logp_old, logp_ref,
+                                            eps_low, eps_high, beta, temperature)
+        return loss, {"kl": completion_mean(kl, mask), "clip_frac": completion_mean(clipped, mask)}
+
+    logp = token_logprobs(logits, tokens, temperature, chosen)  # [R, N], fp32 (fp64 for fp64 logits)
+    adv = advantages.to(logp.dtype)[:, None]  # [R, 1]
+    completion = mask != 0  # [R, N]
+    # padding contributes nothing whatever logp_old / logp_ref hold there (0 * inf would be NaN)
+    old = logp.detach() if logp_old is None else torch.where(completion, logp_old.detach().to(logp.dtype), logp.detach())
+    ratio = torch.exp(logp - old)  # [R, N]
+    ratio_clipped = ratio.clamp(1 - eps_low, 1 + eps_high)
+    surrogate, surrogate_clipped = ratio * adv, ratio_clipped * adv
+    per_token = -torch.minimum(surrogate, surrogate_clipped)
+    if logp_ref is None:
+        kl = torch.zeros_like(logp)
+    else:
+        d = torch.where(completion, logp_ref.detach().to(logp.dtype), logp.detach()) - logp  # [R, N]
+        kl = torch.exp(d) - d - 1
+    per_token = per_token + beta * kl
+    loss = torch.where(completion, weights * per_token, 0.0).sum()
+    stats = {
+        "kl": completion_mean(kl.detach(), mask),
+        "clip_frac": completion_mean((surrogate_clipped < surrogate).float(), mask),
+    }
+    return loss, stats
+
 
 @dataclass
 class GRPOConfig(rl.RLOptimConfig):

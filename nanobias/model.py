@@ -104,7 +104,7 @@ class NeuronSite(nn.Module):
         if self.mask is None:
             a = F.gelu(h, approximate="tanh")
         else:
-            from kernels import masked_gelu  # imported here: Triton is only needed once a mask is set
+            from nanobias.kernels import masked_gelu  # imported here: Triton is only needed once a mask is set
 
             if self.last_only:
                 a = torch.cat([F.gelu(h[:, :-1], approximate="tanh"), masked_gelu(h[:, -1:], self.mask, self.value)], dim=1)

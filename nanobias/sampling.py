@@ -152,7 +152,7 @@ def completion_logits(model: GPT, samples: Samples, return_hidden: bool = False)
 
 def completion_logprobs(model: GPT, samples: Samples, temperature: float = 1.0, backend: str = "auto") -> torch.Tensor:
     """log p(token_t | prompt, tokens_<t) of each completion token [R, N] (0 where mask is 0)."""
-    from kernels import token_logprobs
+    from nanobias.kernels import token_logprobs
 
     logits = completion_logits(model, samples)
     return token_logprobs(logits, samples.tokens, temperature=temperature, backend=backend) * samples.mask

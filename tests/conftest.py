@@ -1,7 +1,7 @@
 import os
 
 # Triton reads this when a kernel module is first imported, so it must be set before any test
-# imports `kernels`: on CPU every kernel then runs through Triton's interpreter.
+# imports `nanobias.kernels`: on CPU every kernel then runs through Triton's interpreter.
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
@@ -49,7 +49,7 @@ def poison_outputs(monkeypatch):
     (the kernel test modules use it for every test)."""
     import torch
 
-    from kernels import dispatch
+    from nanobias.kernels import dispatch
 
     def nan_filled(shape, dtype, device):
         return torch.full(shape, float("nan"), dtype=dtype, device=device)

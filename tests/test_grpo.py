@@ -1,4 +1,5 @@
 import json
+import math
 import statistics
 from dataclasses import replace
 
@@ -8,7 +9,7 @@ import torch
 from nanobias import rl
 from nanobias.checkpoint import load_policy
 from nanobias.cli import main
-from nanobias.grpo import GRPOConfig, grpo_step, grpo_update, train_grpo
+from nanobias.grpo import GRPOConfig, group_advantages, grpo_loss, grpo_step, grpo_update, train_grpo
 from nanobias.presets import get_preset
 from nanobias.sampling import completion_logprobs
 from nanobias.train import make_optimizer
@@ -81,6 +82,94 @@ def test_rollout_repeats_each_prompt_for_its_group(smoke_policy):
         assert len({ex.example_id for ex in ro.examples[4 * b:4 * b + 4]}) == 1
         assert len(set(ro.prompts[4 * b:4 * b + 4])) == 1
     assert ro.examples[0].example_id != ro.examples[4].example_id
+
+
+# ---------------------------------------------------------------- the loss (group_advantages, grpo_loss)
+
+def test_group_advantages_hand_computed():
+    rewards = torch.tensor([1.0, 2.0, 3.0, 0.1, 0.1, 0.1])
+    std = math.sqrt(2 / 3)  # population std of (1, 2, 3)
+    expected = [-1 / (std + 1e-4), 0.0, 1 / (std + 1e-4), 0.0, 0.0, 0.0]
+    assert group_advantages(rewards, 3).tolist() == pytest.approx(expected, rel=1e-6)
+    assert group_advantages(rewards, 3)[3:].eq(0).all()  # equal rewards give exactly 0
+    batch_std = torch.tensor([1.0, 2.0, 3.0, 0.1, 0.1, 0.1], dtype=torch.float64).std(correction=0).item()
+    assert group_advantages(rewards, 3, "batch")[2].item() == pytest.approx(1 / (batch_std + 1e-4), rel=1e-6)
+    assert group_advantages(rewards, 3, "none").tolist() == pytest.approx([-1, 0, 1, 0, 0, 0], abs=1e-6)
+    assert group_advantages(rewards, 1).eq(0).all()
+    with pytest.raises(ValueError, match="group_size=4"):
+        group_advantages(rewards, 4)
+    with pytest.raises(ValueError, match="scale"):
+        group_advantages(rewards, 3, "median")
+
+
+def logits_with_logprobs(logp: torch.Tensor) -> torch.Tensor:
+    """logits [R, N, 2] whose token 0 has log-probability logp [R, N] (< 0): [logp, log(1 - e^logp)].
+    grpo_loss of these logits with tokens 0 is a function of logp, differentiable through it."""
+    return torch.stack([logp, torch.log(-torch.expm1(logp))], dim=-1)
+
+
+def test_grpo_loss_hand_computed():
+    """One prompt, two completions of two tokens; every term worked out with math.exp."""
+    logp = torch.tensor([[-1.0, -2.0], [-0.5, -3.0]], dtype=torch.float64, requires_grad=True)
+    tokens = torch.zeros(2, 2, dtype=torch.long)
+    old = torch.tensor([[-1.5, -2.0], [-0.1, -2.0]], dtype=torch.float64)
+    ref = torch.tensor([[-1.2, -1.8], [-0.4, -3.1]], dtype=torch.float64)
+    mask = torch.tensor([[1, 1], [1, 0]])
+    rewards = torch.tensor([1.0, 0.0], dtype=torch.float64)  # mean 0.5, population std 0.5
+    eps, beta = 0.2, 0.1
+    adv = [0.5 / (0.5 + 1e-4), -0.5 / (0.5 + 1e-4)]
+    terms, clipped, kls = {}, 0, []
+    for n, t in [(0, 0), (0, 1), (1, 0)]:
+        ratio = math.exp(logp[n, t].item() - old[n, t].item())
+        a = adv[n]
+        surrogate, surrogate_clipped = ratio * a, min(max(ratio, 1 - eps), 1 + eps) * a
+        d = ref[n, t].item() - logp[n, t].item()
+        kl = math.exp(d) - d - 1
+        terms[n, t] = -min(surrogate, surrogate_clipped) + beta * kl
+        clipped += surrogate_clipped < surrogate
+        kls.append(kl)
+    expected = {  # weights: per-sequence mean then mean over 2 sequences; token sum / 3; token sum / (2 * 2)
+        "grpo": ((terms[0, 0] + terms[0, 1]) / 2 + terms[1, 0]) / 2,
+        "dapo": sum(terms.values()) / 3,
+        "dr_grpo": sum(terms.values()) / 4,
+    }
+    assert clipped == 2  # (0, 0): ratio e^0.5 > 1.2 with A > 0;  (1, 0): ratio e^-0.4 < 0.8 with A < 0
+    for agg, value in expected.items():
+        loss, stats = grpo_loss(logits_with_logprobs(logp), tokens, mask, rewards, 2, old, ref, eps, None, beta,
+                                scale="group", agg=agg, backend="reference")
+        assert loss.item() == pytest.approx(value, rel=1e-12)
+        assert stats["kl"].item() == pytest.approx(sum(kls) / 3, rel=1e-6)
+        assert stats["clip_frac"].item() == pytest.approx(2 / 3)
+    loss, _ = grpo_loss(logits_with_logprobs(logp), tokens, mask, rewards, 2, old, ref, eps, None, beta,
+                        scale="group", agg="dapo", backend="reference")
+    loss.backward()
+    # clipped tokens keep only the KL gradient beta * (1 - exp(d)); others add -A * ratio
+    d00 = ref[0, 0].item() + 1.0
+    assert logp.grad[0, 0].item() == pytest.approx(beta * (1 - math.exp(d00)) / 3, rel=1e-9)
+    d01 = ref[0, 1].item() + 2.0
+    assert logp.grad[0, 1].item() == pytest.approx((-adv[0] + beta * (1 - math.exp(d01))) / 3, rel=1e-9)
+    assert logp.grad[1, 1].item() == 0.0
+
+
+
+def test_grpo_loss_bad_inputs_raise_clear_errors():
+    logits = torch.randn(2, 3, 10)
+    tokens = torch.zeros(2, 3, dtype=torch.long)
+    mask, rewards = torch.ones(2, 3), torch.ones(2)
+    with pytest.raises(ValueError, match="logits must be a floating tensor of 3-D"):
+        grpo_loss(logits[0], tokens[0], mask[0], rewards, 2)
+    with pytest.raises(ValueError, match="group_size must be a positive int dividing R = 2"):
+        grpo_loss(logits, tokens, mask, rewards, 3)
+    with pytest.raises(ValueError, match="beta = 0.1 > 0 needs logp_ref"):
+        grpo_loss(logits, tokens, mask, rewards, 2, beta=0.1)
+    with pytest.raises(ValueError, match="agg must be one of"):
+        grpo_loss(logits, tokens, mask, rewards, 2, agg="mean")
+    with pytest.raises(ValueError, match=r"mask must have shape \[R, N\] = \(2, 3\)"):
+        grpo_loss(logits, tokens, mask[:, :2], rewards, 2)
+    with pytest.raises(ValueError, match=r"logp_old must be None or have shape \[R, N\]"):
+        grpo_loss(logits, tokens, mask, rewards, 2, logp_old=torch.zeros(2, 1), backend="torch")
+    with pytest.raises(ValueError, match="need 0 <= eps_low < 1"):
+        grpo_loss(logits, tokens, mask, rewards, 2, eps_low=1.0, backend="torch")
 
 
 # ---------------------------------------------------------------- the GRPO update

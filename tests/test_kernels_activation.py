@@ -1,12 +1,12 @@
-"""masked_gelu: the "torch" and "triton" (interpreted) backends against a float64 reference and
-the tanh-GELU formula worked out by hand."""
+"""nanobias.kernels.activation (masked_gelu): the "torch" and "triton" (interpreted) backends
+against a float64 reference and the tanh-GELU formula worked out by hand."""
 
 import math
 
 import pytest
 import torch
 
-import kernels
+import nanobias.kernels as kernels
 
 BACKENDS = ["torch", "triton"]
 

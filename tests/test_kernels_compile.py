@@ -17,7 +17,7 @@ COMPILE_ALL = textwrap.dedent("""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
-    from kernels import activation_triton, logprob_triton
+    from nanobias.kernels import activation_triton, logprob_triton
 
     DATA = {"logits_ptr", "dlogits_ptr", "x_ptr", "out_ptr", "dout_ptr", "dx_ptr"}  # tensors in the input dtype
     SCALAR = {"stride_n": "i64", "stride_t": "i64", "T": "i32", "V": "i32", "M": "i32", "H": "i32"}

@@ -1,16 +1,15 @@
-"""Token log-probs and the GRPO loss: the "torch" (chunked) and "triton" (interpreted) backends
-against float64 references, plus hand-computed checks of the reference itself."""
+"""nanobias.kernels.logprob: token log-probs on the "torch" (chunked) and "triton" (interpreted)
+backends against the float64 reference, and the fused GRPO loss against the readable
+nanobias.grpo.grpo_loss in float64 (grpo_loss with backend "triton" is fused_grpo_loss; with
+"torch" it is the chunked log-probs followed by grpo.py's own per-token loss)."""
 
 import math
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-import kernels
-from kernels import dispatch, logprob, reference
+from nanobias import grpo, kernels
+from nanobias.kernels import logprob, reference
 
 BACKENDS = ["torch", "triton"]
 
@@ -117,62 +116,6 @@ def test_chunked_path_passes_gradcheck_across_chunk_boundaries(monkeypatch):
     assert check(short, make_targets((5, 1), 7, seed=10))
 
 
-def test_group_advantages_hand_computed():
-    rewards = torch.tensor([1.0, 2.0, 3.0, 0.1, 0.1, 0.1])
-    std = math.sqrt(2 / 3)  # population std of (1, 2, 3)
-    expected = [-1 / (std + 1e-4), 0.0, 1 / (std + 1e-4), 0.0, 0.0, 0.0]
-    assert kernels.group_advantages(rewards, 3).tolist() == pytest.approx(expected, rel=1e-6)
-    assert kernels.group_advantages(rewards, 3)[3:].eq(0).all()  # equal rewards give exactly 0
-    batch_std = torch.tensor([1.0, 2.0, 3.0, 0.1, 0.1, 0.1], dtype=torch.float64).std(correction=0).item()
-    assert kernels.group_advantages(rewards, 3, "batch")[2].item() == pytest.approx(1 / (batch_std + 1e-4), rel=1e-6)
-    assert kernels.group_advantages(rewards, 3, "none").tolist() == pytest.approx([-1, 0, 1, 0, 0, 0], abs=1e-6)
-    assert kernels.group_advantages(rewards, 1).eq(0).all()
-    with pytest.raises(ValueError, match="group_size=4"):
-        kernels.group_advantages(rewards, 4)
-    with pytest.raises(ValueError, match="scale"):
-        kernels.group_advantages(rewards, 3, "median")
-
-
-def test_reference_grpo_loss_hand_computed():
-    """One prompt, two completions of two tokens; every term worked out with math.exp."""
-    logp = torch.tensor([[-1.0, -2.0], [-0.5, -3.0]], dtype=torch.float64, requires_grad=True)
-    old = torch.tensor([[-1.5, -2.0], [-0.1, -2.0]], dtype=torch.float64)
-    ref = torch.tensor([[-1.2, -1.8], [-0.4, -3.1]], dtype=torch.float64)
-    mask = torch.tensor([[1, 1], [1, 0]])
-    rewards = torch.tensor([1.0, 0.0], dtype=torch.float64)  # mean 0.5, population std 0.5
-    eps, beta = 0.2, 0.1
-    adv = [0.5 / (0.5 + 1e-4), -0.5 / (0.5 + 1e-4)]
-    terms, clipped, kls = {}, 0, []
-    for n, t in [(0, 0), (0, 1), (1, 0)]:
-        ratio = math.exp(logp[n, t].item() - old[n, t].item())
-        a = adv[n]
-        surrogate, surrogate_clipped = ratio * a, min(max(ratio, 1 - eps), 1 + eps) * a
-        d = ref[n, t].item() - logp[n, t].item()
-        kl = math.exp(d) - d - 1
-        terms[n, t] = -min(surrogate, surrogate_clipped) + beta * kl
-        clipped += surrogate_clipped < surrogate
-        kls.append(kl)
-    expected = {  # weights: per-sequence mean then mean over 2 sequences; token sum / 3; token sum / (2 * 2)
-        "grpo": ((terms[0, 0] + terms[0, 1]) / 2 + terms[1, 0]) / 2,
-        "dapo": sum(terms.values()) / 3,
-        "dr_grpo": sum(terms.values()) / 4,
-    }
-    assert clipped == 2  # (0, 0): ratio e^0.5 > 1.2 with A > 0;  (1, 0): ratio e^-0.4 < 0.8 with A < 0
-    for agg, value in expected.items():
-        loss, stats = reference.grpo_loss_from_logprobs(logp, mask, rewards, 2, old, ref, eps, None, beta, "group", agg)
-        assert loss.item() == pytest.approx(value, rel=1e-12)
-        assert stats["kl"].item() == pytest.approx(sum(kls) / 3, rel=1e-6)
-        assert stats["clip_frac"].item() == pytest.approx(2 / 3)
-    loss, _ = reference.grpo_loss_from_logprobs(logp, mask, rewards, 2, old, ref, eps, None, beta, "group", "dapo")
-    loss.backward()
-    # clipped tokens keep only the KL gradient beta * (1 - exp(d)); others add -A * ratio
-    d00 = ref[0, 0].item() + 1.0
-    assert logp.grad[0, 0].item() == pytest.approx(beta * (1 - math.exp(d00)) / 3, rel=1e-9)
-    d01 = ref[0, 1].item() + 2.0
-    assert logp.grad[0, 1].item() == pytest.approx((-adv[0] + beta * (1 - math.exp(d01))) / 3, rel=1e-9)
-    assert logp.grad[1, 1].item() == 0.0
-
-
 def grpo_case(N, T, V, dtype, seed):
     """A batch of N = 2 groups of N/2 with padded tails, one fully masked row, one equal-reward group."""
     logits = make_logits((N, T, V), dtype, seed)
@@ -189,8 +132,8 @@ def grpo_case(N, T, V, dtype, seed):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("agg", reference.AGGS)
-@pytest.mark.parametrize("scale", reference.SCALES)
+@pytest.mark.parametrize("agg", grpo.AGGS)
+@pytest.mark.parametrize("scale", grpo.SCALES)
 def test_grpo_loss_matches_float64_reference(backend, agg, scale, monkeypatch):
     monkeypatch.setattr(logprob, "CHUNK_ELEMENTS", 3 * 1000)  # chunks of 3 rows across T = 5
     logits, targets, mask, rewards, logp_old, logp_ref = grpo_case(4, 5, 1000, torch.float32, seed=11)
@@ -203,8 +146,8 @@ def test_grpo_loss_matches_float64_reference(backend, agg, scale, monkeypatch):
         loss.backward()
         return loss.detach(), stats, leaf.grad
 
-    loss, stats, grad = run(lambda *a, **k: kernels.grpo_loss(*a, **k, backend=backend), logits)
-    ref_loss, ref_stats, ref_grad = run(reference.grpo_loss, logits.double())
+    loss, stats, grad = run(lambda *a, **k: grpo.grpo_loss(*a, **k, backend=backend), logits)
+    ref_loss, ref_stats, ref_grad = run(lambda *a, **k: grpo.grpo_loss(*a, **k, backend="reference"), logits.double())
     torch.testing.assert_close(loss.double(), ref_loss, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(grad.double(), ref_grad, atol=1e-7, rtol=1e-5)
     assert stats["kl"].item() == pytest.approx(ref_stats["kl"].item(), rel=1e-5)
@@ -216,11 +159,12 @@ def test_grpo_loss_matches_float64_reference(backend, agg, scale, monkeypatch):
 def test_grpo_loss_fp16_and_odd_vocab(backend):
     logits, targets, mask, rewards, logp_old, logp_ref = grpo_case(4, 3, 5027, torch.float16, seed=21)
     leaf = logits.clone().requires_grad_()
-    loss, _ = kernels.grpo_loss(leaf, targets, mask, rewards, 2, logp_old, logp_ref, beta=0.1, agg="dapo",
-                                backend=backend)
+    loss, _ = grpo.grpo_loss(leaf, targets, mask, rewards, 2, logp_old, logp_ref, beta=0.1, agg="dapo",
+                             backend=backend)
     loss.backward()
     ref_leaf = logits.double().requires_grad_()
-    ref_loss, _ = reference.grpo_loss(ref_leaf, targets, mask, rewards, 2, logp_old, logp_ref, beta=0.1, agg="dapo")
+    ref_loss, _ = grpo.grpo_loss(ref_leaf, targets, mask, rewards, 2, logp_old, logp_ref, beta=0.1, agg="dapo",
+                                 backend="reference")
     ref_loss.backward()
     assert leaf.grad.dtype == torch.float16
     torch.testing.assert_close(loss.double(), ref_loss, atol=1e-5, rtol=1e-5)
@@ -232,9 +176,9 @@ def test_grpo_on_policy_gradient_is_advantage_weighted_logprob(backend):
     """logp_old None: ratio 1, loss = -sum w A, gradient = gradient of -sum w A logp."""
     logits, targets, mask, rewards, _, _ = grpo_case(4, 4, 50, torch.float32, seed=31)
     leaf = logits.clone().requires_grad_()
-    loss, stats = kernels.grpo_loss(leaf, targets, mask, rewards, 2, agg="dr_grpo", backend=backend)
+    loss, stats = grpo.grpo_loss(leaf, targets, mask, rewards, 2, agg="dr_grpo", backend=backend)
     loss.backward()
-    adv = kernels.group_advantages(rewards, 2)[:, None].double()
+    adv = grpo.group_advantages(rewards, 2)[:, None].double()
     w = mask.double() / mask.numel()
     assert loss.item() == pytest.approx(-(w * adv).sum().item(), abs=1e-7)
     assert stats["kl"].item() == 0 and stats["clip_frac"].item() == 0
@@ -255,8 +199,8 @@ def test_grpo_padding_and_extreme_logits_give_no_nan(backend):
                               ("garbage", mask, torch.where(mask, logp + 0.1, garbage), torch.where(mask, logp - 0.1, garbage)),
                               ("all padding", torch.zeros_like(mask), garbage, garbage)]:
         leaf = extreme.clone().requires_grad_()
-        loss, stats = kernels.grpo_loss(leaf, targets, m, rewards, 2, logp_old=old, logp_ref=ref, beta=0.1,
-                                        temperature=0.5, backend=backend)
+        loss, stats = grpo.grpo_loss(leaf, targets, m, rewards, 2, logp_old=old, logp_ref=ref, beta=0.1,
+                                     temperature=0.5, backend=backend)
         loss.backward()
         assert torch.isfinite(loss) and torch.isfinite(leaf.grad).all(), name
         assert all(torch.isfinite(v) for v in stats.values()), name
@@ -265,10 +209,34 @@ def test_grpo_padding_and_extreme_logits_give_no_nan(backend):
     assert runs["all padding"][0].item() == 0 and runs["all padding"][1].eq(0).all()
 
 
-def test_bad_inputs_raise_clear_errors(monkeypatch):
+def test_fused_grpo_loss_per_token_outputs_match_grpo_py():
+    """kl and clipped [N, T], which grpo.py averages into its stats, token by token against the
+    loss as grpo.py writes it out (float64), and the loss as the weighted sum of per-token terms."""
+    logits, targets, mask, rewards, logp_old, logp_ref = grpo_case(4, 5, 300, torch.float32, seed=61)
+    eps_low, eps_high, beta = 0.2, 0.28, 0.05
+    adv = grpo.group_advantages(rewards, 2)  # [N]
+    weights = grpo.aggregation_weights(mask, "dapo")  # [N, T]
+    loss, kl, clipped = kernels.fused_grpo_loss(logits, targets, adv, weights, logp_old, logp_ref, eps_low, eps_high,
+                                                beta, 0.9)
+    assert kl.shape == clipped.shape == (4, 5) and kl.dtype == clipped.dtype == torch.float32
+    logp = reference.token_logprobs(logits.double(), targets, 0.9)  # [N, T]
+    ratio = torch.exp(logp - logp_old.double())
+    A = adv.double()[:, None]
+    surrogate, surrogate_clipped = ratio * A, ratio.clamp(1 - eps_low, 1 + eps_high) * A
+    d = logp_ref.double() - logp
+    ref_kl = torch.exp(d) - d - 1
+    torch.testing.assert_close(kl.double(), ref_kl, atol=1e-6, rtol=1e-5)
+    assert torch.equal(clipped, (surrogate_clipped < surrogate).float())
+    per_token = -torch.minimum(surrogate, surrogate_clipped) + beta * ref_kl
+    torch.testing.assert_close(loss.double(), (weights.double() * per_token).sum(), atol=1e-6, rtol=1e-5)
+    on_policy, kl0, _ = kernels.fused_grpo_loss(logits, targets, adv, weights, None, None, eps_low, eps_high, 0.0)
+    assert kl0.eq(0).all()  # no logp_ref: no KL term
+    assert on_policy.item() == pytest.approx(-(weights * adv[:, None]).sum().item(), abs=1e-7)  # ratio 1
+
+
+def test_bad_inputs_raise_clear_errors():
     logits = make_logits((2, 3, 10), torch.float32, seed=51)
     targets = make_targets((2, 3), 10, seed=52)
-    mask, rewards = torch.ones(2, 3), torch.ones(2)
     with pytest.raises(ValueError, match=r"targets must lie in \[0, 10\)"):
         kernels.token_logprobs(logits, targets + 10)
     with pytest.raises(ValueError, match="targets must be long with shape"):
@@ -277,39 +245,14 @@ def test_bad_inputs_raise_clear_errors(monkeypatch):
         kernels.token_logprobs(logits, targets, temperature=0.0)
     with pytest.raises(ValueError, match="backend must be one of"):
         kernels.token_logprobs(logits, targets, backend="cuda")
+    adv, weights = torch.zeros(2), torch.ones(2, 3)
     with pytest.raises(ValueError, match="logits must be a floating tensor of 3-D"):
-        kernels.grpo_loss(logits[0], targets[0], mask[0], rewards, 2)
-    with pytest.raises(ValueError, match="group_size must be a positive int dividing N = 2"):
-        kernels.grpo_loss(logits, targets, mask, rewards, 3)
+        kernels.fused_grpo_loss(logits[0], targets[0], adv, weights[0], None, None, 0.2, 0.2, 0.0)
+    with pytest.raises(ValueError, match=r"advantages must have shape \[N\] = \(2,\)"):
+        kernels.fused_grpo_loss(logits, targets, torch.zeros(3), weights, None, None, 0.2, 0.2, 0.0)
+    with pytest.raises(ValueError, match=r"weights must have shape \[N, T\] = \(2, 3\)"):
+        kernels.fused_grpo_loss(logits, targets, adv, weights[:, :2], None, None, 0.2, 0.2, 0.0)
     with pytest.raises(ValueError, match="beta = 0.1 > 0 needs logp_ref"):
-        kernels.grpo_loss(logits, targets, mask, rewards, 2, beta=0.1)
-    with pytest.raises(ValueError, match="agg must be one of"):
-        kernels.grpo_loss(logits, targets, mask, rewards, 2, agg="mean")
-    assert dispatch.resolve_backend("auto", torch.device("cpu"), "op") == "triton"  # conftest: interpreted
-    monkeypatch.setattr(dispatch, "triton_interpreted", lambda: False)
-    assert dispatch.resolve_backend("auto", torch.device("cpu"), "op") == "torch"
-    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
-        kernels.token_logprobs(logits, targets, backend="triton")
-
-
-def test_kernels_import_and_run_without_triton():
-    """Triton is optional off Linux: with it unimportable, "auto" falls back to the torch path."""
-    script = (
-        "import sys; sys.modules['triton'] = None\n"  # makes `import triton` raise ImportError
-        "import torch, kernels\n"
-        "from kernels import dispatch\n"
-        "assert not dispatch.HAVE_TRITON\n"
-        "logits, targets = torch.randn(2, 3, 5), torch.zeros(2, 3, dtype=torch.long)\n"
-        "ref = torch.log_softmax(logits, -1)[..., 0]\n"
-        "assert torch.allclose(kernels.token_logprobs(logits, targets), ref)\n"
-        "try:\n"
-        "    kernels.token_logprobs(logits, targets, backend='triton')\n"
-        "except RuntimeError as e:\n"
-        "    assert 'needs the triton package' in str(e)\n"
-        "else:\n"
-        "    raise AssertionError('backend=triton without triton did not raise')\n"
-        "print('ok')\n"
-    )
-    repo = Path(__file__).resolve().parents[1]
-    result = subprocess.run([sys.executable, "-c", script], cwd=repo, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
+        kernels.fused_grpo_loss(logits, targets, adv, weights, None, None, 0.2, 0.2, 0.1)
+    with pytest.raises(ValueError, match="need 0 <= eps_low < 1"):
+        kernels.fused_grpo_loss(logits, targets, adv, weights, None, None, 1.0, 0.2, 0.0)

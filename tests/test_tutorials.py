@@ -30,7 +30,7 @@ TUTORIALS = {
     "06_bias_neurons.py": (["| cirm |", "| cirm_all |", "chosen intervention:"],
                            ["intervention.json", "neurons_per_layer.png"]),
     "07_group_sampling_and_grpo_loss.py": (["the G rows of a group share one prompt: True",
-                                            "| kernels.grpo_loss (torch) |", "(agree to float32 precision)"], []),
+                                            "| grpo.grpo_loss (torch) |", "(agree to float32 precision)"], []),
     "08_grpo_vs_dpo_vs_ppo.py": (["| base |", "| grpo |", "| dpo |", "| ppo |",
                                   "| method | seconds | final_reward_mean | reward_fluctuation | mean_reward_std |"],
                                  ["grpo.pt", "dpo.pt", "ppo.pt", "rl_reward_curves.png"]),

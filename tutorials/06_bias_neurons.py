@@ -8,7 +8,7 @@ rank-correlate each neuron with each spurious attribute (Spearman), pick the top
 neurons per attribute, and replace their activations by validation medians at inference. Then
 the full search (k chosen on validation accuracy, as `nanobias intervene` does) and the reward
 model evaluated with and without the intervention. Library: nanobias/intervention.py,
-kernels.masked_gelu (which applies the clamp inside the MLP).
+nanobias/kernels/ (masked_gelu, which applies the clamp inside the MLP).
 """
 
 import common
@@ -69,7 +69,7 @@ with common.output_dir(args) as out:
         still can: an estimate of the content's controlled direct effect instead of its total
         effect. Here k = {demo_k} per attribute (the largest k that step 4 will try), on the demo
         of tutorial 05 (one answer, one knob at a time). Intervention.applied(model) sets the
-        NeuronSites' mask and value (kernels.masked_gelu) and restores them on exit.
+        NeuronSites' mask and value (nanobias.kernels.masked_gelu) and restores them on exit.
     """)
     demo = build_intervention(rho, acts, {a: demo_k for a in ATTRIBUTES})
     print(f"{len(demo.neurons)} neurons clamped, per layer {demo.per_layer()}")

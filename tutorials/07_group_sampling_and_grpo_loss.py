@@ -1,13 +1,13 @@
-"""07 - Group sampling and the GRPO loss, by hand, next to the library's kernels.
+"""07 - Group sampling and the GRPO loss, by hand, next to the library's.
 
 Run: python tutorials/07_group_sampling_and_grpo_loss.py [--tiny]
 
 What you will see: G completions for each of two prompts, sampled with one shared prompt prefix;
-their rewards; the group-normalised advantage computed by hand and by kernels.group_advantages;
+their rewards; the group-normalised advantage computed by hand and by grpo.group_advantages;
 one GRPO update of the policy (nanobias.grpo.grpo_update); and then the GRPO loss of the moved
 policy written out term by term in plain PyTorch, compared, value and gradient, with
-kernels.grpo_loss and kernels/reference.py.
-Library: nanobias/sampling.py, nanobias/grpo.py, kernels/.
+grpo.grpo_loss on each backend ("triton" is the fused kernel nanobias.kernels.fused_grpo_loss).
+Library: nanobias/sampling.py, nanobias/grpo.py, nanobias/kernels/.
 """
 
 from dataclasses import replace
@@ -18,12 +18,11 @@ import common
 
 args = common.parse_args(__doc__)
 
-from kernels import group_advantages, grpo_loss, reference  # noqa: E402
-from kernels.dispatch import resolve_backend  # noqa: E402
 from nanobias import rl  # noqa: E402
 from nanobias.checkpoint import load_policy  # noqa: E402
 from nanobias.evaluate import extract_answer, oracle_rewards  # noqa: E402
-from nanobias.grpo import fixed_logprobs, grpo_update  # noqa: E402
+from nanobias.grpo import fixed_logprobs, group_advantages, grpo_loss, grpo_update  # noqa: E402
+from nanobias.kernels.dispatch import resolve_backend  # noqa: E402
 from nanobias.render import render_prompt  # noqa: E402
 from nanobias.sampling import completion_logits, completion_logprobs, completion_texts, sample  # noqa: E402
 from nanobias.train import make_optimizer  # noqa: E402
@@ -84,14 +83,14 @@ with common.output_dir(args) as out:
             print(f"\nprompt {i // G} [{e.context_condition}] {e.question} right answer: {e.answers[e.label]!r}")
         verdict = "right" if right[i] else "invalid" if extract_answer(e, text) is None else "wrong"
         print(f"  g={i % G}  reward {rewards[i]:+.3f}  A {advantages[i]:+.3f}  {verdict:7} {text.strip()[:60]!r}")
-    print(f"\nmax |A by hand - kernels.group_advantages| = {(by_hand - advantages).abs().max().item():.1e}")
+    print(f"\nmax |A by hand - grpo.group_advantages| = {(by_hand - advantages).abs().max().item():.1e}")
     print(f"a group of equal rewards: group_advantages([0.7, 0.7, 0.7, 0.7]) = "
           f"{group_advantages(torch.tensor([0.7] * 4), 4).tolist()}")
 
     common.section("3. One GRPO update moves the policy")
     common.say(f"""
-        grpo_update (nanobias/grpo.py) computes the loss with kernels.grpo_loss and takes one
-        optimiser step. A frozen copy of the policy before the step is the reference for the KL
+        grpo_update (nanobias/grpo.py) computes the loss with grpo_loss, written out in the same
+        file, and takes one optimiser step. A frozen copy of the policy before the step is the reference for the KL
         term (rl.reference_policy), and its log-probs are also logp_old, the policy that sampled.
         At the preset's learning rate ({rl_cfg.lr:g}) one step already moves some ratios pi/pi_old
         out of [1 - {EPS_LOW}, 1 + {EPS_HIGH}], where step 4 finds them clipped. Before the step the
@@ -136,11 +135,10 @@ with common.output_dir(args) as out:
             "grad": leaf.grad}
     print(f"ratio over completion tokens: min {ratio[mask].min().item():.3f}, max {ratio[mask].max().item():.3f}")
 
-    implementations = {"kernels/reference.py": lambda x: reference.grpo_loss(
-        x, samples.tokens, samples.mask, rewards, G, logp_old, logp_ref, EPS_LOW, EPS_HIGH, rl_cfg.beta, T)}
-    for backend in ("torch", "triton"):
-        if backend == "torch" or resolve_backend("auto", logits.device, "tutorial") == "triton":
-            implementations[f"kernels.grpo_loss ({backend})"] = lambda x, b=backend: grpo_loss(
+    implementations = {}
+    for backend in ("reference", "torch", "triton"):  # "triton": the fused kernel, where it can run
+        if backend != "triton" or resolve_backend("auto", logits.device, "tutorial") == "triton":
+            implementations[f"grpo.grpo_loss ({backend})"] = lambda x, b=backend: grpo_loss(
                 x, samples.tokens, samples.mask, rewards, G, logp_old=logp_old, logp_ref=logp_ref, eps_low=EPS_LOW,
                 eps_high=EPS_HIGH, beta=rl_cfg.beta, temperature=T, backend=b)
     results = {"by hand (this file)": hand}
@@ -151,7 +149,7 @@ with common.output_dir(args) as out:
         results[name] = {"loss": value.item(), "kl": stats["kl"].item(), "clip_frac": stats["clip_frac"].item(),
                          "grad": leaf.grad}
 
-    common.section("Result: the hand-written loss and the kernels agree")
+    common.section("Result: the hand-written loss and the library's agree")
     print("| implementation | loss | kl | clip_frac | max abs loss diff | max abs grad diff |")
     print("|---|---|---|---|---|---|")
     worst = 0.0

@@ -2,19 +2,21 @@
 
 Run: python tutorials/09_triton_kernels.py [--tiny]
 
-What you will see: every kernel op (token log-probs, the group-normalised advantage, the fused
-GRPO loss, the masked GELU of the neuron intervention) run by each backend and compared with the
-readable reference in kernels/reference.py, values and gradients, as max absolute errors; then
-the memory that the chunked CPU path saves over the reference at a large vocabulary.
+What you will see: every kernel op (token log-probs, the fused GRPO loss, the masked GELU of the
+neuron intervention) run by each backend and compared with its readable definition
+(nanobias/kernels/reference.py; for the loss, grpo_loss in nanobias/grpo.py), values and
+gradients, as max absolute errors; then the memory that the chunked CPU path saves over the
+reference at a large vocabulary.
 On a machine without a GPU the Triton kernels run through Triton's interpreter (see step 0).
-Library: kernels/ (__init__.py, reference.py, logprob.py, activation.py, bench.py).
+Library: nanobias/kernels/ (__init__.py, reference.py, logprob.py, activation.py, bench.py) and
+nanobias/grpo.py.
 """
 
 import os
 
 import torch
 
-# Step 0, before anything imports `kernels`: Triton decides when a @triton.jit function is
+# Step 0, before anything imports `nanobias.kernels`: Triton decides when a @triton.jit function is
 # *defined* (at import) whether it will be compiled for a GPU or run by the interpreter, which
 # executes the kernel's Python body with NumPy, one program at a time. So on a CPU-only machine
 # TRITON_INTERPRET=1 must be in the environment before the import; afterwards is too late.
@@ -25,9 +27,10 @@ import common  # noqa: E402
 
 args = common.parse_args(__doc__)
 
-from kernels import group_advantages, grpo_loss, masked_gelu, reference, token_logprobs  # noqa: E402
-from kernels.bench import Case, make_inputs, median_ms, peak_mib, providers, warm_up  # noqa: E402
-from kernels.dispatch import resolve_backend, triton_interpreted  # noqa: E402
+from nanobias.grpo import aggregation_weights, group_advantages, grpo_loss  # noqa: E402
+from nanobias.kernels import masked_gelu, reference, token_logprobs  # noqa: E402
+from nanobias.kernels.bench import Case, make_inputs, median_ms, peak_mib, providers, warm_up  # noqa: E402
+from nanobias.kernels.dispatch import resolve_backend, triton_interpreted  # noqa: E402
 
 device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 g = torch.Generator().manual_seed(common.SEED)
@@ -35,8 +38,8 @@ g = torch.Generator().manual_seed(common.SEED)
 common.section("0. Backends")
 common.say(f"""
     Every op takes backend = "triton" (the kernels), "torch" (PyTorch, chunked over rows so that
-    the full fp32 [N*T, V] log-softmax never exists), "reference" (kernels/reference.py: the
-    readable definition, which materialises everything) or "auto". Here: device {device}, Triton
+    the full fp32 [N*T, V] log-softmax never exists), "reference" (nanobias/kernels/reference.py:
+    the readable definition, which materialises everything) or "auto". Here: device {device}, Triton
     kernels interpreted: {triton_interpreted()}, so "auto" means "{resolve_backend('auto', device, 'tutorial')}".
     Under the interpreter the kernels are slow (Python runs every program) but compute exactly what
     the GPU would, which is how they are tested on CPU. One trap the kernels avoid: the interpreter
@@ -70,23 +73,30 @@ for backend in BACKENDS:
     results.append(("token_logprobs", backend, max_err(logp, truth), max_err(x.grad, exact.grad)))
     print(f"{backend:9}: logp[0, :4] = {[round(v, 4) for v in logp[0, :4].tolist()]}")
 
-common.section("2. The group-normalised advantage")
+common.section("2. What the fused GRPO loss is given")
 common.say("""
-    GRPO's advantage: within each group of G completions of one prompt,
-    A_i = (r_i - mean(r)) / (std(r) + eps), population std. A group whose rewards are all equal
-    teaches nothing and gets exactly 0. Two prompts, G = 4:
+    The kernel does not see rewards. nanobias/grpo.py turns them into per-row advantages in plain
+    PyTorch: within each group of G completions of one prompt, A_i = (r_i - mean(r)) / (std(r) +
+    eps), population std, and exactly 0 for a group whose rewards are all equal. It also gives
+    every token its aggregation weight (here "grpo": 1 / (tokens of its row * rows), 0 on
+    padding), so the kernel's loss is a plain weighted sum. Two prompts, G = 4, and the weights
+    of two rows of 2 and 1 completion tokens:
 """)
 rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.5, 0.5, 0.5, 0.5])
 adv = group_advantages(rewards, group_size=4)
 print(f"rewards    {rewards.tolist()}\nadvantages {[round(a, 4) for a in adv.tolist()]}")
+print(f"weights    {aggregation_weights(torch.tensor([[1, 1], [1, 0]]), 'grpo').tolist()}")
 
 common.section("3. The fused GRPO loss")
 common.say("""
-    grpo_loss goes from logits to the loss in one pass per row: log-prob by an online
-    log-sum-exp over vocabulary blocks, ratio = exp(logp - logp_old), the clipped surrogate with
-    the group-normalised advantage, and beta * k3 KL to the reference policy; backward writes
-    dlogits in one more pass without storing a softmax. logp_old and logp_ref are set near the
-    current log-probs so that some ratios clip and the KL is non-zero: every term runs.
+    grpo.grpo_loss with backend "triton" hands everything after the advantages and weights to
+    nanobias.kernels.fused_grpo_loss, which goes from logits to the loss in one pass per row:
+    log-prob by an online log-sum-exp over vocabulary blocks, ratio = exp(logp - logp_old), the
+    clipped surrogate with the advantage, and beta * k3 KL to the reference policy; backward
+    writes dlogits in one more pass without storing a softmax. "reference" and "torch" compute
+    the log-probs first (nanobias.kernels.token_logprobs) and then the loss as written in grpo.py.
+    logp_old and logp_ref are set near the current log-probs so that some ratios clip and the KL
+    is non-zero: every term runs.
 """)
 G = 4
 logits_rl = torch.randn(2 * G, T, V, generator=g).to(device)
@@ -100,7 +110,7 @@ logp_ref = logp_now + 0.3 * torch.randn(2 * G, T, generator=g).to(device)
 rl_rewards = torch.randn(2 * G, generator=g).to(device)
 terms = dict(logp_old=logp_old, logp_ref=logp_ref, eps_low=0.2, eps_high=0.28, beta=0.04)
 exact = logits_rl.double().requires_grad_()
-truth, truth_stats = reference.grpo_loss(exact, targets_rl, mask, rl_rewards.double(), G, **terms)
+truth, truth_stats = grpo_loss(exact, targets_rl, mask, rl_rewards.double(), G, backend="reference", **terms)
 truth.backward()
 for backend in BACKENDS:
     x = logits_rl.clone().requires_grad_()
@@ -142,9 +152,9 @@ common.say("""
     chunked "torch" path walks about 2^20 logits at a time, keeps nothing but its inputs and
     recomputes each chunk's softmax in backward: beyond the gradient itself it needs a chunk or
     two. Peak memory of the GRPO loss, forward + backward, above the inputs (the logits and
-    their gradient are [N, T, V] in both), measured with torch.profiler by kernels.bench. The
-    Triton kernels stream each row the same way; their numbers need a GPU
-    (`python -m kernels.bench`), the interpreter would measure Python.
+    their gradient are [N, T, V] in both), measured with torch.profiler by nanobias.kernels.bench.
+    The Triton kernels stream each row the same way; their numbers need a GPU
+    (`python -m nanobias.kernels.bench`), the interpreter would measure Python.
 """)
 mem_rows = []
 for vocab in ((4096,) if args.tiny else (16384, 50257)):

@@ -26,7 +26,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 # Run from a checkout as `python tutorials/NN_name.py`: Python puts tutorials/ on the path, not the
-# repository root, so nanobias and kernels are found here even without `pip install -e .`.
+# repository root, so nanobias is found here even without `pip install -e .`.
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 

@@ -1,4 +1,5 @@
-"""Triton kernels for token log-probs and the fused GRPO loss (reference: `reference.py`).
+"""Triton kernels for token log-probs and the fused GRPO loss (references: `reference.py` and
+`grpo_loss` in nanobias/grpo.py).
 
 Forward, one program per row (token) of logits [N, T, V]: a single pass over the vocabulary in
 blocks keeps an online log-sum-exp in fp32 (Milakov & Gimelshein 2018: rescale the running sum

@@ -1,11 +1,14 @@
-"""Benchmark the kernels against PyTorch: `python -m kernels.bench [--quick] [--out runs/bench]`.
+"""Benchmark the kernels against PyTorch: `python -m nanobias.kernels.bench [--quick] [--out runs/bench]`.
 
 Ops: the GRPO loss (logits [N, T, V], with logp_old, logp_ref and beta > 0, so every term runs)
 and the masked GELU (x [M, H], a third of the neurons clamped). Providers:
-- "eager": `reference.py` in PyTorch eager mode (materialises the fp32 [N*T, V] log-softmax),
-- "compile": `torch.compile` of the same reference (CUDA only),
-- "triton": the Triton kernels (CUDA only; the interpreter would measure Python, not the kernel),
-- "torch": the chunked PyTorch path (log-prob ops only; for the GELU it *is* the reference).
+- "eager": the readable definitions in PyTorch eager mode: nanobias.grpo.grpo_loss with backend
+  "reference" (materialises the fp32 [N*T, V] log-softmax) and `reference.masked_gelu`,
+- "compile": `torch.compile` of the same (CUDA only),
+- "triton": the Triton kernels (`fused_grpo_loss`, `masked_gelu`; CUDA only: the interpreter
+  would measure Python, not the kernel),
+- "torch": grpo_loss with the chunked log-probs (log-prob ops only; for the GELU it *is* the
+  reference).
 Modes: "fwd" (forward with the graph kept, what training holds until backward) and "fwd+bwd".
 
 Figures per row:
@@ -33,7 +36,9 @@ from dataclasses import dataclass
 
 import torch
 
-from . import dispatch, grpo_loss, masked_gelu, reference
+from nanobias.grpo import grpo_loss
+
+from . import dispatch, masked_gelu, reference
 
 MIB = 2**20
 
@@ -68,9 +73,10 @@ def providers(op: str, device: torch.device) -> dict:
         def call(impl, **kw):
             return lambda i: impl(i["leaf"], i["targets"], i["mask"], i["rewards"], i["group_size"],
                                   i["logp_old"], i["logp_ref"], beta=0.04, **kw)[0]
-        table = {"eager": call(reference.grpo_loss), "torch": call(grpo_loss, backend="torch")}
+        table = {"eager": call(grpo_loss, backend="reference"), "torch": call(grpo_loss, backend="torch")}
         if device.type == "cuda":
-            table |= {"compile": call(torch.compile(reference.grpo_loss)), "triton": call(grpo_loss, backend="triton")}
+            table |= {"compile": call(torch.compile(grpo_loss), backend="reference"),
+                      "triton": call(grpo_loss, backend="triton")}
         return table
     table = {"eager": lambda i: reference.masked_gelu(i["leaf"], i["mask"], i["value"])}
     if device.type == "cuda":

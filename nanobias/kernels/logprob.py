@@ -1,8 +1,9 @@
 """Token log-probs and the fused GRPO loss: validation, dispatch, and the chunked PyTorch path.
 
     logp[n, t] = log_softmax(logits[n, t] / temperature)[targets[n, t]]
-and the GRPO loss of `reference.py` (clipped ratio times the group-normalised advantage, plus
-beta times the k3 KL, aggregated by "grpo" | "dapo" | "dr_grpo").
+and, Triton only, the GRPO loss of nanobias/grpo.py fused onto it (clipped ratio times the
+advantage, plus beta times the k3 KL, times each token's aggregation weight), which grpo.py
+calls as a drop-in for token_logprobs followed by its own per-token loss.
 
 The "torch" backend walks the rows in chunks of about CHUNK_ELEMENTS logits: forward keeps one
 chunk's log-softmax at a time and saves nothing but its inputs; backward recomputes each chunk's
@@ -21,7 +22,7 @@ if dispatch.HAVE_TRITON:
 
 # 2^20 logits = 4 MiB per fp32 temporary. Smaller chunks save a little memory but multiply the
 # number of multi-threaded ops, each of which stalls while another job holds a core: on a busy
-# 2-core machine 2^18 measured 1.2-6x eager time, 2^20 0.7-1.2x (kernels/BENCHMARKS.md).
+# 2-core machine 2^18 measured 1.2-6x eager time, 2^20 0.7-1.2x (BENCHMARKS.md).
 CHUNK_ELEMENTS = 1 << 20
 
 
@@ -109,63 +110,47 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: flo
     return logp.view(logits.shape[:-1])
 
 
-def _check_grpo(logits, targets, mask, rewards, group_size, logp_old, logp_ref, eps_low, eps_high, beta):
-    op = "kernels.grpo_loss"
-    N, T = logits.shape[:2]
-    if tuple(mask.shape) != (N, T):
-        raise ValueError(f"{op}: mask must have shape [N, T] = {(N, T)}, got {tuple(mask.shape)}")
-    if tuple(rewards.shape) != (N,):
-        raise ValueError(f"{op}: rewards must have shape [N] = ({N},), got {tuple(rewards.shape)}")
-    if not isinstance(group_size, int) or group_size < 1 or N % group_size:
-        raise ValueError(f"{op}: group_size must be a positive int dividing N = {N}, got {group_size!r}")
-    for name, values in (("logp_old", logp_old), ("logp_ref", logp_ref)):
+def _check_fused_grpo(N, T, advantages, weights, logp_old, logp_ref, eps_low, eps_high, beta):
+    op = "kernels.fused_grpo_loss"
+    if tuple(advantages.shape) != (N,):
+        raise ValueError(f"{op}: advantages must have shape [N] = ({N},), got {tuple(advantages.shape)}")
+    for name, values in (("weights", weights), ("logp_old", logp_old), ("logp_ref", logp_ref)):
         if values is not None and tuple(values.shape) != (N, T):
-            raise ValueError(f"{op}: {name} must be None or have shape [N, T] = {(N, T)}, got {tuple(values.shape)}")
+            raise ValueError(f"{op}: {name} must have shape [N, T] = {(N, T)}, got {tuple(values.shape)}")
     if beta > 0 and logp_ref is None:
         raise ValueError(f"{op}: beta = {beta} > 0 needs logp_ref (the reference policy's log-probs)")
     if not (0 <= eps_low < 1 and eps_high >= 0):
         raise ValueError(f"{op}: need 0 <= eps_low < 1 and eps_high >= 0, got eps_low={eps_low}, eps_high={eps_high}")
 
 
-def grpo_loss(
+def fused_grpo_loss(
     logits: torch.Tensor,
     targets: torch.Tensor,
-    mask: torch.Tensor,
-    rewards: torch.Tensor,
-    group_size: int,
-    logp_old: torch.Tensor | None = None,
-    logp_ref: torch.Tensor | None = None,
-    eps_low: float = 0.2,
-    eps_high: float | None = None,
-    beta: float = 0.0,
+    advantages: torch.Tensor,
+    weights: torch.Tensor,
+    logp_old: torch.Tensor | None,
+    logp_ref: torch.Tensor | None,
+    eps_low: float,
+    eps_high: float,
+    beta: float,
     temperature: float = 1.0,
-    scale: str = "group",
-    agg: str = "grpo",
-    backend: str = "auto",
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """GRPO loss to minimise, from logits [N, T, V], targets and mask [N, T], rewards [N].
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The GRPO loss of nanobias/grpo.py in one Triton pass per row, from logits [N, T, V]:
 
-    N = prompts * group_size with each prompt's completions adjacent; mask = 1 on completion
-    tokens. logp_old / logp_ref [N, T] are constants (logp_old None: on-policy, ratio 1 with its
-    gradient kept). Returns (0-dim loss, stats) with stats["kl"] (mean k3 KL over completion
-    tokens; 0 without logp_ref) and stats["clip_frac"] (share of completion tokens whose clipped
-    term is the minimum), both detached 0-dim fp32 tensors on the logits' device.
+        loss = sum over tokens of weights * (-min(ratio * A, clip(ratio, 1 - eps_low, 1 + eps_high) * A)
+                                             + beta * kl),
+        ratio = exp(logp - logp_old),  kl = exp(logp_ref - logp) - (logp_ref - logp) - 1,
+    logp = token_logprobs(logits, targets, temperature), A = advantages[n].
+
+    targets, weights (each token's aggregation weight, 0 on padding), logp_old, logp_ref [N, T];
+    advantages [N]. logp_old None: on-policy (ratio 1, its gradient kept); logp_ref None: kl = 0.
+    Returns (0-dim loss, kl [N, T], clipped [N, T]: 1 where the clipped term is the minimum), fp32;
+    only the loss is differentiable, w.r.t. logits.
     """
-    op = "kernels.grpo_loss"
-    eps_high = eps_low if eps_high is None else eps_high
-    chosen = dispatch.resolve_backend(backend, logits.device, op)
+    op = "kernels.fused_grpo_loss"
+    dispatch.resolve_backend("triton", logits.device, op)  # raises unless Triton can run here
     rows = _check_rows(logits, targets, temperature, op, dims=(3,))
-    _check_grpo(logits, targets, mask, rewards, group_size, logp_old, logp_ref, eps_low, eps_high, beta)
-    terms = dict(group_size=group_size, logp_old=logp_old, logp_ref=logp_ref, eps_low=eps_low,
-                 eps_high=eps_high, beta=beta, scale=scale, agg=agg)
-    if chosen == "reference":
-        return reference.grpo_loss(logits, targets, mask, rewards, temperature=temperature, **terms)
-    if chosen == "torch":
-        logp = ChunkedTokenLogprobs.apply(rows, targets, temperature)
-        return reference.grpo_loss_from_logprobs(logp, mask, rewards, **terms)
-    adv = reference.group_advantages(rewards, group_size, scale)  # [N]
-    weights = reference.aggregation_weights(mask, agg)  # [N, T]
-    loss, kl, clipped = logprob_triton.GRPOLoss.apply(
-        rows, targets, adv, weights, logp_old, logp_ref, 1 - eps_low, 1 + eps_high, beta, temperature
+    _check_fused_grpo(*logits.shape[:2], advantages, weights, logp_old, logp_ref, eps_low, eps_high, beta)
+    return logprob_triton.GRPOLoss.apply(
+        rows, targets, advantages, weights, logp_old, logp_ref, 1 - eps_low, 1 + eps_high, beta, temperature
     )
-    return loss, {"kl": reference.completion_mean(kl, mask), "clip_frac": reference.completion_mean(clipped, mask)}

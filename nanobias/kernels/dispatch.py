@@ -1,12 +1,12 @@
 """Which implementation serves a call, and how kernels allocate their outputs.
 
-Backends (the `backend=` argument of every public op):
+Backends (the `backend=` argument of token_logprobs and masked_gelu; fused_grpo_loss is Triton only):
 - "triton": the Triton kernels. On CUDA tensors they run compiled; on CPU tensors they run
-  through Triton's interpreter, which needs `TRITON_INTERPRET=1` set before `kernels` is first
-  imported (Triton decides at decoration time whether a kernel is interpreted).
+  through Triton's interpreter, which needs `TRITON_INTERPRET=1` set before `nanobias.kernels`
+  is first imported (Triton decides at decoration time whether a kernel is interpreted).
 - "torch": PyTorch only, memory-efficient: the log-prob ops walk the rows in chunks and never
   hold a full fp32 `[N*T, V]` log-softmax; backward recomputes each chunk's softmax.
-- "reference": `kernels/reference.py`, the readable full-materialisation definition.
+- "reference": `reference.py`, the readable full-materialisation definition.
 - "auto": "triton" on CUDA tensors, and on CPU tensors when the kernels are interpreted;
   "torch" otherwise (including every platform without Triton, which is optional off Linux).
 """
@@ -47,7 +47,7 @@ def resolve_backend(backend: str, device: torch.device, op: str) -> str:
         if device.type != "cuda" and not triton_interpreted():
             raise RuntimeError(
                 f"{op}: backend='triton' on {device.type} tensors needs TRITON_INTERPRET=1 in the "
-                "environment before `kernels` is imported; use backend='torch' on CPU"
+                "environment before `nanobias.kernels` is imported; use backend='torch' on CPU"
             )
     return backend
 
