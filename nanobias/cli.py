@@ -123,8 +123,8 @@ def cmd_eval(args) -> None:
 
 def cmd_reward(args) -> None:
     from nanobias import distributed
-    from nanobias.intervention import evaluate_reward_models
     from nanobias.reward import train_reward_model
+    from nanobias.reward_eval import evaluate_reward_models
 
     preset = args.config
     splits = splits_from_args(args, preset)
@@ -137,7 +137,8 @@ def cmd_reward(args) -> None:
 
 
 def cmd_intervene(args) -> None:
-    from nanobias.intervention import evaluate_reward_models, select_intervention
+    from nanobias.intervention import select_intervention
+    from nanobias.reward_eval import evaluate_reward_models
 
     preset = args.config
     splits = splits_from_args(args, preset)

@@ -14,7 +14,7 @@ DPO keeps pushing h up (its gradient vanishes only as h -> inf, so the policy ca
 pi_ref on pairs it already separates); IPO regresses h to the fixed target 1/(2 beta). Log-probs
 come from `nanobias.kernels.token_logprobs` (via sampling.completion_logprobs).
 
-Pairs: `reward.make_pairs`, the builder and the planted spurious cues of the reward model's own
+Pairs: `preferences.make_pairs`, the builder and the planted spurious cues of the reward model's own
 training pairs (chosen = the right answer, rejected = a wrong one, often the biased one).
 BiasGRPO compares with DPO as the offline baseline: it never learns from its own samples.
 
@@ -32,7 +32,8 @@ import torch
 import torch.nn.functional as F
 
 from nanobias import device, distributed, rl
-from nanobias.reward import Pair, PairConfig, length_batches, make_pairs
+from nanobias.preferences import Pair, PairConfig, make_pairs
+from nanobias.reward import length_batches
 from nanobias.sampling import Samples, completion_logprobs, left_pad
 from nanobias.train import optimizer_step, stop_if_diverged
 

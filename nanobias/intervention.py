@@ -1,25 +1,25 @@
-"""Causal neuron intervention on the reward model (Shinoda et al., 2026, Sec. 3-4).
+"""The causal neuron intervention on the reward model (Shinoda et al., 2026, Sec. 3-4).
 
-A reward model r(x, y) trained on preference pairs in which the preferred answer also tends to
-be longer, louder or bolder learns the total effect of those attributes A(y) as well as of the
-content. The intervention estimates the controlled direct effect of the content instead: it
-holds the neurons that carry the attributes at fixed values, do(a_n = m_n).
+    a_n(x, y) = activation of MLP neuron n = (layer, index) at the last token of x + y + <eot>
+    rho_{A,n} = Spearman(a_n, A) over validation completions, per attribute A of data.style_attributes
+    S_A       = the k_A neurons with the largest rho_{A,n} and the k_A with the smallest
+    r~(x, y)  = r(x, y) under do(a_n = m_n) for n in the union of the S_A, m_n = validation median of a_n
 
-1. Capture: a_{l,h}(x, y) = activation of MLP neuron h of layer l at the last token (the one
-   the reward head reads), over validation completions (through `model.neuron_sites`).
-2. Correlate: rho_{A,n} = Spearman(a_n, A) over those completions, for each attribute A of
-   render.style_attributes (length, paragraphs, overlap, exclamations, bold):
-       rho = Pearson(rank(a_n), rank(A)),  ties get the average of their ranks.
-3. Select: per attribute, the k_A neurons with the largest rho and the k_A with the smallest.
-   k_A comes from a grid (fractions of all neurons), by coordinate ascent on validation pairwise
-   accuracy; candidates editing more than `max_edit_frac` of all neurons are skipped (the
-   paper edits under 2%). The search stays cheap: with positions="last" the edit changes only the last
-   token, so every earlier position's keys and values are computed once (`prefill`) and each
-   candidate costs one token per sequence (`last_token_rewards`).
-4. Intervene: the selected neurons output their validation medians m_n, at the last position
-   (default) or at all positions; NeuronSite's mask/value fields, so kernels.masked_gelu.
+A reward model trained on pairs whose preferred answer also tends to be longer, louder or bolder
+learns the total effect of those attributes A(y) as well as of the content; holding the neurons that
+carry them fixed makes r~ an estimate of the controlled direct effect of the content.
 
-The same model serves with and without it: `with intervention.applied(model): ...`.
+1. Capture a_n: a forward hook on each of `model.neuron_sites` (`last_token_recorded`).
+2. Correlate: rho_{A,n} for every neuron and attribute (spearman.py).
+3. Select: k_A from a grid (fractions of all neurons), by coordinate ascent on validation pairwise
+   accuracy; candidates editing more than `max_edit_frac` of all neurons are skipped (the paper edits
+   under 2%). Cheap: with positions="last" only the last token changes, so every earlier position's
+   keys and values are computed once (`prefill`) and a candidate costs one token per sequence
+   (`last_token_rewards`).
+4. Intervene: the selected neurons output m_n at the last position (default) or at all positions:
+   NeuronSite's `clamp`, so nanobias.kernels.masked_gelu. `with intervention.applied(model): ...`
+
+reward_eval.py measures the edited model against the base one and the length-only baselines.
 """
 
 import json
@@ -28,24 +28,18 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 
 from nanobias.checkpoint import write_json
+from nanobias.render import ATTRIBUTES
 from nanobias.model import GPT, KVCache
-from nanobias.plots import biased_vs_unbiased, neurons_per_layer
-from nanobias.render import ATTRIBUTES, render_completion
-from nanobias.reward import (BALANCED, PAIR_KINDS, PairConfig, RewardModel, bump, encode, fit_length_penalty, length_batches,
-                             load_reward_model, lowess, make_pairs, pair_kind, pair_metrics, score)
+from nanobias.preferences import BALANCED, PairConfig, make_pairs
+from nanobias.reward import RewardModel, encode, length_batches, load_reward_model
 from nanobias.sampling import left_pad
+from nanobias.spearman import spearman
 
 POSITIONS = ("last", "all")
-# reward-model variants in reports: cirm_all = the intervention at every position; all_neurons =
-# every MLP neuron clamped at the last token, an upper bound on what a last-token edit can do
-METHODS = ("base", "cirm", "cirm_all", "all_neurons", "length_penalty", "lwr")
 
-
-# ---------------------------------------------------------------- Spearman correlation
 
 @dataclass
 class InterventionConfig:
@@ -60,39 +54,6 @@ class InterventionConfig:
         if not all(0 < f < 1 for f in self.k_fractions):
             raise ValueError(f"intervention.k_fractions: expected fractions in (0, 1), got {self.k_fractions}")
 
-
-@dataclass
-class RewardEvalConfig:
-    sensitivity_completions: int = 200  # test completions whose knobs are bumped one at a time
-
-    def __post_init__(self):
-        if self.sensitivity_completions < 2:
-            raise ValueError(f"reward_eval.sensitivity_completions: expected at least 2, "
-                             f"got {self.sensitivity_completions}")
-
-
-def average_ranks(x: torch.Tensor) -> torch.Tensor:
-    """x [N, M] -> 1-based ranks of each column [N, M] float64; tied values share their mean rank."""
-    n = x.shape[0]
-    order = x.argsort(dim=0, stable=True)  # [N, M]
-    xs = x.gather(0, order)
-    starts = torch.ones_like(xs, dtype=torch.bool)
-    starts[1:] = xs[1:] != xs[:-1]
-    group = starts.long().cumsum(0) - 1  # tie group of each sorted entry [N, M]
-    position = torch.arange(1, n + 1, dtype=torch.float64)[:, None].expand(x.shape)
-    total = torch.zeros(x.shape, dtype=torch.float64).scatter_add_(0, group, position)
-    count = torch.zeros(x.shape, dtype=torch.float64).scatter_add_(0, group, torch.ones(x.shape, dtype=torch.float64))
-    mean_rank = (total / count.clamp(min=1)).gather(0, group)  # [N, M] in sorted order
-    return torch.empty(x.shape, dtype=torch.float64).scatter_(0, order, mean_rank)
-
-
-def spearman(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Spearman correlation of each column of x [N, M] with y [N] -> [M]; 0 for a constant column."""
-    rx = average_ranks(x.cpu())
-    ry = average_ranks(y.cpu().reshape(-1, 1))
-    rx, ry = rx - rx.mean(0), ry - ry.mean(0)
-    denom = (rx.square().sum(0) * ry.square().sum(0)).sqrt()
-    return torch.where(denom > 0, (rx * ry).sum(0) / denom.clamp(min=1e-300), 0.0)
 
 
 # ---------------------------------------------------------------- the intervention
@@ -125,14 +86,15 @@ class Intervention:
 
     @contextmanager
     def applied(self, model: GPT):
-        """Inside the block, the selected neurons of `model` output their medians. Layers with no
-        selected neuron are left untouched, so an empty selection is exactly the plain model."""
+        """Inside the block, the selected neurons of `model` output their medians (each NeuronSite's
+        `clamp`, restored on exit). Layers with no selected neuron are left untouched, so an empty
+        selection is exactly the plain model."""
         sites = model.neuron_sites
         hidden = model.transformer.h[0].mlp.c_fc.out_features
         if len(sites) != self.n_layer or hidden != self.n_neurons:
             raise ValueError(f"intervention is for {self.n_layer} layers x {self.n_neurons} neurons, "
                              f"the model has {len(sites)} x {hidden}")
-        saved = [(s.mask, s.value, s.last_only) for s in sites]
+        saved = [s.clamp for s in sites]
         param = next(model.parameters())
         try:
             for layer, site in enumerate(sites):
@@ -140,14 +102,14 @@ class Intervention:
                 if not chosen:
                     continue
                 index = torch.tensor([i for i, _ in chosen], device=param.device)
-                site.mask = torch.zeros(hidden, dtype=torch.bool, device=param.device).index_fill_(0, index, True)
-                site.value = torch.zeros(hidden, dtype=param.dtype, device=param.device).index_copy_(
+                mask = torch.zeros(hidden, dtype=torch.bool, device=param.device).index_fill_(0, index, True)
+                value = torch.zeros(hidden, dtype=param.dtype, device=param.device).index_copy_(
                     0, index, torch.tensor([m for _, m in chosen], dtype=param.dtype, device=param.device))
-                site.last_only = self.positions == "last"
+                site.clamp = (mask, value, self.positions == "last")
             yield model
         finally:
-            for site, (mask, value, last_only) in zip(sites, saved):
-                site.mask, site.value, site.last_only = mask, value, last_only
+            for site, clamp in zip(sites, saved):
+                site.clamp = clamp
 
     def with_positions(self, positions: str) -> "Intervention":
         return replace(self, positions=positions)
@@ -173,7 +135,22 @@ def load_intervention(path) -> Intervention:
         raise ValueError(f"{path}: {e}") from None
 
 
-# ---------------------------------------------------------------- capture with a cached prefix
+# ---------------------------------------------------------------- capture (with a cached prefix)
+
+@contextmanager
+def last_token_recorded(model: GPT):
+    """Inside the block, every forward of `model` appends each layer's last-token activations [B, H]
+    (detached) to records[layer]; yields records (n_layer lists). A forward hook on each NeuronSite,
+    removed on exit."""
+    records = [[] for _ in model.neuron_sites]
+    handles = [site.register_forward_hook(lambda site, inputs, a, out=out: out.append(a[:, -1].detach()))
+               for site, out in zip(model.neuron_sites, records)]
+    try:
+        yield records
+    finally:
+        for handle in handles:
+            handle.remove()
+
 
 @dataclass
 class PrefilledBatch:
@@ -209,18 +186,13 @@ def last_token_rewards(rm: RewardModel, batches: list[PrefilledBatch], intervent
     sites = rm.gpt.neuron_sites
     rewards = torch.empty(n)
     acts = torch.empty(n, len(sites), rm.gpt.transformer.h[0].mlp.c_fc.out_features) if capture else None
-    try:
-        with intervention.applied(rm.gpt) if intervention is not None else nullcontext():
-            for b in batches:
-                b.cache.length = b.mask.shape[1] - 1  # drop the last token of an earlier pass
-                for site in sites:
-                    site.record = [] if capture else None
-                rewards[b.rows] = rm(b.last, b.mask, cache=b.cache).float().cpu()
-                if capture:
-                    acts[b.rows] = torch.stack([site.record[0] for site in sites], 1).float().cpu()  # [B, L, H]
-    finally:
-        for site in sites:
-            site.record = None
+    with (intervention.applied(rm.gpt) if intervention is not None else nullcontext(),
+          last_token_recorded(rm.gpt) if capture else nullcontext() as records):
+        for b in batches:
+            b.cache.length = b.mask.shape[1] - 1  # drop the last token of an earlier pass
+            rewards[b.rows] = rm(b.last, b.mask, cache=b.cache).float().cpu()
+            if capture:
+                acts[b.rows] = torch.stack([layer.pop() for layer in records], 1).float().cpu()  # [B, L, H]
     return (rewards, acts) if capture else rewards
 
 
@@ -288,7 +260,7 @@ def capture_pairs(rm: RewardModel, enc, pairs):
 
 
 def attribute_correlations(acts: torch.Tensor, completions) -> torch.Tensor:
-    """acts [N, L, H] of N completions (render.Completion) -> Spearman rho of every neuron with each
+    """acts [N, L, H] of N completions (data.Completion) -> Spearman rho of every neuron with each
     attribute [A, L*H], attributes in ATTRIBUTES order."""
     attrs = torch.tensor([[c.attributes[a] for a in ATTRIBUTES] for c in completions])  # [N, A]
     return torch.stack([spearman(acts.flatten(1), attrs[:, j]) for j in range(len(ATTRIBUTES))])
@@ -322,138 +294,3 @@ def select_intervention(splits, reward_ckpt, out_path, cfg: InterventionConfig, 
                       max_abs_rho={a: round(rho[j].abs().max().item(), 4) for j, a in enumerate(ATTRIBUTES)},
                       search=history)
     return out_path
-
-
-# ---------------------------------------------------------------- evaluation
-
-def _sensitivity_items(pairs, n: int) -> dict:
-    """attribute -> [(index of the original completion among the 2P test completions, bumped text)]."""
-    originals = [(j, p, p.chosen, p.chosen_style) for j, p in enumerate(pairs)]
-    originals += [(len(pairs) + j, p, p.rejected, p.rejected_style) for j, p in enumerate(pairs)]
-    originals.sort(key=lambda o: (o[0] % len(pairs), o[0]))  # chosen and rejected of the first pairs
-    items = {}
-    for a in ATTRIBUTES:
-        items[a] = []
-        for index, pair, completion, style in originals:
-            bumped = bump(style, a)
-            if bumped is not None:
-                items[a].append((index, render_completion(pair.example, completion.answer_index, bumped).text))
-            if len(items[a]) == n:
-                break
-    return items
-
-
-@torch.no_grad()
-def length_from_position(rm: RewardModel, enc, prompts: list[str], originals: list[str], bumped: list[str],
-                         batch_size: int = 64) -> np.ndarray:
-    """r(original, read at the positions the bumped text's tokens occupy) - r(original) [N]: the part of
-    the length bump's reward change that comes from where the text ends, not from what it says."""
-    seqs = encode(enc, prompts, originals, rm.gpt.config.block_size)
-    longer = encode(enc, prompts, bumped, rm.gpt.config.block_size)
-    param = next(rm.parameters())
-    rm.eval()
-    out = np.empty(len(seqs))
-    for start in range(0, len(seqs), batch_size):
-        rows = range(start, min(start + batch_size, len(seqs)))
-        ids, mask = left_pad([seqs[i] for i in rows], enc.eot_token, param.device)
-        shift = torch.tensor([len(longer[i]) - len(seqs[i]) for i in rows], device=param.device)  # [B]
-        out[start:start + len(rows)] = (rm(ids, mask, position_offset=shift) - rm(ids, mask)).float().cpu().numpy()
-    return out
-
-
-def method_metrics(r: np.ndarray, n_pairs: int, pairs, items: dict) -> dict:
-    """r: rewards of the 2P test completions followed by every bumped text, in `items` order."""
-    attrs_c = {a: [p.chosen.attributes[a] for p in pairs] for a in ATTRIBUTES}
-    attrs_r = {a: [p.rejected.attributes[a] for p in pairs] for a in ATTRIBUTES}
-    out = pair_metrics(r[:n_pairs], r[n_pairs:2 * n_pairs], attrs_c, attrs_r, [pair_kind(p) for p in pairs])
-    std = r[:2 * n_pairs].std()
-    out["sensitivity"], start = {}, 2 * n_pairs
-    for a in ATTRIBUTES:
-        index = np.array([i for i, _ in items[a]], dtype=np.int64)
-        bumped = r[start:start + len(index)]
-        out["sensitivity"][a] = float((bumped - r[index]).mean() / std) if len(index) else None
-        start += len(index)
-    return out
-
-
-def evaluate_reward_models(splits, reward_ckpt, intervention_path, out_dir, cfg: RewardEvalConfig,
-                           pairs_cfg: PairConfig, seed: int = 0) -> dict:
-    """docs/design.md's `reward_model` section for base / cirm / length_penalty / lwr (and cirm_all, the
-    intervention at every position). intervention_path None: base and baselines only. Writes
-    reward_eval.json and PNGs into out_dir."""
-    rm, enc, _ = load_reward_model(reward_ckpt)
-    out_dir = Path(out_dir)
-
-    val = make_pairs(splits.val, pairs_cfg.val_pairs, seed + 1, BALANCED)
-    _, r_val, acts_val = capture_pairs(rm, enc, val)  # [2V], [2V, L, H]
-    rv_c, rv_r = np.split(r_val.numpy(), 2)
-    len_vc = np.array([p.chosen.attributes["length"] for p in val])
-    len_vr = np.array([p.rejected.attributes["length"] for p in val])
-    alpha = fit_length_penalty(rv_c, rv_r, len_vc, len_vr)
-    val_len, val_r = np.concatenate([len_vc, len_vr]), np.concatenate([rv_c, rv_r])
-
-    test = make_pairs(splits.test, pairs_cfg.test_pairs, seed + 2, BALANCED)
-    items = _sensitivity_items(test, cfg.sensitivity_completions)
-    prompts = [p.prompt for p in test] * 2 + [test[i % len(test)].prompt for a in ATTRIBUTES for i, _ in items[a]]
-    texts = ([p.chosen.text for p in test] + [p.rejected.text for p in test]
-             + [text for a in ATTRIBUTES for _, text in items[a]])
-    lengths = np.array([len(t) for t in texts], dtype=np.float64)
-    batches = prefill(rm, enc, prompts, texts)
-    r_base = last_token_rewards(rm, batches).numpy().astype(np.float64)
-    rewards = {"base": r_base, "length_penalty": r_base - alpha * lengths,
-               "lwr": r_base - lowess(val_len, val_r, lengths)}
-    intervention = load_intervention(intervention_path) if intervention_path is not None else None
-    if intervention is not None:
-        rewards["cirm"] = last_token_rewards(rm, batches, intervention).numpy().astype(np.float64)
-        rewards["cirm_all"] = score(rm, enc, prompts, texts, intervention.with_positions("all")).numpy().astype(np.float64)
-    # every neuron clamped at the last token: the most any last-token neuron edit can remove
-    # (what is left reaches the head through attention and the position embedding)
-    n_layer, n_neurons = acts_val.shape[1:]
-    every = Intervention(n_layer, n_neurons, [(l, i) for l in range(n_layer) for i in range(n_neurons)],
-                         column_medians(acts_val.flatten(1)).tolist())
-    rewards["all_neurons"] = last_token_rewards(rm, batches, every).numpy().astype(np.float64)
-    order = [m for m in METHODS if m in rewards]
-    results = {m: method_metrics(rewards[m], len(test), test, items) for m in order}
-    from_position = length_from_position(rm, enc, [test[i % len(test)].prompt for i, _ in items["length"]],
-                                         [texts[i] for i, _ in items["length"]], [t for _, t in items["length"]])
-    results["length_from_position"] = float(from_position.mean() / r_base[:2 * len(test)].std())
-    results["length_penalty"]["alpha"] = alpha
-    if intervention is not None:
-        per_layer = intervention.per_layer()
-        results["neurons"] = {"edited": len(intervention.neurons), "total": intervention.n_layer * intervention.n_neurons,
-                              "per_layer": per_layer, "k": intervention.k}
-        neurons_per_layer(per_layer, intervention.n_neurons, out_dir / "neurons_per_layer.png")
-    results["test_pairs"] = len(test)
-    write_json(out_dir / "reward_eval.json", results)
-    biased_vs_unbiased({m: results[m] for m in order}, ATTRIBUTES, out_dir / "reward_biased_unbiased.png")
-    print(format_reward_table(results))
-    return results
-
-
-def format_reward_table(results: dict) -> str:
-    """Markdown table: accuracy, accuracy per pair kind, biased/unbiased-subset accuracy and
-    sensitivity per attribute."""
-    methods = [m for m in METHODS if m in results]
-    head = ("| method | acc | " + " / ".join(PAIR_KINDS) + " | "
-            + " | ".join(f"{a} b / u / sens" for a in ATTRIBUTES) + " |\n")
-    head += "|---|---|---|" + "---|" * len(ATTRIBUTES) + "\n"
-
-    def cell(x, fmt):
-        return "-" if x is None else format(x, fmt)
-
-    rows = "".join(
-        f"| {m} | {results[m]['acc']:.3f} | "
-        + " / ".join(cell(results[m].get("acc_by_kind", {}).get(k), ".3f") for k in PAIR_KINDS) + " | " + " | ".join(
-            f"{cell(results[m]['acc_biased'][a], '.3f')} / {cell(results[m]['acc_unbiased'][a], '.3f')} / "
-            f"{cell(results[m]['sensitivity'][a], '+.3f')}" for a in ATTRIBUTES) + " |\n"
-        for m in methods)
-    position = results.get("length_from_position")
-    total = results["base"]["sensitivity"]["length"]
-    tail_position = (f"base length sensitivity {total:+.3f} = {position:+.3f} from the positions alone (the same text "
-                     f"read where the longer one ends) {total - position:+.3f} from the added words\n"
-                     if position is not None and total is not None else "")
-    neurons = results.get("neurons")
-    tail = (f"neurons edited: {neurons['edited']} of {neurons['total']} "
-            f"({100 * neurons['edited'] / neurons['total']:.2f}%), per layer {neurons['per_layer']}, k {neurons['k']}\n"
-            if neurons else "")
-    return head + rows + tail_position + tail

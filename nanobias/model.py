@@ -10,9 +10,11 @@ marks the real tokens of everything seen so far (cached + new); positions count 
 only (`pos = cumsum(mask) - 1`), so a left-padded row gets the same logits as the same row
 alone. A side effect the reward model relies on: the last real token is always at index -1.
 
-Neuron site: `mlp.neurons` computes the GELU and is where the neuron intervention of
-Shinoda et al. (2026) acts: activations can be recorded (last token) or replaced by fixed
-values (`masked_gelu`). With nothing set it is a plain GELU.
+Neuron site: `mlp.neurons` computes the GELU a = GELU(c_fc(x)) [B, T, 4 * n_embd] and is the one
+place where the neuron intervention of Shinoda et al. (2026) acts: with `site.clamp` set, the
+masked neurons output fixed values, a[:, t, mask] = value, at the last position t = T - 1 or at
+every t, and get no gradient (`masked_gelu`). With `clamp` None (the default) it is a plain GELU.
+Its activations are read with an ordinary forward hook (intervention.py records the last token's).
 """
 
 import math
@@ -85,34 +87,27 @@ class CausalSelfAttention(nn.Module):
 
 
 class NeuronSite(nn.Module):
-    """GELU(tanh) of the MLP's hidden layer, and the place where neurons are read and clamped.
+    """GELU(tanh) of the MLP's hidden layer, and the one place where neurons are clamped.
 
-    - `record`: a list, or None. When a list, each forward appends the last token's activations
-      [B, H] (detached) — the capture step of the neuron search.
-    - `mask` [H] bool and `value` [H]: when set, masked neurons output `value` and get no gradient;
-      `last_only` restricts that to the last position (the token the reward head reads).
+    `clamp`: None, or (mask [H] bool, value [H], last_only bool). When set, the masked neurons
+    output `value` and get no gradient; with last_only, only at the last position (the token the
+    reward head reads), else at every position. `intervention.Intervention.applied` sets it and
+    restores it afterwards.
     """
 
     def __init__(self):
         super().__init__()
-        self.record = None
-        self.mask = None
-        self.value = None
-        self.last_only = True
+        self.clamp = None
 
     def forward(self, h):  # h: [B, T, H] pre-activation
-        if self.mask is None:
-            a = F.gelu(h, approximate="tanh")
-        else:
-            from nanobias.kernels import masked_gelu  # imported here: Triton is only needed once a mask is set
+        if self.clamp is None:
+            return F.gelu(h, approximate="tanh")
+        from nanobias.kernels import masked_gelu  # imported here: Triton is only needed once a clamp is set
 
-            if self.last_only:
-                a = torch.cat([F.gelu(h[:, :-1], approximate="tanh"), masked_gelu(h[:, -1:], self.mask, self.value)], dim=1)
-            else:
-                a = masked_gelu(h, self.mask, self.value)
-        if self.record is not None:
-            self.record.append(a[:, -1].detach())
-        return a
+        mask, value, last_only = self.clamp
+        if last_only:
+            return torch.cat([F.gelu(h[:, :-1], approximate="tanh"), masked_gelu(h[:, -1:], mask, value)], dim=1)
+        return masked_gelu(h, mask, value)
 
 
 class MLP(nn.Module):
@@ -175,14 +170,11 @@ class GPT(nn.Module):
     def neuron_sites(self) -> list[NeuronSite]:
         return [block.mlp.neurons for block in self.transformer.h]
 
-    def forward(self, idx, attention_mask=None, cache: KVCache | None = None, return_hidden=False,
-                position_offset=None):
+    def forward(self, idx, attention_mask=None, cache: KVCache | None = None, return_hidden=False):
         """idx [B, T] -> logits [B, T, V] (and the final hidden states [B, T, C] if asked).
 
         attention_mask [B, S] (S = cached + T tokens), 1 = real token, 0 = left padding.
-        With a cache, the T new tokens are appended to it. position_offset [B] (ints) shifts each
-        row's positions: the same text as if it stood later in the window (a diagnostic of how
-        much a model reads from absolute positions).
+        With a cache, the T new tokens are appended to it.
         """
         B, T = idx.shape
         past = cache.length if cache is not None else 0
@@ -202,11 +194,6 @@ class GPT(nn.Module):
             if cache is not None and T > 1:
                 attn_mask = (torch.arange(past + T, device=idx.device)[None, :]
                              <= torch.arange(past, past + T, device=idx.device)[:, None])  # [T, S]
-        if position_offset is not None:
-            pos = pos + position_offset[:, None]
-            if pos.max() >= self.config.block_size:
-                raise ValueError(f"position_offset moves a token to position {pos.max().item()}, "
-                                 f"past block_size={self.config.block_size}")
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # [B, T, C]
         for layer, block in enumerate(self.transformer.h):
             x = block(x, attn_mask, cache, layer)

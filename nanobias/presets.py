@@ -13,11 +13,13 @@ from dataclasses import dataclass, fields
 
 from nanobias.dpo import DPOConfig
 from nanobias.grpo import GRPOConfig
-from nanobias.intervention import InterventionConfig, RewardEvalConfig
+from nanobias.intervention import InterventionConfig
 from nanobias.model import GPTConfig
 from nanobias.ppo import PPOConfig
+from nanobias.preferences import PairConfig
 from nanobias.pretrain import PretrainConfig
-from nanobias.reward import PairConfig, RewardConfig
+from nanobias.reward import RewardConfig
+from nanobias.reward_eval import RewardEvalConfig
 from nanobias.rl import RLConfig
 
 SECTIONS = {

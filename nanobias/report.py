@@ -11,8 +11,8 @@ import torch
 from nanobias import plots
 from nanobias.checkpoint import write_atomic
 from nanobias.evaluate import format_table
-from nanobias.intervention import format_reward_table
 from nanobias.progress import format_seconds
+from nanobias.reward_eval import format_reward_table
 
 STABILITY_METHODS = ("grpo", "ppo", "dpo")
 

@@ -100,7 +100,7 @@ def reproduce(preset, data: str = "synthetic", bbq_dir=None, seed: int = 0, out=
               command: str = "", init_dir=None) -> dict:
     """Run every stage into `out`; returns results.json's content (docs/design.md). With `init_dir` (a Hugging
     Face GPT-2 folder) pretraining starts from GPT-2's weights and its tiktoken `gpt2` encoding."""
-    from nanobias import dpo, grpo, intervention, ppo, reward, rl
+    from nanobias import dpo, grpo, intervention, ppo, reward, reward_eval, rl
     from nanobias.evaluate import evaluate_checkpoint
     from nanobias.pretrain import pretrain_policy
     from nanobias.report import write_report
@@ -139,7 +139,7 @@ def reproduce(preset, data: str = "synthetic", bbq_dir=None, seed: int = 0, out=
           every_rank=True)
     stage("intervene", lambda: {"intervention": str(intervention.select_intervention(
         splits, out / "reward.pt", out / "intervention.json", preset.intervention, preset.pairs, seed=seed))})
-    reward_model = stage("reward_eval", lambda: intervention.evaluate_reward_models(
+    reward_model = stage("reward_eval", lambda: reward_eval.evaluate_reward_models(
         splits, out / "reward.pt", out / "intervention.json", out, preset.reward_eval, preset.pairs, seed=seed))
 
     base_scorer = rl.make_scorer(out / "reward.pt")

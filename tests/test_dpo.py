@@ -8,7 +8,7 @@ from nanobias import rl
 from nanobias.checkpoint import load_policy
 from nanobias.dpo import (encode_pairs, pair_logprobs, pair_samples, preference_loss, sequence_logprobs,
                           train_dpo)
-from nanobias.reward import make_pairs
+from nanobias.preferences import make_pairs
 
 
 def test_dpo_and_ipo_losses_match_hand_computed_values():

@@ -1,22 +1,18 @@
 import json
-from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
 from nanobias.checkpoint import save_checkpoint
-from nanobias.data import Splits, load_splits
-from nanobias.intervention import (Intervention, average_ranks, build_intervention, column_medians,
-                                   evaluate_reward_models, k_grid, last_token_rewards, length_from_position,
-                                   load_intervention, method_metrics, prefill, save_intervention, search_k,
-                                   select_intervention, spearman)
+from nanobias.data import ATTRIBUTES, Splits, load_splits, pretraining_documents, synthetic_examples
+from nanobias.intervention import (Intervention, InterventionConfig, build_intervention, column_medians, k_grid,
+                                   last_token_rewards, load_intervention, prefill, save_intervention, search_k,
+                                   select_intervention)
 from nanobias.model import GPT, GPTConfig
-from nanobias.presets import PRESETS
-from nanobias.render import ATTRIBUTES, pretraining_documents
-from nanobias.reward import RewardConfig, make_pairs, reward_meta, reward_model_from_policy, score
+from nanobias.preferences import PairConfig, make_pairs
+from nanobias.reward import reward_meta, reward_model_from_policy, score
 from nanobias.tokenizer import train_bpe
-from nanobias.world import synthetic_examples
 
 N_LAYER, N_EMBD = 2, 16
 H = 4 * N_EMBD  # MLP neurons per layer
@@ -48,41 +44,6 @@ def reward_ckpt(tmp_path_factory, rm_and_enc):
 
 def texts(pairs):
     return [p.prompt for p in pairs] * 2, [p.chosen.text for p in pairs] + [p.rejected.text for p in pairs]
-
-
-# ---------------------------------------------------------------- Spearman
-
-def brute_force_ranks(v):
-    """rank_i = 1 + #(v_j < v_i) + (#(v_j == v_i) - 1) / 2: the average rank, by counting."""
-    v = np.asarray(v, dtype=float)
-    return np.array([1 + (v < x).sum() + ((v == x).sum() - 1) / 2 for x in v])
-
-
-def test_average_ranks_by_hand():
-    x = torch.tensor([[3.0, 1.0], [1.0, 1.0], [2.0, 1.0], [2.0, 0.0]])
-    assert average_ranks(x).tolist() == [[4.0, 3.0], [1.0, 3.0], [2.5, 3.0], [2.5, 1.0]]
-
-
-def test_spearman_tie_free_matches_the_rank_difference_formula():
-    g = torch.Generator().manual_seed(0)
-    n = 50
-    x = torch.randn(n, 7, generator=g)
-    y = torch.randn(n, generator=g)
-    d = torch.tensor(np.array([brute_force_ranks(x[:, j]) for j in range(7)]).T) - torch.tensor(brute_force_ranks(y))[:, None]
-    expected = 1 - 6 * (d ** 2).sum(0) / (n * (n ** 2 - 1))
-    torch.testing.assert_close(spearman(x, y), expected, atol=1e-10, rtol=0)
-    assert spearman(y[:, None] * 3 + 1, y).item() == pytest.approx(1.0)
-    assert spearman(-(y[:, None] ** 3), y).item() == pytest.approx(-1.0)  # monotone, not linear
-
-
-def test_spearman_with_ties_is_pearson_of_average_ranks():
-    g = torch.Generator().manual_seed(1)
-    x = torch.randint(0, 4, (40, 5), generator=g).double()  # heavy ties, like paragraph counts
-    y = torch.randint(0, 3, (40,), generator=g).double()
-    ry = brute_force_ranks(y)
-    expected = [np.corrcoef(brute_force_ranks(x[:, j]), ry)[0, 1] for j in range(5)]
-    np.testing.assert_allclose(spearman(x, y).numpy(), expected, atol=1e-10)
-    assert spearman(torch.ones(10, 1), torch.arange(10.0)).item() == 0.0  # constant column
 
 
 # ---------------------------------------------------------------- selection
@@ -161,7 +122,7 @@ def test_median_replacement_changes_only_the_selected_neurons(rm_and_enc, splits
     with pytest.raises(RuntimeError):
         with iv.applied(rm.gpt):
             raise RuntimeError
-    assert all(s.mask is None and s.value is None and s.record is None for s in rm.gpt.neuron_sites)
+    assert all(s.clamp is None and not s._forward_hooks for s in rm.gpt.neuron_sites)
     torch.testing.assert_close(last_token_rewards(rm, batches), r0, atol=0, rtol=0)
 
 
@@ -210,54 +171,17 @@ def test_intervention_json_round_trip_and_errors(tmp_path):
         Intervention(N_LAYER, H, [], [], "first")
 
 
-# ---------------------------------------------------------------- the stages end to end
+# ---------------------------------------------------------------- the stage end to end
 
-def tiny_preset():
-    cfg = RewardConfig(val_pairs=12, test_pairs=10, sensitivity_completions=4, k_fractions=(1 / 64, 1 / 32))
-    return replace(PRESETS["smoke"], reward=cfg)
+TINY_SEARCH = InterventionConfig(k_fractions=(1 / 64, 1 / 32))
+TINY_PAIRS = PairConfig(val_pairs=12, test_pairs=10)
 
 
 def test_selection_uses_only_validation_data(reward_ckpt, splits, tmp_path):
-    preset = tiny_preset()
-    select_intervention(preset, splits, reward_ckpt, tmp_path / "a.json", seed=0)
+    select_intervention(splits, reward_ckpt, tmp_path / "a.json", TINY_SEARCH, TINY_PAIRS, seed=0)
     other_test = Splits(splits.train, splits.val, splits.test[::-1][:20], splits.heldout)
-    select_intervention(preset, other_test, reward_ckpt, tmp_path / "b.json", seed=0)
+    select_intervention(other_test, reward_ckpt, tmp_path / "b.json", TINY_SEARCH, TINY_PAIRS, seed=0)
     a, b = json.loads((tmp_path / "a.json").read_text()), json.loads((tmp_path / "b.json").read_text())
     assert a == b
     assert set(a["k"]) == set(ATTRIBUTES) and all(v in (0, 2, 4) for v in a["k"].values())
     assert a["val_acc"] >= a["base_val_acc"]  # k = 0 everywhere is a candidate
-
-
-def test_evaluation_writes_the_design_section(reward_ckpt, splits, tmp_path):
-    preset = tiny_preset()
-    select_intervention(preset, splits, reward_ckpt, tmp_path / "intervention.json")
-    results = evaluate_reward_models(preset, splits, reward_ckpt, tmp_path / "intervention.json", tmp_path)
-    for method in ("base", "cirm", "cirm_all", "all_neurons", "length_penalty", "lwr"):
-        assert set(results[method]) >= {"acc", "acc_biased", "acc_unbiased", "sensitivity"}
-        assert set(results[method]["sensitivity"]) == set(ATTRIBUTES)
-    assert results["neurons"]["total"] == N_LAYER * H and len(results["neurons"]["per_layer"]) == N_LAYER
-    assert np.isfinite(results["length_from_position"])
-    assert json.loads((tmp_path / "reward_eval.json").read_text())["base"]["acc"] == results["base"]["acc"]
-    assert (tmp_path / "neurons_per_layer.png").stat().st_size > 0
-    assert (tmp_path / "reward_biased_unbiased.png").stat().st_size > 0
-    base_only = evaluate_reward_models(preset, splits, reward_ckpt, None, tmp_path / "base")
-    assert "cirm" not in base_only and base_only["base"]["acc"] == results["base"]["acc"]
-
-
-def test_method_metrics_sensitivity_by_hand():
-    pairs = make_pairs(load_splits("synthetic", seed=0, variants_per_template=1).test, 2, 0)
-    # rewards: 4 test completions (chosen 0, chosen 1, rejected 0, rejected 1), then one bumped text per attribute
-    items = {a: [(0, "bumped")] for a in ATTRIBUTES}
-    r = np.array([1.0, 3.0, 0.0, 2.0] + [1.0 + 0.5 * j for j in range(len(ATTRIBUTES))])
-    m = method_metrics(r, 2, pairs, items)
-    std = np.std([1.0, 3.0, 0.0, 2.0])
-    assert m["acc"] == 1.0
-    assert m["sensitivity"]["length"] == 0.0 and m["sensitivity"]["paragraphs"] == pytest.approx(0.5 / std)
-
-
-def test_length_from_position_is_zero_for_an_unchanged_length(rm_and_enc, splits):
-    rm, enc = rm_and_enc
-    pair = make_pairs(splits.test, 1, 0)[0]
-    same = length_from_position(rm, enc, [pair.prompt], [pair.chosen.text], [pair.chosen.text])
-    longer = length_from_position(rm, enc, [pair.prompt], [pair.chosen.text], [pair.chosen.text + " Fine." * 4])
-    assert same[0] == 0.0 and longer[0] != 0.0

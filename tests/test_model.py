@@ -1,6 +1,9 @@
+import pytest
 import torch
+import torch.nn.functional as F
 
-from nanobias.model import GPT, GPTConfig, KVCache
+from nanobias.intervention import last_token_recorded
+from nanobias.model import GPT, GPTConfig, KVCache, NeuronSite
 
 
 def tiny_model(seed=0, **kw):
@@ -29,23 +32,6 @@ def test_kv_cache_token_by_token_matches_full_forward():
         steps = [model(idx[:, :5], cache=cache)]  # prefill 5, then one token at a time
         steps += [model(idx[:, t:t + 1], cache=cache) for t in range(5, 20)]
     torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=0)
-
-
-def test_position_offset_reads_shifted_position_embeddings():
-    model = tiny_model()
-    idx = torch.randint(0, 61, (2, 12), generator=torch.Generator().manual_seed(2))
-    shifted = tiny_model()  # same weights, but position p embeds as p + 5 does in `model`
-    shifted.transformer.wpe.weight.data[:-5] = model.transformer.wpe.weight.data[5:]
-    with torch.no_grad():
-        out = model(idx, torch.ones_like(idx), position_offset=torch.tensor([5, 0]))
-        torch.testing.assert_close(out[0], shifted(idx[:1])[0], atol=1e-6, rtol=0)
-        torch.testing.assert_close(out[1], model(idx[1:])[0], atol=1e-6, rtol=0)
-        try:
-            model(idx, torch.ones_like(idx), position_offset=torch.tensor([21, 0]))
-        except ValueError as e:
-            assert "block_size=32" in str(e)
-        else:
-            raise AssertionError("an offset past block_size must raise")
 
 
 def test_left_padded_batch_with_cache_matches_each_row_alone():
@@ -99,19 +85,43 @@ def test_hidden_states_and_block_size_error():
         raise AssertionError("expected a ValueError")
 
 
-def test_neuron_site_records_last_token_and_is_plain_gelu_by_default():
+def test_hook_capture_records_last_token_and_site_is_plain_gelu_by_default():
     model = tiny_model()
     idx = torch.randint(0, 61, (2, 5), generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         before = model(idx)
-        for site in model.neuron_sites:
-            site.record = []
-        after = model(idx)
+        with last_token_recorded(model) as recorded:
+            after = model(idx)
     torch.testing.assert_close(before, after, atol=0, rtol=0)
-    recorded = [site.record for site in model.neuron_sites]
     assert all(len(r) == 1 and r[0].shape == (2, 64) for r in recorded)
+    assert all(not site._forward_hooks for site in model.neuron_sites)  # the hooks are removed on exit
     h = model.transformer.h[0]
     x = model.transformer.wte(idx) + model.transformer.wpe(torch.arange(5))
     x = x + h.attn(h.ln_1(x))
     expected = torch.nn.functional.gelu(h.mlp.c_fc(h.ln_2(x)), approximate="tanh")[:, -1]
     torch.testing.assert_close(recorded[0][0], expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("last_only", [True, False])
+def test_neuron_site_clamp_outputs_value_with_zero_gradient(last_only):
+    H = 64
+    mask = torch.zeros(H, dtype=torch.bool)
+    mask[[3, 17, 40]] = True
+    value = torch.zeros(H).index_copy_(0, torch.tensor([3, 17, 40]), torch.tensor([0.5, -1.0, 2.0]))
+    h = torch.randn(2, 5, H, generator=torch.Generator().manual_seed(6), requires_grad=True)
+    plain = F.gelu(h, approximate="tanh")
+    site = NeuronSite()
+    site.clamp = (mask, value, last_only)
+    a = site(h)
+    clamped = slice(-1, None) if last_only else slice(None)  # the positions the clamp acts on
+    assert torch.equal(a[:, clamped][..., mask], value[mask].expand(2, a[:, clamped].shape[1], 3))
+    torch.testing.assert_close(a[..., ~mask], plain[..., ~mask], atol=1e-6, rtol=0)  # other neurons: GELU
+    if last_only:  # earlier positions are untouched, masked neurons included
+        torch.testing.assert_close(a[:, :-1], plain[:, :-1], atol=1e-6, rtol=0)
+    a.backward(torch.randn(a.shape, generator=torch.Generator().manual_seed(7)))
+    assert h.grad[:, clamped][..., mask].eq(0).all()
+    assert h.grad[..., ~mask].ne(0).all()
+    if last_only:
+        assert h.grad[:, :-1][..., mask].ne(0).all()
+    site.clamp = None
+    assert torch.equal(site(h), plain)

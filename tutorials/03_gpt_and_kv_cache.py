@@ -114,17 +114,18 @@ for row, text in enumerate(completion_texts(enc, group)):
 
 common.section("5. Neuron sites: where tutorial 06 will look")
 common.say("""
-    Each MLP computes its GELU in a NeuronSite (model.neuron_sites). Give a site a list in
-    `record` and every forward appends the last token's activations [B, 4*n_embd]; set `mask`
-    and `value` and the masked neurons output fixed values (the intervention of tutorial 06).
+    Each MLP computes its GELU in a NeuronSite (model.neuron_sites). An ordinary forward hook on
+    a site sees its activations [B, T, 4*n_embd]; here each one keeps the last token's [B, 4*n_embd]
+    (intervention.last_token_recorded does the same). Set a site's `clamp` to (mask, value,
+    last_only) and the masked neurons output fixed values (the intervention of tutorial 06).
 """)
-for site in model.neuron_sites:
-    site.record = []
+recorded = []
+hooks = [site.register_forward_hook(lambda site, inputs, a: recorded.append(a[:, -1])) for site in model.neuron_sites]
 with torch.no_grad():
     model(ids, attention_mask=mask)
-print("recorded per layer:", [tuple(site.record[0].shape) for site in model.neuron_sites])
-for site in model.neuron_sites:
-    site.record = None
+for hook in hooks:
+    hook.remove()
+print("recorded per layer:", [tuple(a.shape) for a in recorded])
 
 common.section("Result: what the cache buys")
 print("| sampling | seconds | new tokens / s |\n|---|---|---|")

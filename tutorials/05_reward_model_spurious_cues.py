@@ -8,17 +8,17 @@ trained on them from the pretrained policy's backbone; its reward for one answer
 style changes; and the evaluation of docs/design.md: accuracy on pairs where the chosen side is the
 longer one ("biased" subset) against pairs where it is the shorter one ("unbiased"), and the
 sensitivity to each attribute. The model is written to runs/tutorial/reward.pt for tutorials 06
-and 08. Library: nanobias/reward.py, nanobias/intervention.py (evaluate_reward_models).
+and 08. Library: nanobias/preferences.py, nanobias/reward.py, nanobias/reward_eval.py.
 """
 
 import common
 
 args = common.parse_args(__doc__)
 
-from nanobias.intervention import evaluate_reward_models  # noqa: E402
 from nanobias.render import ATTRIBUTES, Style, render_completion, render_prompt  # noqa: E402
-from nanobias.reward import (BALANCED, bump, load_reward_model, make_pairs, planted_rates, right_answer,  # noqa: E402
-                             score, train_reward_model)
+from nanobias.preferences import BALANCED, bump, make_pairs, planted_rates, right_answer  # noqa: E402
+from nanobias.reward import load_reward_model, score, train_reward_model  # noqa: E402
+from nanobias.reward_eval import evaluate_reward_models  # noqa: E402
 
 preset = common.tutorial_preset(args.tiny)
 cfg = preset.reward
@@ -70,7 +70,7 @@ with common.output_dir(args) as out:
     common.section("4. Same answer, different style")
     common.say("""
         One test prompt, the right answer every time; only one style knob changes at a time
-        (reward.bump: one more filler sentence for length, a paragraph break, the justification
+        (preferences.bump: one more filler sentence for length, a paragraph break, the justification
         that repeats the question's words for overlap, one more "!", bold). An ideal reward
         model would give all of them the same reward.
     """)

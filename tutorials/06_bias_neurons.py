@@ -8,17 +8,19 @@ rank-correlate each neuron with each spurious attribute (Spearman), pick the top
 neurons per attribute, and replace their activations by validation medians at inference. Then
 the full search (k chosen on validation accuracy, as `nanobias intervene` does) and the reward
 model evaluated with and without the intervention. Library: nanobias/intervention.py,
-nanobias/kernels/ (masked_gelu, which applies the clamp inside the MLP).
+nanobias/reward_eval.py, kernels.masked_gelu (which applies the clamp inside the MLP).
 """
 
 import common
 
 args = common.parse_args(__doc__)
 
-from nanobias.intervention import (attribute_correlations, build_intervention, capture_pairs,  # noqa: E402
-                                   evaluate_reward_models, k_grid, load_intervention, select_intervention)
 from nanobias.render import ATTRIBUTES, Style, render_completion, render_prompt  # noqa: E402
-from nanobias.reward import BALANCED, bump, load_reward_model, make_pairs, right_answer, score  # noqa: E402
+from nanobias.intervention import (attribute_correlations, build_intervention, capture_pairs, k_grid,  # noqa: E402
+                                   load_intervention, select_intervention)
+from nanobias.preferences import BALANCED, bump, make_pairs, right_answer  # noqa: E402
+from nanobias.reward import load_reward_model, score  # noqa: E402
+from nanobias.reward_eval import evaluate_reward_models  # noqa: E402
 
 preset = common.tutorial_preset(args.tiny)
 cfg = preset.reward
@@ -69,7 +71,7 @@ with common.output_dir(args) as out:
         still can: an estimate of the content's controlled direct effect instead of its total
         effect. Here k = {demo_k} per attribute (the largest k that step 4 will try), on the demo
         of tutorial 05 (one answer, one knob at a time). Intervention.applied(model) sets the
-        NeuronSites' mask and value (nanobias.kernels.masked_gelu) and restores them on exit.
+        NeuronSites' clamp (kernels.masked_gelu) and restores it on exit.
     """)
     demo = build_intervention(rho, acts, {a: demo_k for a in ATTRIBUTES})
     print(f"{len(demo.neurons)} neurons clamped, per layer {demo.per_layer()}")

@@ -1,0 +1,268 @@
+"""Evaluating reward models: the base one, the neuron intervention and the length-only baselines.
+
+On balanced test pairs (preferences.py), for each method's reward r:
+
+    acc          = mean over pairs of [r(x, y_c) > r(x, y_r)]             (a tie is wrong)
+    acc_biased_A = acc over pairs whose chosen side has more of attribute A, acc_unbiased_A the
+                   same over pairs whose chosen side has less (ties in A are in neither)
+    sens_A       = mean over completions of (r(x, bump_A(y)) - r(x, y)) / std of the test rewards
+                   (`bump`: one style knob raised, the rest of the text the same)
+
+Methods: base; cirm (the intervention at the last token), cirm_all (at every position),
+all_neurons (every MLP neuron clamped at the last token: the most a last-token edit can remove);
+and the two length-only baselines of Shinoda et al. (Sec. 5), fitted on validation pairs: a length
+penalty r - alpha * length, and locally weighted regression (LOWESS) of reward on length, whose
+fitted curve is subtracted. `length_from_position` splits the base model's length sensitivity into
+the part that comes from where the text ends (positions alone) and the part from the added words.
+"""
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nanobias.checkpoint import write_json
+from nanobias.render import ATTRIBUTES, render_completion
+from nanobias.intervention import (Intervention, capture_pairs, column_medians, last_token_rewards,
+                                   load_intervention, prefill)
+from nanobias.model import GPT
+from nanobias.plots import biased_vs_unbiased, neurons_per_layer
+from nanobias.preferences import BALANCED, PAIR_KINDS, PairConfig, bump, make_pairs, pair_kind
+from nanobias.reward import RewardModel, encode, load_reward_model, score
+from nanobias.sampling import left_pad
+
+# reward-model variants in reports: cirm_all = the intervention at every position; all_neurons =
+# every MLP neuron clamped at the last token, an upper bound on what a last-token edit can do
+METHODS = ("base", "cirm", "cirm_all", "all_neurons", "length_penalty", "lwr")
+
+
+@dataclass
+class RewardEvalConfig:
+    sensitivity_completions: int = 200  # test completions whose knobs are bumped one at a time
+
+    def __post_init__(self):
+        if self.sensitivity_completions < 2:
+            raise ValueError(f"reward_eval.sensitivity_completions: expected at least 2, "
+                             f"got {self.sensitivity_completions}")
+
+
+# ---------------------------------------------------------------- metrics
+
+def pair_metrics(r_chosen, r_rejected, attrs_chosen: dict, attrs_rejected: dict, kinds=None) -> dict:
+    """docs/design.md's reward-model metrics. attrs_*: {attribute: values [P]}. A pair counts as right
+    when r_chosen > r_rejected (a tie is wrong). Pairs where an attribute ties are in neither subset.
+    kinds: each pair's `pair_kind` [P], for the accuracy per kind (None where a kind has no pair)."""
+    r_c, r_r = np.asarray(r_chosen, dtype=np.float64), np.asarray(r_rejected, dtype=np.float64)
+    right = r_c > r_r
+    out = {"acc": float(right.mean()), "acc_biased": {}, "acc_unbiased": {}, "n_biased": {}, "n_unbiased": {}}
+    if kinds is not None:
+        kinds = np.asarray(kinds)
+        out["acc_by_kind"] = {k: float(right[kinds == k].mean()) if (kinds == k).any() else None for k in PAIR_KINDS}
+    for a in ATTRIBUTES:
+        diff = np.asarray(attrs_chosen[a], dtype=np.float64) - np.asarray(attrs_rejected[a], dtype=np.float64)
+        for name, subset in (("biased", diff > 0), ("unbiased", diff < 0)):
+            out[f"acc_{name}"][a] = float(right[subset].mean()) if subset.any() else None
+            out[f"n_{name}"][a] = int(subset.sum())
+    return out
+
+
+def _sensitivity_items(pairs, n: int) -> dict:
+    """attribute -> [(index of the original completion among the 2P test completions, bumped text)]."""
+    originals = [(j, p, p.chosen, p.chosen_style) for j, p in enumerate(pairs)]
+    originals += [(len(pairs) + j, p, p.rejected, p.rejected_style) for j, p in enumerate(pairs)]
+    originals.sort(key=lambda o: (o[0] % len(pairs), o[0]))  # chosen and rejected of the first pairs
+    items = {}
+    for a in ATTRIBUTES:
+        items[a] = []
+        for index, pair, completion, style in originals:
+            bumped = bump(style, a)
+            if bumped is not None:
+                items[a].append((index, render_completion(pair.example, completion.answer_index, bumped).text))
+            if len(items[a]) == n:
+                break
+    return items
+
+
+@contextmanager
+def shifted_positions(gpt: GPT, offset: torch.Tensor):
+    """Inside the block, row b of every forward of `gpt` reads the position embeddings of its positions
+    + offset[b] (offset [B] ints): the same text as if it stood later in the window. A forward
+    pre-hook on the position embedding, so the model computes wpe(pos + offset) where it computed wpe(pos)."""
+    block_size = gpt.config.block_size
+
+    def shift(wpe, args):
+        pos = args[0] + offset[:, None]  # [B, T]
+        if pos.max() >= block_size:
+            raise ValueError(f"shifted_positions: an offset moves a token to position {pos.max().item()}, "
+                             f"past block_size={block_size}")
+        return (pos,)
+
+    handle = gpt.transformer.wpe.register_forward_pre_hook(shift)
+    try:
+        yield gpt
+    finally:
+        handle.remove()
+
+
+@torch.no_grad()
+def length_from_position(rm: RewardModel, enc, prompts: list[str], originals: list[str], bumped: list[str],
+                         batch_size: int = 64) -> np.ndarray:
+    """r(original, read at the positions the bumped text's tokens occupy) - r(original) [N]: the part of
+    the length bump's reward change that comes from where the text ends, not from what it says."""
+    seqs = encode(enc, prompts, originals, rm.gpt.config.block_size)
+    longer = encode(enc, prompts, bumped, rm.gpt.config.block_size)
+    param = next(rm.parameters())
+    rm.eval()
+    out = np.empty(len(seqs))
+    for start in range(0, len(seqs), batch_size):
+        rows = range(start, min(start + batch_size, len(seqs)))
+        ids, mask = left_pad([seqs[i] for i in rows], enc.eot_token, param.device)
+        shift = torch.tensor([len(longer[i]) - len(seqs[i]) for i in rows], device=param.device)  # [B]
+        with shifted_positions(rm.gpt, shift):
+            shifted = rm(ids, mask)
+        out[start:start + len(rows)] = (shifted - rm(ids, mask)).float().cpu().numpy()
+    return out
+
+
+def method_metrics(r: np.ndarray, n_pairs: int, pairs, items: dict) -> dict:
+    """r: rewards of the 2P test completions followed by every bumped text, in `items` order."""
+    attrs_c = {a: [p.chosen.attributes[a] for p in pairs] for a in ATTRIBUTES}
+    attrs_r = {a: [p.rejected.attributes[a] for p in pairs] for a in ATTRIBUTES}
+    out = pair_metrics(r[:n_pairs], r[n_pairs:2 * n_pairs], attrs_c, attrs_r, [pair_kind(p) for p in pairs])
+    std = r[:2 * n_pairs].std()
+    out["sensitivity"], start = {}, 2 * n_pairs
+    for a in ATTRIBUTES:
+        index = np.array([i for i, _ in items[a]], dtype=np.int64)
+        bumped = r[start:start + len(index)]
+        out["sensitivity"][a] = float((bumped - r[index]).mean() / std) if len(index) else None
+        start += len(index)
+    return out
+
+
+# ---------------------------------------------------------------- length-only baselines
+
+def fit_length_penalty(r_chosen, r_rejected, len_chosen, len_rejected, n_grid: int = 41) -> float:
+    """alpha of r - alpha * length that maximises pairwise accuracy on (validation) pairs.
+
+    The grid runs from 0 to twice the least-squares slope of reward on length; ties go to the
+    smallest |alpha|."""
+    r = np.concatenate([r_chosen, r_rejected]).astype(np.float64)
+    length = np.concatenate([len_chosen, len_rejected]).astype(np.float64)
+    var = length.var()
+    slope = ((length - length.mean()) * (r - r.mean())).mean() / var if var > 0 else 0.0
+    d_r = np.asarray(r_chosen, np.float64) - np.asarray(r_rejected, np.float64)  # [P]
+    d_len = np.asarray(len_chosen, np.float64) - np.asarray(len_rejected, np.float64)
+    alphas = slope * np.linspace(0.0, 2.0, n_grid)
+    accs = [(d_r - alpha * d_len > 0).mean() for alpha in alphas]
+    return float(alphas[int(np.argmax(accs))])  # argmax takes the first best: the smallest |alpha|
+
+
+def lowess(x_fit, y_fit, x_query, frac: float = 0.3) -> np.ndarray:
+    """Locally weighted linear regression (Cleveland, 1979; one pass, no robustness iterations).
+
+    At each query point q: weights w_i = (1 - (|x_i - q| / h)^3)^3 on the ceil(frac * n) nearest
+    points (h = the distance of the farthest of them), then the weighted least-squares line
+    a + b (x - q); the fit at q is a. Where the neighbours share one x, the weighted mean."""
+    x, y = np.asarray(x_fit, np.float64), np.asarray(y_fit, np.float64)
+    q = np.asarray(x_query, np.float64)
+    if x.ndim != 1 or x.shape != y.shape or len(x) < 2:
+        raise ValueError(f"lowess: x_fit and y_fit must be 1-D of the same length >= 2, got {x.shape} and {y.shape}")
+    n_near = min(len(x), max(2, int(np.ceil(frac * len(x)))))
+    dx = x[None, :] - q[:, None]  # [Q, N]
+    h = np.sort(np.abs(dx), axis=1)[:, n_near - 1:n_near]  # [Q, 1]
+    tricube = np.clip(1 - (np.abs(dx) / np.maximum(h, 1e-12)) ** 3, 0, None) ** 3
+    # the neighbours at distance exactly h keep a sliver of weight, so that some weight is never 0
+    w = np.where(np.abs(dx) <= h, np.maximum(tricube, 1e-12), 0.0)
+    s0, s1, s2 = w.sum(1), (w * dx).sum(1), (w * dx * dx).sum(1)
+    t0, t1 = (w * y).sum(1), (w * dx * y).sum(1)
+    det = s0 * s2 - s1 * s1
+    flat = det <= 1e-9 * np.maximum(s0 * s2, 1e-300)
+    slope = np.where(flat, 0.0, (s0 * t1 - s1 * t0) / np.where(flat, 1.0, det))
+    return (t0 - slope * s1) / s0
+
+
+# ---------------------------------------------------------------- the evaluation
+
+def evaluate_reward_models(splits, reward_ckpt, intervention_path, out_dir, cfg: RewardEvalConfig,
+                           pairs_cfg: PairConfig, seed: int = 0) -> dict:
+    """docs/design.md's `reward_model` section for base / cirm / length_penalty / lwr (and cirm_all, the
+    intervention at every position). intervention_path None: base and baselines only. Writes
+    reward_eval.json and PNGs into out_dir."""
+    rm, enc, _ = load_reward_model(reward_ckpt)
+    out_dir = Path(out_dir)
+
+    val = make_pairs(splits.val, pairs_cfg.val_pairs, seed + 1, BALANCED)
+    _, r_val, acts_val = capture_pairs(rm, enc, val)  # [2V], [2V, L, H]
+    rv_c, rv_r = np.split(r_val.numpy(), 2)
+    len_vc = np.array([p.chosen.attributes["length"] for p in val])
+    len_vr = np.array([p.rejected.attributes["length"] for p in val])
+    alpha = fit_length_penalty(rv_c, rv_r, len_vc, len_vr)
+    val_len, val_r = np.concatenate([len_vc, len_vr]), np.concatenate([rv_c, rv_r])
+
+    test = make_pairs(splits.test, pairs_cfg.test_pairs, seed + 2, BALANCED)
+    items = _sensitivity_items(test, cfg.sensitivity_completions)
+    prompts = [p.prompt for p in test] * 2 + [test[i % len(test)].prompt for a in ATTRIBUTES for i, _ in items[a]]
+    texts = ([p.chosen.text for p in test] + [p.rejected.text for p in test]
+             + [text for a in ATTRIBUTES for _, text in items[a]])
+    lengths = np.array([len(t) for t in texts], dtype=np.float64)
+    batches = prefill(rm, enc, prompts, texts)
+    r_base = last_token_rewards(rm, batches).numpy().astype(np.float64)
+    rewards = {"base": r_base, "length_penalty": r_base - alpha * lengths,
+               "lwr": r_base - lowess(val_len, val_r, lengths)}
+    intervention = load_intervention(intervention_path) if intervention_path is not None else None
+    if intervention is not None:
+        rewards["cirm"] = last_token_rewards(rm, batches, intervention).numpy().astype(np.float64)
+        rewards["cirm_all"] = score(rm, enc, prompts, texts, intervention.with_positions("all")).numpy().astype(np.float64)
+    # every neuron clamped at the last token: the most any last-token neuron edit can remove
+    # (what is left reaches the head through attention and the position embedding)
+    n_layer, n_neurons = acts_val.shape[1:]
+    every = Intervention(n_layer, n_neurons, [(l, i) for l in range(n_layer) for i in range(n_neurons)],
+                         column_medians(acts_val.flatten(1)).tolist())
+    rewards["all_neurons"] = last_token_rewards(rm, batches, every).numpy().astype(np.float64)
+    order = [m for m in METHODS if m in rewards]
+    results = {m: method_metrics(rewards[m], len(test), test, items) for m in order}
+    from_position = length_from_position(rm, enc, [test[i % len(test)].prompt for i, _ in items["length"]],
+                                         [texts[i] for i, _ in items["length"]], [t for _, t in items["length"]])
+    results["length_from_position"] = float(from_position.mean() / r_base[:2 * len(test)].std())
+    results["length_penalty"]["alpha"] = alpha
+    if intervention is not None:
+        per_layer = intervention.per_layer()
+        results["neurons"] = {"edited": len(intervention.neurons), "total": intervention.n_layer * intervention.n_neurons,
+                              "per_layer": per_layer, "k": intervention.k}
+        neurons_per_layer(per_layer, intervention.n_neurons, out_dir / "neurons_per_layer.png")
+    results["test_pairs"] = len(test)
+    write_json(out_dir / "reward_eval.json", results)
+    biased_vs_unbiased({m: results[m] for m in order}, ATTRIBUTES, out_dir / "reward_biased_unbiased.png")
+    print(format_reward_table(results))
+    return results
+
+
+def format_reward_table(results: dict) -> str:
+    """Markdown table: accuracy, accuracy per pair kind, biased/unbiased-subset accuracy and
+    sensitivity per attribute."""
+    methods = [m for m in METHODS if m in results]
+    head = ("| method | acc | " + " / ".join(PAIR_KINDS) + " | "
+            + " | ".join(f"{a} b / u / sens" for a in ATTRIBUTES) + " |\n")
+    head += "|---|---|---|" + "---|" * len(ATTRIBUTES) + "\n"
+
+    def cell(x, fmt):
+        return "-" if x is None else format(x, fmt)
+
+    rows = "".join(
+        f"| {m} | {results[m]['acc']:.3f} | "
+        + " / ".join(cell(results[m].get("acc_by_kind", {}).get(k), ".3f") for k in PAIR_KINDS) + " | " + " | ".join(
+            f"{cell(results[m]['acc_biased'][a], '.3f')} / {cell(results[m]['acc_unbiased'][a], '.3f')} / "
+            f"{cell(results[m]['sensitivity'][a], '+.3f')}" for a in ATTRIBUTES) + " |\n"
+        for m in methods)
+    position = results.get("length_from_position")
+    total = results["base"]["sensitivity"]["length"]
+    tail_position = (f"base length sensitivity {total:+.3f} = {position:+.3f} from the positions alone (the same text "
+                     f"read where the longer one ends) {total - position:+.3f} from the added words\n"
+                     if position is not None and total is not None else "")
+    neurons = results.get("neurons")
+    tail = (f"neurons edited: {neurons['edited']} of {neurons['total']} "
+            f"({100 * neurons['edited'] / neurons['total']:.2f}%), per layer {neurons['per_layer']}, k {neurons['k']}\n"
+            if neurons else "")
+    return head + rows + tail_position + tail
