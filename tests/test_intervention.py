@@ -1,5 +1,4 @@
 import json
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -7,13 +6,12 @@ import torch
 
 from nanobias.checkpoint import save_checkpoint
 from nanobias.data import ATTRIBUTES, Splits, load_splits, pretraining_documents, synthetic_examples
-from nanobias.intervention import (Intervention, average_ranks, build_intervention, column_medians,
+from nanobias.intervention import (Intervention, InterventionConfig, RewardEvalConfig, average_ranks, build_intervention, column_medians,
                                    evaluate_reward_models, k_grid, last_token_rewards, length_from_position,
                                    load_intervention, method_metrics, prefill, save_intervention, search_k,
                                    select_intervention, spearman)
 from nanobias.model import GPT, GPTConfig
-from nanobias.presets import PRESETS
-from nanobias.reward import RewardConfig, make_pairs, reward_meta, reward_model_from_policy, score
+from nanobias.reward import PairConfig, make_pairs, reward_meta, reward_model_from_policy, score
 from nanobias.tokenizer import train_bpe
 
 N_LAYER, N_EMBD = 2, 16
@@ -210,16 +208,15 @@ def test_intervention_json_round_trip_and_errors(tmp_path):
 
 # ---------------------------------------------------------------- the stages end to end
 
-def tiny_preset():
-    cfg = RewardConfig(val_pairs=12, test_pairs=10, sensitivity_completions=4, k_fractions=(1 / 64, 1 / 32))
-    return replace(PRESETS["smoke"], reward=cfg)
+PAIRS = PairConfig(val_pairs=12, test_pairs=10)
+SEARCH = InterventionConfig(k_fractions=(1 / 64, 1 / 32))
+EVAL = RewardEvalConfig(sensitivity_completions=4)
 
 
 def test_selection_uses_only_validation_data(reward_ckpt, splits, tmp_path):
-    preset = tiny_preset()
-    select_intervention(preset, splits, reward_ckpt, tmp_path / "a.json", seed=0)
+    select_intervention(splits, reward_ckpt, tmp_path / "a.json", SEARCH, PAIRS, seed=0)
     other_test = Splits(splits.train, splits.val, splits.test[::-1][:20], splits.heldout)
-    select_intervention(preset, other_test, reward_ckpt, tmp_path / "b.json", seed=0)
+    select_intervention(other_test, reward_ckpt, tmp_path / "b.json", SEARCH, PAIRS, seed=0)
     a, b = json.loads((tmp_path / "a.json").read_text()), json.loads((tmp_path / "b.json").read_text())
     assert a == b
     assert set(a["k"]) == set(ATTRIBUTES) and all(v in (0, 2, 4) for v in a["k"].values())
@@ -227,9 +224,8 @@ def test_selection_uses_only_validation_data(reward_ckpt, splits, tmp_path):
 
 
 def test_evaluation_writes_the_design_section(reward_ckpt, splits, tmp_path):
-    preset = tiny_preset()
-    select_intervention(preset, splits, reward_ckpt, tmp_path / "intervention.json")
-    results = evaluate_reward_models(preset, splits, reward_ckpt, tmp_path / "intervention.json", tmp_path)
+    select_intervention(splits, reward_ckpt, tmp_path / "intervention.json", SEARCH, PAIRS)
+    results = evaluate_reward_models(splits, reward_ckpt, tmp_path / "intervention.json", tmp_path, EVAL, PAIRS)
     for method in ("base", "cirm", "cirm_all", "all_neurons", "length_penalty", "lwr"):
         assert set(results[method]) >= {"acc", "acc_biased", "acc_unbiased", "sensitivity"}
         assert set(results[method]["sensitivity"]) == set(ATTRIBUTES)
@@ -238,7 +234,7 @@ def test_evaluation_writes_the_design_section(reward_ckpt, splits, tmp_path):
     assert json.loads((tmp_path / "reward_eval.json").read_text())["base"]["acc"] == results["base"]["acc"]
     assert (tmp_path / "neurons_per_layer.png").stat().st_size > 0
     assert (tmp_path / "reward_biased_unbiased.png").stat().st_size > 0
-    base_only = evaluate_reward_models(preset, splits, reward_ckpt, None, tmp_path / "base")
+    base_only = evaluate_reward_models(splits, reward_ckpt, None, tmp_path / "base", EVAL, PAIRS)
     assert "cirm" not in base_only and base_only["base"]["acc"] == results["base"]["acc"]
 
 

@@ -1,6 +1,5 @@
 import math
 import random
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -10,13 +9,11 @@ from nanobias.checkpoint import load_checkpoint, save_policy
 from nanobias.data import (ATTRIBUTES, Style, load_splits, pretraining_documents, render_completion,
                            render_prompt, synthetic_examples)
 from nanobias.model import GPT, GPTConfig
-from nanobias.presets import PRESETS
-from nanobias.reward import (BALANCED, PAIR_KINDS, PLANTED, RewardConfig, bradley_terry_loss, bump, fit_length_penalty,
+from nanobias.reward import (BALANCED, PAIR_KINDS, PLANTED, PairConfig, RewardConfig, bradley_terry_loss, bump, fit_length_penalty,
                              load_reward_model, lowess, make_pair, make_pairs, pair_kind, pair_metrics, planted_rates,
                              regression_loss, reward_model_from_policy, right_answer, score, score_pairs,
                              train_reward_model)
 from nanobias.tokenizer import train_bpe
-from nanobias.train import TrainConfig
 
 
 @pytest.fixture(scope="module")
@@ -107,10 +104,9 @@ def test_reward_model_starts_from_the_policy(tiny_policy):
 
 def test_train_checkpoint_and_reload(tiny_policy, splits, tmp_path):
     policy_path, _, enc = tiny_policy
-    cfg = RewardConfig(train=TrainConfig(steps=3, batch_size=3, lr=1e-3, warmup=1, eval_every=3, ckpt_every=3),
-                       val_pairs=4, test_pairs=4)
-    preset = replace(PRESETS["smoke"], reward=cfg)
-    path = train_reward_model(preset, splits, policy_path, tmp_path / "reward.pt", seed=0)
+    cfg = RewardConfig(steps=3, batch_size=3, lr=1e-3, warmup=1, eval_every=3, ckpt_every=3)
+    path = train_reward_model(splits, policy_path, tmp_path / "reward.pt", cfg, PairConfig(val_pairs=4, test_pairs=4),
+                              seed=0)
     meta = load_checkpoint(path)["meta"]
     assert meta["kind"] == "reward" and meta["loss"] == "bt" and meta["model_config"]["n_embd"] == 32
     rm, enc2, _ = load_reward_model(path)
@@ -127,17 +123,18 @@ def test_train_checkpoint_and_reload(tiny_policy, splits, tmp_path):
 
 def test_regression_loss_trains(tiny_policy, splits, tmp_path):
     policy_path, _, _ = tiny_policy
-    cfg = RewardConfig(train=TrainConfig(steps=2, batch_size=2, lr=1e-3, warmup=1, eval_every=2, ckpt_every=2),
-                       loss="regression", val_pairs=4, test_pairs=4)
-    path = train_reward_model(replace(PRESETS["smoke"], reward=cfg), splits, policy_path, tmp_path / "r.pt")
+    cfg = RewardConfig(steps=2, batch_size=2, lr=1e-3, warmup=1, eval_every=2, ckpt_every=2, loss="regression")
+    path = train_reward_model(splits, policy_path, tmp_path / "r.pt", cfg, PairConfig(val_pairs=4, test_pairs=4))
     assert load_checkpoint(path)["meta"]["loss"] == "regression"
 
 
 def test_bad_config_is_rejected():
     with pytest.raises(ValueError, match="reward loss"):
         RewardConfig(loss="hinge")
-    with pytest.raises(ValueError, match="reward.planted"):
-        RewardConfig(planted={"length": 0.9})
+    with pytest.raises(ValueError, match="pairs.planted"):
+        PairConfig(planted={"length": 0.9})
+    with pytest.raises(ValueError, match="pairs.val_pairs"):
+        PairConfig(val_pairs=1)
 
 
 def test_pair_metrics_on_hand_made_pairs():
