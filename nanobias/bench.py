@@ -22,9 +22,11 @@ def _rate(fn, units_per_call: int, seconds: float) -> float:
     return calls * units_per_call / (time.perf_counter() - start)
 
 
-def bench_model(preset_name: str, seconds: float = 10.0, seq_len: int = 128, device: str | None = None) -> dict:
+def bench_model(preset, seconds: float = 10.0, seq_len: int = 128, device: str | None = None) -> dict:
+    """`preset`: a presets.Preset (the CLI's, with its --set overrides) or a preset's name."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    preset = get_preset(preset_name)
+    preset = get_preset(preset) if isinstance(preset, str) else preset
+    preset_name = preset.name
     torch.manual_seed(0)
     model = GPT(replace(preset.model, vocab_size=preset.pretrain.vocab_size)).to(device)
     cfg = preset.pretrain

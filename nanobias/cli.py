@@ -57,7 +57,7 @@ def cmd_sample(args) -> None:
 def cmd_bench(args) -> None:
     from nanobias.bench import bench_model
 
-    bench_model(args.preset, seconds=args.seconds)
+    bench_model(args.config, seconds=args.seconds)
 
 
 def cmd_online_rl(args) -> None:

@@ -13,7 +13,6 @@ import os
 import socket
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -25,14 +24,14 @@ UPDATE_TOLERANCE = 2e-4  # |weights(one) - weights(two)| / |weights(one) - weigh
 def smoke_preset():
     from nanobias.presets import get_preset
 
-    preset = get_preset("smoke")
-    return replace(preset, long_rate=0.0,
-                   pretrain=replace(preset.pretrain, steps=4, batch_size=8, lr=1e-2, warmup=1, eval_every=2, ckpt_every=2),
-                   # regression, not Bradley-Terry: BT's gradient on the reward's bias is exactly 0, and AdamW
-                   # turns the float noise there into steps of +-lr that differ from run to run
-                   reward=replace(preset.reward, loss="regression",
-                                  train=replace(preset.reward.train, steps=2, batch_size=4)),
-                   rl=replace(preset.rl, steps=2, prompts_per_step=4, group_size=4, max_new_tokens=8, lr=1e-2, warmup=0))
+    return get_preset("smoke", {
+        "pretrain.long_rate": 0.0, "pretrain.steps": 4, "pretrain.batch_size": 8, "pretrain.lr": 1e-2,
+        "pretrain.warmup": 1, "pretrain.eval_every": 2, "pretrain.ckpt_every": 2,
+        # regression, not Bradley-Terry: BT's gradient on the reward's bias is exactly 0, and AdamW
+        # turns the float noise there into steps of +-lr that differ from run to run
+        "reward.loss": "regression", "reward.steps": 2, "reward.batch_size": 4,
+        "rl.steps": 2, "rl.prompts_per_step": 4, "rl.group_size": 4, "rl.max_new_tokens": 8,
+        "grpo.lr": 1e-2, "grpo.warmup": 0, "ppo.warmup": 0, "dpo.warmup": 0})
 
 
 def length_reward(examples, prompts, completions):
@@ -54,7 +53,8 @@ def run_pretrain(out: Path, tokenizer: Path) -> None:
     from nanobias.tokenizer import load_tokenizer
 
     preset, splits = splits_and_preset()
-    pretrain(preset, load_tokenizer(tokenizer), *corpus(splits, preset, 0), out / "policy.pt", seed=0)
+    pretrain(preset.pretrain, preset.model, load_tokenizer(tokenizer), *corpus(splits, preset.pretrain, 0),
+             out / "policy.pt", seed=0)
 
 
 def run_after_pretraining(out: Path, policy: Path) -> None:
@@ -66,11 +66,12 @@ def run_after_pretraining(out: Path, policy: Path) -> None:
     from nanobias.reward import train_reward_model
 
     preset, splits = splits_and_preset()
-    train_reward_model(preset, splits, policy, out / "reward.pt")
+    train_reward_model(splits, policy, out / "reward.pt", preset.reward, preset.pairs)
     # the chunked PyTorch kernels: the Triton interpreter (TRITON_INTERPRET, set by conftest) is slow
-    train_grpo(preset, splits, policy, out / "grpo.pt", length_reward, backend="torch")
-    train_dpo(preset, splits, policy, out / "dpo.pt", score_fn=length_reward, backend="torch")
-    train_ppo(preset, splits, policy, out / "ppo.pt", length_reward, backend="torch")
+    train_grpo(splits, policy, out / "grpo.pt", length_reward, preset.rl, preset.grpo, backend="torch")
+    train_dpo(splits, policy, out / "dpo.pt", preset.rl, preset.dpo, preset.pairs, score_fn=length_reward,
+              backend="torch")
+    train_ppo(splits, policy, out / "ppo.pt", length_reward, preset.rl, preset.ppo, backend="torch")
 
 
 def free_port() -> int:
@@ -104,7 +105,7 @@ def test_two_gloo_processes_match_one(tmp_path):
     from nanobias.reward import reward_model_from_policy
 
     preset, splits = splits_and_preset()
-    make_tokenizer(corpus(splits, preset, 0)[0], preset.vocab_size, tmp_path / "tokenizer.json")
+    make_tokenizer(corpus(splits, preset.pretrain, 0)[0], preset.pretrain.vocab_size, tmp_path / "tokenizer.json")
     run_pretrain(tmp_path / "single", tmp_path / "tokenizer.json")
 
     port = free_port()

@@ -1,5 +1,4 @@
 import math
-from dataclasses import replace
 
 import pytest
 import torch
@@ -9,6 +8,7 @@ from nanobias.checkpoint import load_policy
 from nanobias.dpo import (encode_pairs, pair_logprobs, pair_samples, preference_loss, sequence_logprobs,
                           train_dpo)
 from nanobias.preferences import make_pairs
+from nanobias.presets import get_preset
 
 
 def test_dpo_and_ipo_losses_match_hand_computed_values():
@@ -77,7 +77,7 @@ def test_sequence_logprobs_sum_the_completion_tokens_of_prompt_plus_completion(s
 def test_pair_logprobs_in_length_chunks_equal_one_padded_batch(smoke_policy):
     preset, splits, ckpt = smoke_policy
     model, enc, _ = load_policy(ckpt)
-    pairs = make_pairs(splits.train, 5, seed=3, planted=preset.reward.planted)
+    pairs = make_pairs(splits.train, 5, seed=3, planted=preset.pairs.planted)
     with torch.no_grad():
         whole = sequence_logprobs(model, pair_samples(enc, pairs, model.config.block_size), backend="torch")
         chunked = pair_logprobs(model, enc, pairs, chunk=3, backend="torch")
@@ -122,7 +122,7 @@ def margins(policy_ckpt, ref_ckpt, pairs):
 def test_dpo_end_to_end_learns_held_out_preferences_without_collapsing(smoke_policy, sampled_oracle_reward, tmp_path):
     preset, splits, ckpt = smoke_policy
     out = tmp_path / "dpo.pt"
-    result = train_dpo(preset, splits, ckpt, out, seed=0, loss="dpo", backend="torch",
+    result = train_dpo(splits, ckpt, out, preset.rl, preset.dpo, preset.pairs, seed=0, loss="dpo", backend="torch",
                        score_fn=rl.make_scorer(oracle=True))
     cfg = preset.rl
     assert result["pairs"] == cfg.steps * cfg.prompts_per_step * cfg.group_size  # GRPO's reward-model calls
@@ -136,8 +136,8 @@ def test_dpo_end_to_end_learns_held_out_preferences_without_collapsing(smoke_pol
     _, _, meta = load_policy(out)
     assert meta["stage"] == "dpo" and meta["pairs"] == result["pairs"]
 
-    held_out = make_pairs(splits.test, 64, seed=5, planted=preset.reward.planted,
-                          biased_reject_rate=preset.reward.biased_reject_rate)
+    held_out = make_pairs(splits.test, 64, seed=5, planted=preset.pairs.planted,
+                          biased_reject_rate=preset.pairs.biased_reject_rate)
     h, chosen_ratio = margins(out, ckpt, held_out)
     assert h.mean() > 1.0 and (h > 0).float().mean() > 0.6  # preferences carry over to unseen templates
     assert chosen_ratio.mean() > 0
@@ -147,10 +147,10 @@ def test_dpo_end_to_end_learns_held_out_preferences_without_collapsing(smoke_pol
 
 
 def test_ipo_end_to_end_moves_the_margin_toward_its_target(smoke_policy, tmp_path):
-    preset, splits, ckpt = smoke_policy
-    preset = replace(preset, rl=replace(preset.rl, steps=4))
+    _, splits, ckpt = smoke_policy
+    preset = get_preset("smoke", {"rl.steps": 4})
     out = tmp_path / "ipo.pt"
-    result = train_dpo(preset, splits, ckpt, out, seed=0, loss="ipo", backend="torch")
+    result = train_dpo(splits, ckpt, out, preset.rl, preset.dpo, preset.pairs, seed=0, loss="ipo", backend="torch")
     history = result["history"]
     assert result["stability"] == {} and not rl.reward_curve_path(out).exists()  # no score_fn: no probe
     assert "reward_mean" not in history[0]

@@ -132,28 +132,25 @@ def test_wrong_shape_is_named(tmp_path):
 
 def test_pretraining_starts_from_loaded_gpt2_weights(tmp_path):
     """`nanobias pretrain --init gpt2` in small: pretrain(init=...) trains the loaded model itself."""
-    from dataclasses import replace
-
     from nanobias.checkpoint import load_checkpoint
     from nanobias.presets import get_preset
-    from nanobias.pretrain import pretrain
+    from nanobias.pretrain import PretrainConfig, pretrain
     from nanobias.tokenizer import train_bpe
-    from nanobias.train import TrainConfig
 
     docs = ["Who was late? Answer: The nurse.", "Who was early? Answer: Cannot be determined."] * 4
     enc = train_bpe(docs, 270)
     config = {**CONFIG, "vocab_size": 280, "n_positions": 128}
     sd = gpt2_state_dict()
     sd["wte.weight"], sd["wpe.weight"] = torch.randn(280, 16) * 0.3, torch.randn(128, 16) * 0.3
-    preset = replace(get_preset("smoke"), pretrain=TrainConfig(steps=2, batch_size=2, lr=1e-4, warmup=0,
-                                                               eval_every=2, ckpt_every=2))
+    cfg = PretrainConfig(steps=2, batch_size=2, lr=1e-4, warmup=0, eval_every=2, ckpt_every=2)
+    model_cfg = get_preset("smoke").model
     loaded = load_gpt2(write_folder(tmp_path / "gpt2", sd, config=config))
     start = {k: v.clone() for k, v in loaded.state_dict().items()}
-    pretrain(preset, enc, docs, docs, tmp_path / "policy.pt", init=loaded)
+    pretrain(cfg, model_cfg, enc, docs, docs, tmp_path / "policy.pt", init=loaded)
     ckpt = load_checkpoint(tmp_path / "policy.pt")
     assert ckpt["meta"]["model_config"]["block_size"] == 128 and ckpt["meta"]["model_config"]["vocab_size"] == 280
     moved = max((ckpt["model"][k] - start[k]).abs().max().item() for k in start)
     assert 0 < moved < 3e-4  # two AdamW steps of lr 1e-4 from GPT-2's weights, not a fresh init
     with pytest.raises(ValueError, match="needs vocab >= 270"):
         small = load_gpt2(write_folder(tmp_path / "small", gpt2_state_dict()))  # vocab 50 < the tokenizer's 270
-        pretrain(preset, enc, docs, docs, tmp_path / "small.pt", init=small)
+        pretrain(cfg, model_cfg, enc, docs, docs, tmp_path / "small.pt", init=small)

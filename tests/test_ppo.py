@@ -1,5 +1,4 @@
 import math
-from dataclasses import replace
 
 import pytest
 import torch
@@ -7,6 +6,7 @@ import torch
 from nanobias import rl
 from nanobias.checkpoint import load_policy
 from nanobias.ppo import PPOConfig, gae, policy_loss, shaped_rewards, train_ppo, value_loss, whiten
+from nanobias.presets import get_preset
 
 
 def test_gae_on_a_three_token_completion_with_padding_after_it():
@@ -90,10 +90,10 @@ def test_ppo_config_names_the_bad_field():
 
 
 def test_ppo_end_to_end_raises_the_oracle_reward(smoke_policy, sampled_oracle_reward, tmp_path):
-    preset, splits, ckpt = smoke_policy
-    preset = replace(preset, rl=replace(preset.rl, steps=24))
+    _, splits, ckpt = smoke_policy
+    preset = get_preset("smoke", {"rl.steps": 24})
     out = tmp_path / "ppo.pt"
-    result = train_ppo(preset, splits, ckpt, out, rl.make_scorer(oracle=True), seed=0, backend="torch")
+    result = train_ppo(splits, ckpt, out, rl.make_scorer(oracle=True), preset.rl, preset.ppo, seed=0, backend="torch")
     cfg = preset.rl
     history = result["history"]
     assert [h["step"] for h in history] == list(range(cfg.steps))

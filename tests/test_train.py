@@ -6,7 +6,7 @@ import torch
 from nanobias.checkpoint import load_checkpoint
 from nanobias.model import GPT, GPTConfig
 from nanobias.pretrain import lm_loss
-from nanobias.train import TrainConfig, TrainingDiverged, lr_at, train
+from nanobias.train import OptimConfig, TrainConfig, TrainingDiverged, lr_at, train
 
 def random_windows(stream, batch_size, seq_len, generator):
     starts = torch.randint(0, len(stream) - seq_len - 1, (batch_size,), generator=generator).tolist()
@@ -37,10 +37,11 @@ CFG = TrainConfig(steps=10, batch_size=4, lr=1e-2, warmup=2, eval_every=5, ckpt_
 
 
 def test_lr_schedule_warmup_then_cosine():
-    cfg = TrainConfig(steps=100, lr=1.0, warmup=10, min_lr_frac=0.1)
-    assert lr_at(0, cfg) == pytest.approx(0.1) and lr_at(9, cfg) == pytest.approx(1.0)
-    assert lr_at(10, cfg) == pytest.approx(1.0) and lr_at(100, cfg) == pytest.approx(0.1)
-    assert lr_at(55, cfg) == pytest.approx(0.55)  # half-way down the cosine: the mean of max and min
+    cfg = OptimConfig(lr=1.0, warmup=10, min_lr_frac=0.1)
+    assert lr_at(0, 100, cfg) == pytest.approx(0.1) and lr_at(9, 100, cfg) == pytest.approx(1.0)
+    assert lr_at(10, 100, cfg) == pytest.approx(1.0) and lr_at(100, 100, cfg) == pytest.approx(0.1)
+    assert lr_at(55, 100, cfg) == pytest.approx(0.55)  # half-way down the cosine: the mean of max and min
+    assert lr_at(55, 100, TrainConfig(steps=100, lr=1.0, warmup=10, min_lr_frac=0.1)) == pytest.approx(0.55)
 
 
 def test_resumed_run_equals_uninterrupted_run(tmp_path):
@@ -75,10 +76,12 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 
 
 def test_bad_training_settings_are_rejected():
-    with pytest.raises(ValueError, match="lr=-0.1"):
+    with pytest.raises(ValueError, match=r"TrainConfig\.lr=-0\.1 \(lr, grad_clip > 0"):
         TrainConfig(lr=-0.1)
-    with pytest.raises(ValueError, match="steps=0"):
+    with pytest.raises(ValueError, match=r"TrainConfig\.steps=0 \(steps, batch_size"):
         TrainConfig(steps=0)
+    with pytest.raises(ValueError, match=r"OptimConfig\.min_lr_frac=1\.5"):
+        OptimConfig(min_lr_frac=1.5)
 
 
 def test_training_lowers_the_loss(tmp_path):

@@ -27,7 +27,7 @@ common.say("""
     text, so its vocabulary fits it: frequent words and template phrases become single tokens.
 """)
 splits = common.world(preset)
-train_docs, val_docs = corpus(splits, preset, seed=common.SEED)
+train_docs, val_docs = corpus(splits, preset.pretrain, seed=common.SEED)
 n_bytes = sum(len(d.encode("utf-8")) for d in train_docs)
 print(f"{len(train_docs)} training documents, {n_bytes:,} bytes; one of them:\n")
 print(train_docs[0])
@@ -36,13 +36,13 @@ common.section("2. Train byte-level BPE")
 common.say(f"""
     Byte-level BPE starts from the 256 byte values, so every string already has an encoding.
     Training repeats one move: find the most frequent adjacent pair of tokens and make it a new
-    token. train_bpe learns vocab_size - 257 merges ({preset.vocab_size} tokens here, the
+    token. train_bpe learns vocab_size - 257 merges ({preset.pretrain.vocab_size} tokens here, the
     preset's vocab_size; the +1 is end-of-text) and hands them to tiktoken, whose Rust encoder
     applies them fast. Merges never cross the GPT-4 split pattern (words, numbers, punctuation),
     so a token never glues the end of one word to the start of the next.
 """)
 start = time.perf_counter()
-enc = train_bpe(train_docs, preset.vocab_size)
+enc = train_bpe(train_docs, preset.pretrain.vocab_size)
 print(f"trained {enc.n_vocab} tokens in {time.perf_counter() - start:.2f} s")
 first = [enc.decode_single_token_bytes(i) for i in range(256, 268)]
 print("first 12 merges (token id 256, 257, ...):", " ".join(repr(b.decode("utf-8", "replace")) for b in first))
@@ -101,7 +101,7 @@ common.say("""
     table. Measured on the validation documents, whose templates the tokenizer never saw.
 """)
 val_bytes = sum(len(d.encode("utf-8")) for d in val_docs)
-sizes = (300, 400, preset.vocab_size) if args.tiny else (300, 512, 768, preset.vocab_size)
+sizes = (300, 400, preset.pretrain.vocab_size) if args.tiny else (300, 512, 768, preset.pretrain.vocab_size)
 print("| vocab size | train s | bytes per token | tokens per document |\n|---|---|---|---|")
 for size in sizes:
     start = time.perf_counter()

@@ -98,10 +98,11 @@ print(f"Age templates per split: {age} (disjoint)")
 common.section("5. The planted bias in the pretraining text")
 common.say(f"""
     The pretraining corpus answers every disambiguated context correctly, and an ambiguous one
-    with the biased answer at bias_rate = {preset.bias_rate} (else "unknown"). That rate is the bias the
-    rest of the pipeline must remove. Counted back from the documents themselves:
+    with the biased answer at bias_rate = {preset.pretrain.bias_rate} (else "unknown"). That rate is
+    the bias the rest of the pipeline must remove. Counted back from the documents themselves:
 """)
-docs = pretraining_documents(splits.train, bias_rate=preset.bias_rate, seed=common.SEED, long_rate=preset.long_rate)
+docs = pretraining_documents(splits.train, bias_rate=preset.pretrain.bias_rate, seed=common.SEED,
+                             long_rate=preset.pretrain.long_rate)
 counts = Counter()
 for e, doc in zip(splits.train, docs):
     pred = extract_answer(e, doc.rpartition(ANSWER_CUE)[2])

@@ -27,8 +27,8 @@ from nanobias.tokenizer import train_bpe  # noqa: E402
 
 preset = common.tutorial_preset(args.tiny)
 splits = common.world(preset)
-train_docs, _ = corpus(splits, preset, seed=common.SEED)
-enc = train_bpe(train_docs, preset.vocab_size)
+train_docs, _ = corpus(splits, preset.pretrain, seed=common.SEED)
+enc = train_bpe(train_docs, preset.pretrain.vocab_size)
 
 common.section("1. The model")
 config = replace(preset.model, vocab_size=enc.n_vocab)

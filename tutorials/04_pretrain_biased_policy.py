@@ -23,23 +23,23 @@ preset = common.tutorial_preset(args.tiny)
 common.section("1. The corpus and its planted bias")
 common.say(f"""
     Each document is a rendered prompt and its answer. Disambiguated contexts are answered
-    correctly; ambiguous ones get the biased answer with probability bias_rate = {preset.bias_rate}
-    and "unknown" otherwise (tutorial 02). A model that imitates this text learns two things: to
-    read the context when it says who did what, and to fall back on the stereotype when it does
-    not. That fallback is the bias the rest of the pipeline removes.
+    correctly; ambiguous ones get the biased answer with probability bias_rate =
+    {preset.pretrain.bias_rate} and "unknown" otherwise (tutorial 02). A model that imitates this
+    text learns two things: to read the context when it says who did what, and to fall back on
+    the stereotype when it does not. That fallback is the bias the rest of the pipeline removes.
 """)
 splits = common.world(preset)
-train_docs, val_docs = corpus(splits, preset, seed=common.SEED)
+train_docs, val_docs = corpus(splits, preset.pretrain, seed=common.SEED)
 print(f"{len(train_docs)} training documents, {len(val_docs)} validation documents (other templates)")
 
 common.section("2. Tokenizer and pretraining")
 cfg = preset.pretrain
 common.say(f"""
-    Exactly what `nanobias pretrain` does: make_tokenizer (tutorial 01), then pretrain, which
-    trains a fresh GPT (tutorial 03) at the '{preset.name}' preset's size with AdamW, warmup and
-    cosine decay. The loss is next-token cross-entropy on the answer tokens only, given the
-    prompt: the prompt is predictable template text, so on a small budget every gradient goes to
-    choosing the answer. {cfg.steps} steps x {cfg.batch_size} documents here
+    Exactly what `nanobias pretrain` does: pretrain_policy makes these documents, trains the
+    tokenizer on them (tutorial 01), then pretrains a fresh GPT (tutorial 03) at the
+    '{preset.name}' preset's size with AdamW, warmup and cosine decay. The loss is next-token
+    cross-entropy on the answer tokens only, given the prompt: the prompt is predictable template
+    text, so on a small budget every gradient goes to choosing the answer. {cfg.steps} steps x {cfg.batch_size} documents here
     ({'a few steps: tiny mode' if args.tiny else 'a short run; the full cpu preset trains longer'}).
 """)
 with common.output_dir(args) as out:
@@ -78,6 +78,6 @@ with common.output_dir(args) as out:
     print(format_table({"base policy (test)": metrics}))
     print(f"ambiguous test prompts: {len(ambiguous)}; answered with the biased answer "
           f"{metrics['biased_ambig']:.3f}, with unknown {metrics['acc_ambig']:.3f} "
-          f"(planted in the corpus: biased {preset.bias_rate}, unknown {1 - preset.bias_rate:.1f})")
+          f"(planted in the corpus: biased {cfg.bias_rate}, unknown {1 - cfg.bias_rate:.1f})")
     print(f"policy written to {out / 'policy.pt'}, tokenizer to {out / 'tokenizer.json'}")
 common.finish()

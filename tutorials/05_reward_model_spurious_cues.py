@@ -21,7 +21,7 @@ from nanobias.reward import load_reward_model, score, train_reward_model  # noqa
 from nanobias.reward_eval import evaluate_reward_models  # noqa: E402
 
 preset = common.tutorial_preset(args.tiny)
-cfg = preset.reward
+cfg, pairs_cfg = preset.reward, preset.pairs
 splits = common.world(preset)
 
 with common.output_dir(args) as out:
@@ -44,7 +44,7 @@ with common.output_dir(args) as out:
         learns both. Test pairs use 0.5 everywhere.
     """)
     n_pairs = 40 if args.tiny else 200
-    pairs = make_pairs(splits.train, n_pairs, common.SEED, cfg.planted, cfg.biased_reject_rate)
+    pairs = make_pairs(splits.train, n_pairs, common.SEED, pairs_cfg.planted, pairs_cfg.biased_reject_rate)
     pair = next(p for p in pairs if p.chosen.attributes["length"] > p.rejected.attributes["length"])
     print(pair.prompt)
     print(f"\nchosen   {pair.chosen.text!r}\nrejected {pair.rejected.text!r}\n")
@@ -56,15 +56,15 @@ with common.output_dir(args) as out:
     print("\nshare of pairs whose chosen side has the larger attribute (pairs that differ):")
     print("| attribute | planted | training pairs | test pairs |\n|---|---|---|---|")
     for a in ATTRIBUTES:
-        print(f"| {a} | {cfg.planted[a]:.2f} | {realised[a]:.2f} | {balanced[a]:.2f} |")
+        print(f"| {a} | {pairs_cfg.planted[a]:.2f} | {realised[a]:.2f} | {balanced[a]:.2f} |")
 
     common.section("3. Train with the Bradley-Terry loss")
     common.say(f"""
         L = -log sigmoid(r(x, y_chosen) - r(x, y_rejected)): the probability that the chosen side
         wins is a logistic function of the reward gap (Bradley and Terry, 1952). train_reward_model
-        is the stage `nanobias reward` runs: {cfg.train.steps} steps x {cfg.train.batch_size} pairs here.
+        is the stage `nanobias reward` runs: {cfg.steps} steps x {cfg.batch_size} pairs here.
     """)
-    reward_path = train_reward_model(preset, splits, policy, out / "reward.pt", seed=common.SEED)
+    reward_path = train_reward_model(splits, policy, out / "reward.pt", cfg, pairs_cfg, seed=common.SEED)
     rm, enc, _ = load_reward_model(reward_path)
 
     common.section("4. Same answer, different style")
@@ -99,7 +99,7 @@ with common.output_dir(args) as out:
         one in a disambiguated context (who_did_it: does the model read the context?); the right
         person over unknown there.
     """)
-    results = evaluate_reward_models(preset, splits, reward_path, None, out, seed=common.SEED)
+    results = evaluate_reward_models(splits, reward_path, None, out, preset.reward_eval, pairs_cfg, seed=common.SEED)
     base = results["base"]
     gaps = {a: base["acc_biased"][a] - base["acc_unbiased"][a] for a in ATTRIBUTES
             if base["acc_biased"][a] is not None and base["acc_unbiased"][a] is not None}

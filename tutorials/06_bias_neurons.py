@@ -23,7 +23,7 @@ from nanobias.reward import load_reward_model, score  # noqa: E402
 from nanobias.reward_eval import evaluate_reward_models  # noqa: E402
 
 preset = common.tutorial_preset(args.tiny)
-cfg = preset.reward
+cfg, pairs_cfg = preset.intervention, preset.pairs
 splits = common.world(preset)
 
 with common.output_dir(args) as out:
@@ -40,7 +40,7 @@ with common.output_dir(args) as out:
         last_token_rewards then runs only the last token, which is all that an intervention at the
         last position changes, so trying many interventions later costs one token per sequence.
     """)
-    pairs = make_pairs(splits.val, cfg.val_pairs, common.SEED + 1, BALANCED)
+    pairs = make_pairs(splits.val, pairs_cfg.val_pairs, common.SEED + 1, BALANCED)
     completions = [p.chosen for p in pairs] + [p.rejected for p in pairs]
     _, _, acts = capture_pairs(rm, enc, pairs)  # acts [2P, L, H]
     n_layer, n_neurons = acts.shape[1:]
@@ -94,7 +94,7 @@ with common.output_dir(args) as out:
         content. select_intervention is the stage `nanobias intervene` runs; it writes
         intervention.json next to the reward model.
     """)
-    path = select_intervention(preset, splits, reward_path, out / "intervention.json", seed=common.SEED)
+    path = select_intervention(splits, reward_path, out / "intervention.json", cfg, pairs_cfg, seed=common.SEED)
     chosen = load_intervention(path)
 
     common.section("Result: the reward model with and without its bias neurons")
@@ -110,7 +110,7 @@ with common.output_dir(args) as out:
         length from the position embedding, which reaches the reward head through the residual
         stream and attention without passing any MLP neuron, so clamping neurons leaves it alone.
     """)
-    results = evaluate_reward_models(preset, splits, reward_path, path, out, seed=common.SEED)
+    results = evaluate_reward_models(splits, reward_path, path, out, preset.reward_eval, pairs_cfg, seed=common.SEED)
     print(f"chosen intervention: {len(chosen.neurons)} of {chosen.n_layer * chosen.n_neurons} neurons clamped, "
           f"k per attribute {chosen.k}, written to {path}")
     print(f"plots: {out / 'neurons_per_layer.png'}, {out / 'reward_biased_unbiased.png'}")

@@ -10,8 +10,6 @@ grpo.grpo_loss on each backend ("triton" is the fused kernel nanobias.kernels.fu
 Library: nanobias/sampling.py, nanobias/grpo.py, nanobias/kernels/.
 """
 
-from dataclasses import replace
-
 import torch
 
 import common
@@ -30,8 +28,11 @@ from nanobias.train import make_optimizer  # noqa: E402
 preset = common.tutorial_preset(args.tiny)
 splits = common.world(preset)
 G = 4 if args.tiny else 8
-rl_cfg = replace(preset.rl, group_size=G, prompts_per_step=2)
-EPS_LOW, EPS_HIGH = preset.grpo.eps_low, preset.grpo.eps_high
+# two prompts of G completions each; sampling length and temperature as the preset's budget says
+rl_cfg = rl.RLConfig(prompts_per_step=2, group_size=G, max_new_tokens=preset.rl.max_new_tokens,
+                     temperature=preset.rl.temperature)
+grpo_cfg = preset.grpo  # GRPO's own settings: learning rate, KL weight beta, clip range, ...
+EPS_LOW, EPS_HIGH = grpo_cfg.eps_low, grpo_cfg.eps_high
 
 with common.output_dir(args) as out:
     common.section("0. The pretrained policy of tutorial 04 and the reward model of tutorial 05")
@@ -92,15 +93,15 @@ with common.output_dir(args) as out:
         grpo_update (nanobias/grpo.py) computes the loss with grpo_loss, written out in the same
         file, and takes one optimiser step. A frozen copy of the policy before the step is the reference for the KL
         term (rl.reference_policy), and its log-probs are also logp_old, the policy that sampled.
-        At the preset's learning rate ({rl_cfg.lr:g}) one step already moves some ratios pi/pi_old
+        At the preset's learning rate ({grpo_cfg.lr:g}) one step already moves some ratios pi/pi_old
         out of [1 - {EPS_LOW}, 1 + {EPS_HIGH}], where step 4 finds them clipped. Before the step the
         policy IS the sampler and the reference: every ratio is 1 and the KL 0, so the loss
         printed is about -mean(A) = 0; what moves the policy is its gradient (grad_norm).
     """)
     ref_model = rl.reference_policy(model)
-    opt = make_optimizer(model, rl_cfg.train_config())
+    opt = make_optimizer(model, grpo_cfg)
     model.train()
-    stats = grpo_update(model, ref_model, opt, samples, rewards, rl_cfg, preset.grpo, backend="torch")[0]
+    stats = grpo_update(model, ref_model, opt, samples, rewards, rl_cfg, grpo_cfg, backend="torch")[0]
     print("update stats:", {k: round(v, 4) for k, v in stats.items()})
     model.eval()
 
@@ -109,7 +110,7 @@ with common.output_dir(args) as out:
         On the moved policy, for each completion token t of row i (mask = 1):
         ratio = exp(logp - logp_old); surrogate = min(ratio * A_i, clip(ratio, 1 - eps_low,
         1 + eps_high) * A_i); k3 KL = exp(logp_ref - logp) - (logp_ref - logp) - 1 (>= 0, unbiased
-        for KL(pi || pi_ref)); per-token loss = -surrogate + beta * KL with beta = {rl_cfg.beta}.
+        for KL(pi || pi_ref)); per-token loss = -surrogate + beta * KL with beta = {grpo_cfg.beta}.
         Aggregation "grpo": mean over each completion's tokens, then mean over completions.
         The clip is what makes several updates on one batch safe: once a token's ratio is past
         the clip in the direction A wants, its gradient is zero.
@@ -126,7 +127,7 @@ with common.output_dir(args) as out:
     A = advantages[:, None]  # [R, 1]
     surrogate = torch.minimum(ratio * A, ratio.clamp(1 - EPS_LOW, 1 + EPS_HIGH) * A)
     kl = torch.exp(logp_ref - logp) - (logp_ref - logp) - 1
-    per_token = torch.where(mask, -surrogate + rl_cfg.beta * kl, 0.0)  # padding: exactly 0, never 0 * inf
+    per_token = torch.where(mask, -surrogate + grpo_cfg.beta * kl, 0.0)  # padding: exactly 0, never 0 * inf
     loss = (per_token.sum(1) / mask.sum(1)).mean()
     loss.backward()
     hand = {"loss": loss.item(), "kl": kl[mask].mean().item(),
@@ -140,7 +141,7 @@ with common.output_dir(args) as out:
         if backend != "triton" or resolve_backend("auto", logits.device, "tutorial") == "triton":
             implementations[f"grpo.grpo_loss ({backend})"] = lambda x, b=backend: grpo_loss(
                 x, samples.tokens, samples.mask, rewards, G, logp_old=logp_old, logp_ref=logp_ref, eps_low=EPS_LOW,
-                eps_high=EPS_HIGH, beta=rl_cfg.beta, temperature=T, backend=b)
+                eps_high=EPS_HIGH, beta=grpo_cfg.beta, temperature=T, backend=b)
     results = {"by hand (this file)": hand}
     for name, fn in implementations.items():
         leaf = logits.clone().requires_grad_()

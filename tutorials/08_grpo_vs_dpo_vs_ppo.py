@@ -57,7 +57,8 @@ with common.output_dir(args) as out:
         policy. Only the policy is trained.
     """)
     start = time.perf_counter()
-    result = train_grpo(preset, splits, policy_path, out / "grpo.pt", score_fn, seed=common.SEED, backend=BACKEND)
+    result = train_grpo(splits, policy_path, out / "grpo.pt", score_fn, preset.rl, preset.grpo, seed=common.SEED,
+                        backend=BACKEND)
     seconds["grpo"] = time.perf_counter() - start
     histories["grpo"], stability["grpo"] = result["history"], result["stability"]
 
@@ -69,8 +70,8 @@ with common.output_dir(args) as out:
         its own policy would say. BiasGRPO calls it the offline baseline.
     """)
     start = time.perf_counter()
-    result = train_dpo(preset, splits, policy_path, out / "dpo.pt", seed=common.SEED, backend=BACKEND,
-                       score_fn=score_fn)
+    result = train_dpo(splits, policy_path, out / "dpo.pt", preset.rl, preset.dpo, preset.pairs, seed=common.SEED,
+                       backend=BACKEND, score_fn=score_fn)
     seconds["dpo"] = time.perf_counter() - start
     histories["dpo"] = [h for h in result["history"] if "reward_mean" in h]  # the probed steps
     stability["dpo"] = result["stability"]
@@ -84,7 +85,8 @@ with common.output_dir(args) as out:
         PPO less stable.
     """)
     start = time.perf_counter()
-    result = train_ppo(preset, splits, policy_path, out / "ppo.pt", score_fn, seed=common.SEED, backend=BACKEND)
+    result = train_ppo(splits, policy_path, out / "ppo.pt", score_fn, preset.rl, preset.ppo, seed=common.SEED,
+                       backend=BACKEND)
     seconds["ppo"] = time.perf_counter() - start
     histories["ppo"], stability["ppo"] = result["history"], result["stability"]
 
