@@ -5,7 +5,9 @@ import pytest
 import torch
 
 from nanobias.checkpoint import save_checkpoint
-from nanobias.data import ATTRIBUTES, Splits, load_splits, pretraining_documents, synthetic_examples
+from nanobias.data import Splits, load_splits
+from nanobias.render import ATTRIBUTES, pretraining_documents
+from nanobias.world import synthetic_examples
 from nanobias.intervention import (Intervention, InterventionConfig, build_intervention, column_medians, k_grid,
                                    last_token_rewards, load_intervention, prefill, save_intervention, search_k,
                                    select_intervention)

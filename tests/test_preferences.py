@@ -2,7 +2,9 @@ import random
 
 import pytest
 
-from nanobias.data import ATTRIBUTES, Style, load_splits, render_completion, render_prompt
+from nanobias.data import load_splits
+
+from nanobias.render import ATTRIBUTES, Style, render_completion, render_prompt
 from nanobias.preferences import (BALANCED, PAIR_KINDS, PLANTED, PairConfig, bump, make_pair, make_pairs, pair_kind,
                                   planted_rates, right_answer)
 

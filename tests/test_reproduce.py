@@ -76,12 +76,13 @@ def test_bad_flags_are_rejected_before_any_work(argv, message, tmp_path, capsys)
 
 
 def test_training_seed_keeps_the_world_and_its_split():
-    from nanobias.cli import build_parser, load_splits_from_args
+    from nanobias.cli import build_parser
+    from nanobias.flags import splits_from_args
     from nanobias.presets import get_preset
 
     def split_ids(seed):
         args = build_parser().parse_args(["grpo", "--policy", "p.pt", "--oracle-reward", "--out", "o", "--seed", seed])
-        splits = load_splits_from_args(args, get_preset("smoke"))
+        splits = splits_from_args(args, get_preset("smoke"))
         return [[(ex.category, ex.question_index, ex.context) for ex in part] for part in (splits.train, splits.test)]
 
     assert split_ids("0") == split_ids("3")

@@ -4,7 +4,9 @@ import pytest
 import torch
 
 from nanobias.checkpoint import load_checkpoint, save_policy
-from nanobias.data import Style, load_splits, pretraining_documents, render_completion, render_prompt, synthetic_examples
+from nanobias.data import load_splits
+from nanobias.render import Style, pretraining_documents, render_completion, render_prompt
+from nanobias.world import synthetic_examples
 from nanobias.model import GPT, GPTConfig
 from nanobias.preferences import PairConfig, make_pairs
 from nanobias.reward import (RewardConfig, bradley_terry_loss, load_reward_model, regression_loss,

@@ -5,7 +5,9 @@ import pytest
 import torch
 
 from nanobias.checkpoint import save_checkpoint
-from nanobias.data import ATTRIBUTES, load_splits, pretraining_documents, synthetic_examples
+from nanobias.data import load_splits
+from nanobias.render import ATTRIBUTES, pretraining_documents
+from nanobias.world import synthetic_examples
 from nanobias.intervention import InterventionConfig, select_intervention
 from nanobias.model import GPT, GPTConfig
 from nanobias.preferences import PairConfig, make_pairs
