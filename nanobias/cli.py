@@ -77,24 +77,12 @@ def cmd_online_rl(args) -> None:
 
 
 def report_baseline(args, name: str, splits, ckpt: Path, result: dict) -> None:
-    """Evaluate base and trained policy, print the table and stability, write OUT/<name>.json (rank 0)."""
-    from nanobias import distributed
-    from nanobias.checkpoint import write_json
-    from nanobias.evaluate import evaluate_checkpoint, format_table, table_rows
-    from nanobias.rl import reward_curve_path
+    from nanobias.evaluate import report_rl_run
 
-    if not distributed.is_main():
-        return
-    base = evaluate_checkpoint(args.policy, splits, eval_examples(args), "base")
-    trained = evaluate_checkpoint(ckpt, splits, eval_examples(args), name)
-    print("\n" + format_table({**table_rows("base", base), **table_rows(name, trained)}))
-    print(f"reward_fluctuation {result['stability']['reward_fluctuation']:.4f}, "
-          f"final_reward_mean {result['stability']['final_reward_mean']:.4f}")
-    write_json(args.out / f"{name}.json", {
-        "reward": "oracle" if args.oracle_reward else str(args.reward),
-        "intervention": str(args.intervention) if args.intervention else None,
-        "seed": args.seed, "preset": args.preset, "policy": {"base": base, name: trained}, **result})
-    print(f"wrote {ckpt}, {args.out / f'{name}.json'} and {reward_curve_path(ckpt)}")
+    report_rl_run(args.out / f"{name}.json", name, splits, args.policy, ckpt, result, eval_examples(args),
+                  reward="oracle" if args.oracle_reward else str(args.reward),
+                  intervention=str(args.intervention) if args.intervention else None, seed=args.seed,
+                  preset=args.preset)
 
 
 def cmd_dpo(args) -> None:

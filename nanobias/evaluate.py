@@ -184,3 +184,21 @@ def format_table(rows: dict[str, dict]) -> str:
         return "-" if k not in m else f"{m[k]:.1f}" if k == "mean_len" else f"{m[k]:.3f}"
     head = "| | " + " | ".join(METRIC_KEYS) + " |\n|---|" + "---|" * len(METRIC_KEYS) + "\n"
     return head + "".join(f"| {name} | " + " | ".join(cell(m, k) for k in METRIC_KEYS) + " |\n" for name, m in rows.items())
+
+
+def report_rl_run(path, name: str, splits, base_ckpt, ckpt, result: dict, max_examples: int | None, **about) -> None:
+    """Evaluate the starting and the trained policy, print both and the stability, write `path`
+    ({**about, "policy": {"base", name}, "stability", "history"}); rank 0 alone under torchrun."""
+    from nanobias import distributed
+    from nanobias.checkpoint import write_json
+    from nanobias.rl import reward_curve_path
+
+    if not distributed.is_main():
+        return
+    base = evaluate_checkpoint(base_ckpt, splits, max_examples, "base")
+    trained = evaluate_checkpoint(ckpt, splits, max_examples, name)
+    print("\n" + format_table({**table_rows("base", base), **table_rows(name, trained)}))
+    print(f"reward_fluctuation {result['stability']['reward_fluctuation']:.4f}, "
+          f"final_reward_mean {result['stability']['final_reward_mean']:.4f}")
+    write_json(path, {**about, "policy": {"base": base, name: trained}, **result})
+    print(f"wrote {ckpt}, {path} and {reward_curve_path(ckpt)}")

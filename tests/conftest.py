@@ -55,3 +55,42 @@ def poison_outputs(monkeypatch):
         return torch.full(shape, float("nan"), dtype=dtype, device=device)
 
     monkeypatch.setattr(dispatch, "empty_output", nan_filled)
+
+
+@pytest.fixture(scope="session")
+def tiny_splits():
+    """The smallest synthetic world (one variant per template), split by template."""
+    from nanobias.data import load_splits
+
+    return load_splits("synthetic", seed=0, variants_per_template=1)
+
+
+@pytest.fixture(scope="session")
+def random_rm():
+    """(reward model, tokenizer): a random 2-layer, 16-wide reward model whose head reads varied rewards."""
+    import torch
+
+    from nanobias.model import GPT, GPTConfig
+    from nanobias.render import pretraining_documents
+    from nanobias.reward import reward_model_from_policy
+    from nanobias.tokenizer import train_bpe
+    from nanobias.world import synthetic_examples
+
+    enc = train_bpe(pretraining_documents(synthetic_examples(0, 1), 0.8, 0, 0.5), 400)
+    torch.manual_seed(0)
+    policy = GPT(GPTConfig(block_size=256, vocab_size=enc.n_vocab, n_layer=2, n_head=2, n_embd=16))
+    rm = reward_model_from_policy(policy, seed=0).eval()
+    with torch.no_grad():  # a random head reads near-constant rewards; make it matter
+        rm.head.weight.normal_(0, 1.0, generator=torch.Generator().manual_seed(1))
+    return rm, enc
+
+
+@pytest.fixture(scope="session")
+def random_rm_ckpt(tmp_path_factory, random_rm):
+    from nanobias.checkpoint import save_checkpoint
+    from nanobias.reward import reward_meta
+
+    rm, enc = random_rm
+    path = tmp_path_factory.mktemp("rm") / "reward.pt"
+    save_checkpoint(path, {"model": rm.state_dict(), "step": 0, "meta": reward_meta(rm, enc)})
+    return path

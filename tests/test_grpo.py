@@ -8,14 +8,11 @@ import torch
 
 from nanobias import rl
 from nanobias.checkpoint import load_policy
-from nanobias.cli import main
 from nanobias.grpo import GRPOConfig, group_advantages, grpo_loss, grpo_step, grpo_update, train_grpo
 from nanobias.presets import get_preset
 from nanobias.sampling import completion_logprobs
 from nanobias.train import make_optimizer
-from nanobias.world import CATEGORIES
 
-CATS = CATEGORIES[:2]
 
 
 def rollout_of(policy_ckpt, splits, rl_cfg, step=0):
@@ -151,7 +148,6 @@ def test_grpo_loss_hand_computed():
     assert logp.grad[1, 1].item() == 0.0
 
 
-
 def test_grpo_loss_bad_inputs_raise_clear_errors():
     logits = torch.randn(2, 3, 10)
     tokens = torch.zeros(2, 3, dtype=torch.long)
@@ -280,50 +276,3 @@ def test_torch_and_triton_backends_train_alike(smoke_policy, tmp_path):
              for b in ("torch", "triton")}
     assert moved["torch"].norm() > 0
     assert (moved["torch"] - moved["triton"]).norm() < 1e-2 * moved["torch"].norm()
-
-
-def test_cli_checks_flags_before_work(smoke_policy, tmp_path, capsys):
-    _, _, policy = smoke_policy
-    with pytest.raises(SystemExit):
-        main(["grpo", "--policy", str(policy), "--oracle-reward", "--intervention", str(policy),
-              "--out", str(tmp_path)])
-    assert "--intervention edits a reward model" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["grpo", "--policy", str(tmp_path / "missing.pt"), "--oracle-reward", "--out", str(tmp_path)])
-    assert "no such file" in capsys.readouterr().err
-    with pytest.raises(SystemExit):  # a reward is required, and only one
-        main(["grpo", "--policy", str(policy), "--out", str(tmp_path)])
-    for flag, value, said in (("--scale", "std", ["--scale std:", "group", "batch", "none"]),
-                              ("--agg", "mean", ["--agg mean:", "grpo", "dapo", "dr_grpo"]),
-                              ("--beta", "-0.1", ["--beta", "expected a number >= 0"])):
-        with pytest.raises(SystemExit):
-            main(["grpo", "--policy", str(policy), "--oracle-reward", flag, value, "--out", str(tmp_path)])
-        err = capsys.readouterr().err
-        assert all(s in err for s in said), (said, err)
-    assert not list(tmp_path.iterdir())
-
-
-def test_cli_grpo_overrides_reach_the_run(smoke_policy, tmp_path):
-    _, _, policy = smoke_policy
-    main(["grpo", "--preset", "smoke", "--policy", str(policy), "--oracle-reward", "--train-categories", ",".join(CATS),
-          "--beta", "0", "--lr", "5e-4", "--scale", "none", "--agg", "dr_grpo", "--eval-examples", "4",
-          "--backend", "torch", "--out", str(tmp_path)])
-    meta = load_policy(tmp_path / "grpo_oracle.pt")[2]
-    assert (meta["grpo_config"]["beta"], meta["grpo_config"]["lr"]) == (0.0, 5e-4)
-    assert (meta["grpo_config"]["scale"], meta["grpo_config"]["agg"]) == ("none", "dr_grpo")
-    assert json.loads((tmp_path / "grpo_oracle.json").read_text())["history"][-1]["lr"] == pytest.approx(5e-4)
-
-
-def test_cli_eval_prints_the_table_and_writes_json(smoke_policy, tmp_path, capsys):
-    _, _, policy = smoke_policy
-    main(["eval", "--preset", "smoke", "--policy", str(policy), "--train-categories", ",".join(CATS),
-          "--eval-examples", "4", "--out", str(tmp_path)])
-    assert "| policy (test) |" in capsys.readouterr().out
-    metrics = json.loads((tmp_path / "policy.eval.json").read_text())
-    assert metrics["n"] == 4 and 0 <= metrics["acc_ambig"] <= 1
-
-
-def test_cli_eval_defaults_to_the_presets_prompt_count(smoke_policy, tmp_path):
-    _, _, policy = smoke_policy  # the smoke world's test split has 72 prompts, the preset evaluates 64
-    main(["eval", "--preset", "smoke", "--policy", str(policy), "--out", str(tmp_path)])
-    assert json.loads((tmp_path / "policy.eval.json").read_text())["n"] == get_preset("smoke").eval_examples == 64

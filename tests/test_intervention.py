@@ -4,44 +4,16 @@ import numpy as np
 import pytest
 import torch
 
-from nanobias.checkpoint import save_checkpoint
-from nanobias.data import Splits, load_splits
-from nanobias.render import ATTRIBUTES, pretraining_documents
-from nanobias.world import synthetic_examples
+from nanobias.data import Splits
 from nanobias.intervention import (Intervention, InterventionConfig, build_intervention, column_medians, k_grid,
                                    last_token_rewards, load_intervention, prefill, save_intervention, search_k,
                                    select_intervention)
-from nanobias.model import GPT, GPTConfig
 from nanobias.preferences import PairConfig, make_pairs
-from nanobias.reward import reward_meta, reward_model_from_policy, score
-from nanobias.tokenizer import train_bpe
+from nanobias.render import ATTRIBUTES
+from nanobias.reward import score
 
 N_LAYER, N_EMBD = 2, 16
 H = 4 * N_EMBD  # MLP neurons per layer
-
-
-@pytest.fixture(scope="module")
-def splits():
-    return load_splits("synthetic", seed=0, variants_per_template=1)
-
-
-@pytest.fixture(scope="module")
-def rm_and_enc():
-    enc = train_bpe(pretraining_documents(synthetic_examples(0, 1), 0.8, 0, 0.5), 400)
-    torch.manual_seed(0)
-    policy = GPT(GPTConfig(block_size=256, vocab_size=enc.n_vocab, n_layer=N_LAYER, n_head=2, n_embd=N_EMBD))
-    rm = reward_model_from_policy(policy, seed=0).eval()
-    with torch.no_grad():  # a random head reads near-constant rewards; make it matter
-        rm.head.weight.normal_(0, 1.0, generator=torch.Generator().manual_seed(1))
-    return rm, enc
-
-
-@pytest.fixture(scope="module")
-def reward_ckpt(tmp_path_factory, rm_and_enc):
-    rm, enc = rm_and_enc
-    path = tmp_path_factory.mktemp("rm") / "reward.pt"
-    save_checkpoint(path, {"model": rm.state_dict(), "step": 0, "meta": reward_meta(rm, enc)})
-    return path
 
 
 def texts(pairs):
@@ -98,17 +70,17 @@ def random_intervention(neurons, positions="last"):
     return Intervention(N_LAYER, H, neurons, medians, positions)
 
 
-def test_empty_selection_is_exactly_the_identity(rm_and_enc, splits):
-    rm, enc = rm_and_enc
-    prompts, completions = texts(make_pairs(splits.val, 6, 0))
+def test_empty_selection_is_exactly_the_identity(random_rm, tiny_splits):
+    rm, enc = random_rm
+    prompts, completions = texts(make_pairs(tiny_splits.val, 6, 0))
     base = score(rm, enc, prompts, completions)
     for positions in ("last", "all"):
         assert torch.equal(score(rm, enc, prompts, completions, random_intervention([], positions)), base)
 
 
-def test_median_replacement_changes_only_the_selected_neurons(rm_and_enc, splits):
-    rm, enc = rm_and_enc
-    prompts, completions = texts(make_pairs(splits.val, 4, 0))
+def test_median_replacement_changes_only_the_selected_neurons(random_rm, tiny_splits):
+    rm, enc = random_rm
+    prompts, completions = texts(make_pairs(tiny_splits.val, 4, 0))
     batches = prefill(rm, enc, prompts, completions)
     r0, acts0 = last_token_rewards(rm, batches, capture=True)
     iv = random_intervention([(0, 3), (0, 40), (1, 7)])
@@ -128,9 +100,9 @@ def test_median_replacement_changes_only_the_selected_neurons(rm_and_enc, splits
     torch.testing.assert_close(last_token_rewards(rm, batches), r0, atol=0, rtol=0)
 
 
-def test_last_position_leaves_earlier_positions_alone(rm_and_enc, splits):
-    rm, enc = rm_and_enc
-    prompts, completions = texts(make_pairs(splits.val, 2, 0))
+def test_last_position_leaves_earlier_positions_alone(random_rm, tiny_splits):
+    rm, enc = random_rm
+    prompts, completions = texts(make_pairs(tiny_splits.val, 2, 0))
     ids = torch.tensor([enc.encode_ordinary(prompts[0] + completions[0]) + [enc.eot_token]])
     with torch.no_grad():
         plain = rm.gpt(ids)  # [1, T, C] final hidden states (the reward model has no LM head)
@@ -142,9 +114,9 @@ def test_last_position_leaves_earlier_positions_alone(rm_and_enc, splits):
     assert not torch.allclose(every[:, :-1], plain[:, :-1])
 
 
-def test_cached_prefix_scoring_equals_full_scoring(rm_and_enc, splits):
-    rm, enc = rm_and_enc
-    prompts, completions = texts(make_pairs(splits.val, 5, 3))
+def test_cached_prefix_scoring_equals_full_scoring(random_rm, tiny_splits):
+    rm, enc = random_rm
+    prompts, completions = texts(make_pairs(tiny_splits.val, 5, 3))
     batches = prefill(rm, enc, prompts, completions, batch_size=4)
     iv = random_intervention([(0, 1), (1, 2), (1, 50)])
     torch.testing.assert_close(last_token_rewards(rm, batches), score(rm, enc, prompts, completions), atol=1e-5, rtol=0)
@@ -179,10 +151,10 @@ TINY_SEARCH = InterventionConfig(k_fractions=(1 / 64, 1 / 32))
 TINY_PAIRS = PairConfig(val_pairs=12, test_pairs=10)
 
 
-def test_selection_uses_only_validation_data(reward_ckpt, splits, tmp_path):
-    select_intervention(splits, reward_ckpt, tmp_path / "a.json", TINY_SEARCH, TINY_PAIRS, seed=0)
-    other_test = Splits(splits.train, splits.val, splits.test[::-1][:20], splits.heldout)
-    select_intervention(other_test, reward_ckpt, tmp_path / "b.json", TINY_SEARCH, TINY_PAIRS, seed=0)
+def test_selection_uses_only_validation_data(random_rm_ckpt, tiny_splits, tmp_path):
+    select_intervention(tiny_splits, random_rm_ckpt, tmp_path / "a.json", TINY_SEARCH, TINY_PAIRS, seed=0)
+    other_test = Splits(tiny_splits.train, tiny_splits.val, tiny_splits.test[::-1][:20], tiny_splits.heldout)
+    select_intervention(other_test, random_rm_ckpt, tmp_path / "b.json", TINY_SEARCH, TINY_PAIRS, seed=0)
     a, b = json.loads((tmp_path / "a.json").read_text()), json.loads((tmp_path / "b.json").read_text())
     assert a == b
     assert set(a["k"]) == set(ATTRIBUTES) and all(v in (0, 2, 4) for v in a["k"].values())

@@ -4,9 +4,9 @@ import pytest
 
 from nanobias.data import load_splits
 
-from nanobias.render import ATTRIBUTES, Style, render_completion, render_prompt
 from nanobias.preferences import (BALANCED, PAIR_KINDS, PLANTED, PairConfig, bump, make_pair, make_pairs, pair_kind,
                                   planted_rates, right_answer)
+from nanobias.render import ATTRIBUTES, Style, render_completion, render_prompt
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from nanobias.cli import build_parser, main, preset_from_args
-from nanobias.world import CATEGORIES
 from nanobias.presets import PRESETS, SECTIONS, Preset, current_value, get_preset, known_keys, parse_setting
+from nanobias.world import CATEGORIES
 
 CATS = ",".join(CATEGORIES[:2])  # the smoke policy's training categories (conftest)
 

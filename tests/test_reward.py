@@ -5,13 +5,13 @@ import torch
 
 from nanobias.checkpoint import load_checkpoint, save_policy
 from nanobias.data import load_splits
-from nanobias.render import Style, pretraining_documents, render_completion, render_prompt
-from nanobias.world import synthetic_examples
 from nanobias.model import GPT, GPTConfig
 from nanobias.preferences import PairConfig, make_pairs
+from nanobias.render import Style, pretraining_documents, render_completion, render_prompt
 from nanobias.reward import (RewardConfig, bradley_terry_loss, load_reward_model, regression_loss,
                              reward_model_from_policy, score, score_pairs, train_reward_model)
 from nanobias.tokenizer import train_bpe
+from nanobias.world import synthetic_examples
 
 
 @pytest.fixture(scope="module")

@@ -4,44 +4,16 @@ import numpy as np
 import pytest
 import torch
 
-from nanobias.checkpoint import save_checkpoint
 from nanobias.data import load_splits
-from nanobias.render import ATTRIBUTES, pretraining_documents
-from nanobias.world import synthetic_examples
 from nanobias.intervention import InterventionConfig, select_intervention
 from nanobias.model import GPT, GPTConfig
 from nanobias.preferences import PairConfig, make_pairs
-from nanobias.reward import reward_meta, reward_model_from_policy
+from nanobias.render import ATTRIBUTES
 from nanobias.reward_eval import (RewardEvalConfig, evaluate_reward_models, fit_length_penalty, length_from_position,
                                   lowess, method_metrics, pair_metrics, shifted_positions)
-from nanobias.tokenizer import train_bpe
 
 N_LAYER, N_EMBD = 2, 16
 H = 4 * N_EMBD  # MLP neurons per layer
-
-
-@pytest.fixture(scope="module")
-def splits():
-    return load_splits("synthetic", seed=0, variants_per_template=1)
-
-
-@pytest.fixture(scope="module")
-def rm_and_enc():
-    enc = train_bpe(pretraining_documents(synthetic_examples(0, 1), 0.8, 0, 0.5), 400)
-    torch.manual_seed(0)
-    policy = GPT(GPTConfig(block_size=256, vocab_size=enc.n_vocab, n_layer=N_LAYER, n_head=2, n_embd=N_EMBD))
-    rm = reward_model_from_policy(policy, seed=0).eval()
-    with torch.no_grad():  # a random head reads near-constant rewards; make it matter
-        rm.head.weight.normal_(0, 1.0, generator=torch.Generator().manual_seed(1))
-    return rm, enc
-
-
-@pytest.fixture(scope="module")
-def reward_ckpt(tmp_path_factory, rm_and_enc):
-    rm, enc = rm_and_enc
-    path = tmp_path_factory.mktemp("rm") / "reward.pt"
-    save_checkpoint(path, {"model": rm.state_dict(), "step": 0, "meta": reward_meta(rm, enc)})
-    return path
 
 
 TINY_SEARCH = InterventionConfig(k_fractions=(1 / 64, 1 / 32))
@@ -135,9 +107,9 @@ def test_shifted_positions_reads_shifted_position_embeddings():
         assert not model.transformer.wpe._forward_pre_hooks
 
 
-def test_length_from_position_is_zero_for_an_unchanged_length(rm_and_enc, splits):
-    rm, enc = rm_and_enc
-    pair = make_pairs(splits.test, 1, 0)[0]
+def test_length_from_position_is_zero_for_an_unchanged_length(random_rm, tiny_splits):
+    rm, enc = random_rm
+    pair = make_pairs(tiny_splits.test, 1, 0)[0]
     same = length_from_position(rm, enc, [pair.prompt], [pair.chosen.text], [pair.chosen.text])
     longer = length_from_position(rm, enc, [pair.prompt], [pair.chosen.text], [pair.chosen.text + " Fine." * 4])
     assert same[0] == 0.0 and longer[0] != 0.0
@@ -145,9 +117,9 @@ def test_length_from_position_is_zero_for_an_unchanged_length(rm_and_enc, splits
 
 # ---------------------------------------------------------------- the stage end to end
 
-def test_evaluation_writes_the_design_section(reward_ckpt, splits, tmp_path):
-    select_intervention(splits, reward_ckpt, tmp_path / "intervention.json", TINY_SEARCH, TINY_PAIRS)
-    results = evaluate_reward_models(splits, reward_ckpt, tmp_path / "intervention.json", tmp_path, TINY_EVAL, TINY_PAIRS)
+def test_evaluation_writes_the_design_section(random_rm_ckpt, tiny_splits, tmp_path):
+    select_intervention(tiny_splits, random_rm_ckpt, tmp_path / "intervention.json", TINY_SEARCH, TINY_PAIRS)
+    results = evaluate_reward_models(tiny_splits, random_rm_ckpt, tmp_path / "intervention.json", tmp_path, TINY_EVAL, TINY_PAIRS)
     for method in ("base", "cirm", "cirm_all", "all_neurons", "length_penalty", "lwr"):
         assert set(results[method]) >= {"acc", "acc_biased", "acc_unbiased", "sensitivity"}
         assert set(results[method]["sensitivity"]) == set(ATTRIBUTES)
@@ -156,5 +128,5 @@ def test_evaluation_writes_the_design_section(reward_ckpt, splits, tmp_path):
     assert json.loads((tmp_path / "reward_eval.json").read_text())["base"]["acc"] == results["base"]["acc"]
     assert (tmp_path / "neurons_per_layer.png").stat().st_size > 0
     assert (tmp_path / "reward_biased_unbiased.png").stat().st_size > 0
-    base_only = evaluate_reward_models(splits, reward_ckpt, None, tmp_path / "base", TINY_EVAL, TINY_PAIRS)
+    base_only = evaluate_reward_models(tiny_splits, random_rm_ckpt, None, tmp_path / "base", TINY_EVAL, TINY_PAIRS)
     assert "cirm" not in base_only and base_only["base"]["acc"] == results["base"]["acc"]
