@@ -14,7 +14,6 @@ from nanobias.sampling import completion_logprobs
 from nanobias.train import make_optimizer
 
 
-
 def rollout_of(policy_ckpt, splits, rl_cfg, step=0):
     model, enc, _ = load_policy(policy_ckpt)
     examples = rl.prompt_batch(splits.train, rl_cfg.prompts_per_step, seed=0, step=step)
