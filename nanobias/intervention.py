@@ -1,7 +1,7 @@
 """The causal neuron intervention on the reward model (Shinoda et al., 2026, Sec. 3-4).
 
     a_n(x, y) = activation of MLP neuron n = (layer, index) at the last token of x + y + <eot>
-    rho_{A,n} = Spearman(a_n, A) over validation completions, per attribute A of data.style_attributes
+    rho_{A,n} = Spearman(a_n, A) over validation completions, per attribute A of render.style_attributes
     S_A       = the k_A neurons with the largest rho_{A,n} and the k_A with the smallest
     r~(x, y)  = r(x, y) under do(a_n = m_n) for n in the union of the S_A, m_n = validation median of a_n
 
@@ -23,17 +23,19 @@ reward_eval.py measures the edited model against the base one and the length-onl
 """
 
 import json
+import math
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
 
 from nanobias.checkpoint import write_json
-from nanobias.render import ATTRIBUTES
+from nanobias.errors import UserError
 from nanobias.model import GPT, KVCache
 from nanobias.preferences import BALANCED, PairConfig, make_pairs
+from nanobias.render import ATTRIBUTES
 from nanobias.reward import RewardModel, encode, length_batches, load_reward_model
 from nanobias.sampling import left_pad
 from nanobias.spearman import spearman
@@ -55,7 +57,6 @@ class InterventionConfig:
             raise ValueError(f"intervention.k_fractions: expected fractions in (0, 1), got {self.k_fractions}")
 
 
-
 # ---------------------------------------------------------------- the intervention
 
 @dataclass
@@ -73,16 +74,17 @@ class Intervention:
             raise ValueError(f"intervention positions: expected one of {POSITIONS}, got {self.positions!r}")
         if len(self.neurons) != len(self.medians):
             raise ValueError(f"intervention: {len(self.neurons)} neurons but {len(self.medians)} medians")
+        for i, m in enumerate(self.medians):  # a NaN median would turn every reward it touches into NaN
+            if type(m) not in (int, float) or not math.isfinite(m):
+                raise ValueError(f"intervention: field 'medians', entry {i}: expected a finite number, got {m!r}")
         for layer, index in self.neurons:
-            if not (0 <= layer < self.n_layer and 0 <= index < self.n_neurons):
-                raise ValueError(f"intervention neuron ({layer}, {index}) outside {self.n_layer} layers "
-                                 f"x {self.n_neurons} neurons")
+            if type(layer) is not int or type(index) is not int or not (0 <= layer < self.n_layer
+                                                                       and 0 <= index < self.n_neurons):
+                raise ValueError(f"intervention neuron ({layer!r}, {index!r}): expected integers within "
+                                 f"{self.n_layer} layers x {self.n_neurons} neurons")
 
     def per_layer(self) -> list[int]:
-        counts = [0] * self.n_layer
-        for layer, _ in self.neurons:
-            counts[layer] += 1
-        return counts
+        return [sum(layer == l for l, _ in self.neurons) for layer in range(self.n_layer)]
 
     @contextmanager
     def applied(self, model: GPT):
@@ -111,10 +113,6 @@ class Intervention:
             for site, clamp in zip(sites, saved):
                 site.clamp = clamp
 
-    def with_positions(self, positions: str) -> "Intervention":
-        return replace(self, positions=positions)
-
-
 def save_intervention(path, intervention: Intervention, **extra) -> None:
     write_json(path, {**asdict(intervention), **extra})
 
@@ -122,17 +120,22 @@ def save_intervention(path, intervention: Intervention, **extra) -> None:
 def load_intervention(path) -> Intervention:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"intervention file {path} does not exist (`nanobias intervene` writes it)")
-    data = json.loads(path.read_text())
+        raise UserError(f"intervention file {path} does not exist (`nanobias intervene` writes it)")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not JSON ({e}); `nanobias intervene` writes it") from None
     fields = ("n_layer", "n_neurons", "neurons", "medians", "positions", "k", "by_attribute")
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a JSON object with {', '.join(fields)}")
     missing = [f for f in fields if f not in data]
     if missing:
-        raise ValueError(f"{path}: field {missing[0]!r} missing (expected {', '.join(fields)})")
+        raise UserError(f"{path}: field {missing[0]!r} missing (expected {', '.join(fields)})")
     try:
         return Intervention(data["n_layer"], data["n_neurons"], [tuple(n) for n in data["neurons"]],
                             data["medians"], data["positions"], data["k"], data["by_attribute"])
-    except ValueError as e:
-        raise ValueError(f"{path}: {e}") from None
+    except (ValueError, TypeError) as e:
+        raise UserError(f"{path}: {e}") from None
 
 
 # ---------------------------------------------------------------- capture (with a cached prefix)

@@ -28,8 +28,8 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 
-from nanobias.kernels import token_logprobs
 from nanobias import device, distributed, rl
+from nanobias.kernels import token_logprobs
 from nanobias.sampling import Samples, completion_logits
 from nanobias.train import optimizer_step, stop_if_diverged
 

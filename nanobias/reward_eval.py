@@ -17,19 +17,19 @@ the part that comes from where the text ends (positions alone) and the part from
 """
 
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from nanobias.checkpoint import write_json
-from nanobias.render import ATTRIBUTES, render_completion
 from nanobias.intervention import (Intervention, capture_pairs, column_medians, last_token_rewards,
                                    load_intervention, prefill)
 from nanobias.model import GPT
 from nanobias.plots import biased_vs_unbiased, neurons_per_layer
 from nanobias.preferences import BALANCED, PAIR_KINDS, PairConfig, bump, make_pairs, pair_kind
+from nanobias.render import ATTRIBUTES, render_completion
 from nanobias.reward import RewardModel, encode, load_reward_model, score
 from nanobias.sampling import left_pad
 
@@ -214,7 +214,7 @@ def evaluate_reward_models(splits, reward_ckpt, intervention_path, out_dir, cfg:
     intervention = load_intervention(intervention_path) if intervention_path is not None else None
     if intervention is not None:
         rewards["cirm"] = last_token_rewards(rm, batches, intervention).numpy().astype(np.float64)
-        rewards["cirm_all"] = score(rm, enc, prompts, texts, intervention.with_positions("all")).numpy().astype(np.float64)
+        rewards["cirm_all"] = score(rm, enc, prompts, texts, replace(intervention, positions="all")).numpy().astype(np.float64)
     # every neuron clamped at the last token: the most any last-token neuron edit can remove
     # (what is left reaches the head through attention and the position embedding)
     n_layer, n_neurons = acts_val.shape[1:]

@@ -35,10 +35,10 @@ import torch
 from nanobias import device, distributed, plots
 from nanobias.bbq import Example
 from nanobias.checkpoint import load_policy, save_policy
+from nanobias.errors import TrainingDiverged
 from nanobias.progress import Progress
 from nanobias.render import render_prompt
 from nanobias.sampling import Samples, completion_texts, sample
-from nanobias.errors import TrainingDiverged
 from nanobias.train import OptimConfig, check, make_optimizer, set_lr, stop_if_diverged
 
 ScoreFn = Callable[[list[Example], list[str], list[str]], torch.Tensor]

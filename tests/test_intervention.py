@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -125,7 +126,7 @@ def test_cached_prefix_scoring_equals_full_scoring(random_rm, tiny_splits):
     # repeated passes over the same cache give the same answer
     torch.testing.assert_close(last_token_rewards(rm, batches, iv), last_token_rewards(rm, batches, iv), atol=0, rtol=0)
     with pytest.raises(ValueError, match="positions='last'"):
-        last_token_rewards(rm, batches, iv.with_positions("all"))
+        last_token_rewards(rm, batches, replace(iv, positions="all"))
 
 
 def test_intervention_json_round_trip_and_errors(tmp_path):
@@ -139,10 +140,30 @@ def test_intervention_json_round_trip_and_errors(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps(data))
     with pytest.raises(ValueError, match=r"bad.json: field 'medians' missing"):
         load_intervention(tmp_path / "bad.json")
-    with pytest.raises(ValueError, match="outside"):
+    with pytest.raises(ValueError, match=r"neuron \(2, 0\): expected integers within 2 layers"):
         Intervention(N_LAYER, H, [(2, 0)], [0.0])
     with pytest.raises(ValueError, match="positions"):
         Intervention(N_LAYER, H, [], [], "first")
+
+
+@pytest.mark.parametrize("field, value, said", [
+    ("medians", [float("nan"), 0.0], "'medians', entry 0: expected a finite number, got nan"),
+    ("medians", [0.0, float("inf")], "entry 1: expected a finite number, got inf"),
+    ("medians", ["0.5", 0.0], "entry 0: expected a finite number, got '0.5'"),
+    ("neurons", [[0, 3.0], [1, 7]], "neuron (0, 3.0): expected integers"),
+])
+def test_an_intervention_file_with_bad_values_is_refused_naming_the_field(tmp_path, field, value, said):
+    iv = Intervention(N_LAYER, H, [(0, 3), (1, 7)], [0.25, -0.5])
+    save_intervention(tmp_path / "iv.json", iv)
+    data = json.loads((tmp_path / "iv.json").read_text())
+    data[field] = value
+    (tmp_path / "iv.json").write_text(json.dumps(data))  # json writes NaN and Infinity, as a hand edit might
+    with pytest.raises(ValueError) as raised:
+        load_intervention(tmp_path / "iv.json")
+    assert str(tmp_path / "iv.json") in str(raised.value) and said in str(raised.value)
+    (tmp_path / "iv.json").write_text("{not json")
+    with pytest.raises(ValueError, match="iv.json: not JSON"):
+        load_intervention(tmp_path / "iv.json")
 
 
 # ---------------------------------------------------------------- the stage end to end
