@@ -137,9 +137,22 @@ def add_init_args(p: argparse.ArgumentParser) -> None:
                    "or pytorch_model.bin (with --init gpt2)")
 
 
+def check_backend(parser: argparse.ArgumentParser, args) -> None:
+    """--backend triton where Triton cannot run (no triton package; CPU without TRITON_INTERPRET=1)."""
+    if getattr(args, "backend", "auto") == "triton":
+        from nanobias import distributed
+        from nanobias.kernels.dispatch import resolve_backend
+
+        try:
+            resolve_backend("triton", distributed.device(), "--backend")
+        except RuntimeError as e:
+            parser.error(str(e))
+
+
 def check_pretrain_args(parser: argparse.ArgumentParser, args) -> None:
-    """The data flags and --init / --init-dir (pretrain and reproduce)."""
+    """The data flags, --init / --init-dir and --backend (pretrain and reproduce)."""
     check_data_args(parser, args)
+    check_backend(parser, args)
     if args.init == "gpt2":
         if args.init_dir is None:
             parser.error("--init gpt2 needs --init-dir DIR (a Hugging Face GPT-2 folder)")
@@ -174,6 +187,7 @@ def add_rl_args(p: argparse.ArgumentParser) -> None:
 
 def check_rl_args(parser: argparse.ArgumentParser, args) -> None:
     check_data_args(parser, args)
+    check_backend(parser, args)
     for flag in ("policy", "reward", "intervention"):
         path = getattr(args, flag)
         if path is not None and not path.is_file():
