@@ -1,8 +1,9 @@
-"""The one training loop every stage shares, and atomic checkpoints.
+"""The optimiser every trainer shares, and the training loop of pretraining and the reward model.
 
 AdamW (weight decay on matrices only), learning rate with linear warmup then cosine decay to
 `min_lr_frac * lr`, gradient-norm clipping, periodic validation loss, metrics appended to a JSONL
-file, checkpoints written to a temporary file and renamed. The caller gives `batch_loss(step)`:
+file, periodic checkpoints (checkpoint.py; `final` only after the last step), a non-finite loss
+stopping the run at its step. The caller gives `batch_loss(step)`:
 the batch is a pure function of the step, so a resumed run replays exactly the batches an
 uninterrupted one would have seen and ends with the same weights.
 """
