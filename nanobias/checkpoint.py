@@ -10,7 +10,6 @@ as JSON text, so a checkpoint file is all one needs to sample from it.
 import io
 import json
 import os
-import pickle
 from dataclasses import asdict
 from pathlib import Path
 
@@ -53,7 +52,7 @@ def load_checkpoint(path) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # empty, truncated or random bytes fail in torch's zip and pickle readers
-        why = ("the safe loader (weights_only) refused it" if isinstance(e, pickle.UnpicklingError)
+        why = ("the safe loader (weights_only) refused it" if "Weights only load failed" in str(e)
                else f"{type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else 'no detail'}")
         raise UserError(f"{path}: not a readable checkpoint ({why}); it is empty, truncated, not written by nanobias "
                         "or holds objects the safe loader will not run: re-run the command that writes it") from e
