@@ -30,12 +30,6 @@ and loss in one pass per row instead: a drop-in, tested against this definition
 
 A training step: sample (rl.rollout) -> score (the reward model, with or without the neuron
 intervention; rl.make_scorer) -> advantages -> `num_iterations` clipped updates.
-
-Under torchrun each process holds whole groups (rl.rollout), so advantages are unchanged. The
-"grpo" and "dr_grpo" losses are means over sequences (N is the same on every process, and so is
-the completion width, max_new_tokens), so the ranks' average is the global loss; "dapo" divides by
-the tokens of the whole batch (distributed.token_share). "batch" scale needs the std of every
-process's rewards, which the loss does not see: it runs in one process only.
 """
 
 from dataclasses import asdict, dataclass
