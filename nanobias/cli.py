@@ -277,12 +277,11 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def run(argv: list[str]) -> None:
-    from nanobias import device, distributed
-
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = argv
     args.check(args.parser, args)
+    from nanobias import device, distributed  # torch: only once the flags are known to be good
     if hasattr(args, "preset"):
         args.config = preset_from_args(args.parser, args)
         device.configure(fast=args.config.cuda_fast, compile=getattr(args, "compile", False))

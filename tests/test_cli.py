@@ -69,3 +69,13 @@ def test_cli_ppo_needs_a_reward_and_dpo_rejects_an_unknown_loss(smoke_policy, tm
         main(["dpo", "--preset", "smoke", "--policy", str(ckpt), "--out", str(tmp_path), "--oracle-reward",
               "--loss", "kto"])
     assert "--loss" in capsys.readouterr().err
+
+
+def test_a_usage_error_comes_before_torch_is_imported():
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom nanobias.cli import main\ntry:\n    main(['grpo', '--seed', '-1'])\n"
+            "except SystemExit:\n    pass\nprint('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "False" and "--seed" in out.stderr, (out.stdout, out.stderr)
