@@ -1,14 +1,25 @@
 """The GPT policy: GPT-2's architecture at any size, with a KV cache and a neuron site in every MLP.
 
-A decoder-only transformer (Radford et al., 2019): learned token and position embeddings, then
-`n_layer` pre-LayerNorm blocks `x = x + attn(ln_1(x)); x = x + mlp(ln_2(x))`, a final LayerNorm
+A decoder-only transformer (Radford et al., 2019): learned token embeddings and positions (below),
+then `n_layer` pre-LayerNorm blocks `x = x + attn(ln_1(x)); x = x + mlp(ln_2(x))`, a final LayerNorm
 and a language-model head tied to the token embedding. Parameter names follow GPT-2's
 (`transformer.h.0.attn.c_attn.weight`, ...) so its weights can be loaded into this class.
+
+Positions (`GPTConfig.position`): "learned" (GPT-2's; the default, the only one its weights load
+into) adds a learned table `transformer.wpe` [block_size, C] to the token embedding. "rotary" (RoPE,
+Su et al., 2021) has no table: after the split into heads, every query and key (head dim D, position
+p) has its interleaved pairs (x_{2i}, x_{2i+1}), i < D/2, rotated by the angle p * theta_i:
+
+    x_{2i} + i x_{2i+1}  ->  (x_{2i} + i x_{2i+1}) e^{i p theta_i},   theta_i = 10000^(-2i/D)
+
+and values are not, so a score q_m . k_n depends on m - n alone. Keys are cached already rotated.
 
 Padding: batches of prompts with different lengths are LEFT-padded. `attention_mask` [B, S]
 marks the real tokens of everything seen so far (cached + new); positions count real tokens
 only (`pos = cumsum(mask) - 1`), so a left-padded row gets the same logits as the same row
 alone. A side effect the reward model relies on: the last real token is always at index -1.
+`GPT.position_offset` (None, or [B] ints) adds offset[b] to row b's positions in either scheme, so
+the same text reads as if it stood later in the window (reward_eval.shifted_positions sets it).
 
 Neuron site: `mlp.neurons` computes the GELU a = GELU(c_fc(x)) [B, T, 4 * n_embd] and is the one
 place where the neuron intervention of Shinoda et al. (2026) acts: with `site.clamp` set, the
@@ -24,6 +35,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+POSITIONS = ("learned", "rotary")
+ROPE_BASE = 10000.0
+
 
 @dataclass
 class GPTConfig:
@@ -34,6 +48,21 @@ class GPTConfig:
     n_embd: int = 128
     dropout: float = 0.0
     bias: bool = True  # GPT-2 has biases in Linear and LayerNorm
+    position: str = "learned"  # "learned" (GPT-2's table wpe) | "rotary" (RoPE on queries and keys)
+
+    def __post_init__(self):
+        if self.position not in POSITIONS:
+            raise ValueError(f"model.position: expected one of {POSITIONS}, got {self.position!r}")
+        if self.position == "rotary" and self.n_embd % (2 * self.n_head):
+            raise ValueError(f"model.position='rotary' rotates pairs of dimensions, so the head dim n_embd / n_head "
+                             f"must be an even integer, got {self.n_embd} / {self.n_head}")
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [B, H, T, D], cos and sin [B, 1, T, D/2] -> x with each pair (x_{2i}, x_{2i+1}) rotated."""
+    x1, x2 = x[..., 0::2], x[..., 1::2]  # [B, H, T, D/2]; bf16 * fp32 tables computes in fp32
+    out = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)  # [B, H, T, D/2, 2]
+    return out.flatten(-2).type_as(x)  # interleaved back to [B, H, T, D]
 
 
 class KVCache:
@@ -68,10 +97,12 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = config.dropout
 
-    def forward(self, x, attn_mask=None, cache=None, layer=0):
+    def forward(self, x, attn_mask=None, cache=None, layer=0, rope=None):
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # [B, H, T, D]
+        if rope is not None:  # (cos, sin) at the new tokens' positions: cached keys were rotated at theirs
+            q, k = rotate(q, *rope), rotate(k, *rope)
         if cache is not None:
             start = cache.length
             cache.k[layer, :, :, start:start + T] = k
@@ -130,8 +161,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x, attn_mask=None, cache=None, layer=0):
-        x = x + self.attn(self.ln_1(x), attn_mask, cache, layer)
+    def forward(self, x, attn_mask=None, cache=None, layer=0, rope=None):
+        x = x + self.attn(self.ln_1(x), attn_mask, cache, layer, rope)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -141,7 +172,7 @@ class GPT(nn.Module):
         self.config = config
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),
-            wpe=nn.Embedding(config.block_size, config.n_embd),
+            **({"wpe": nn.Embedding(config.block_size, config.n_embd)} if config.position == "learned" else {}),
             drop=nn.Dropout(config.dropout),
             h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
             ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
@@ -153,6 +184,14 @@ class GPT(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+        if config.position == "rotary":  # angles run up to block_size radians: fp64, then fp32 cos and sin
+            D = config.n_embd // config.n_head
+            theta = ROPE_BASE ** (-torch.arange(0, D, 2, dtype=torch.float64) / D)  # [D/2]
+            angle = torch.arange(config.block_size, dtype=torch.float64)[:, None] * theta  # [block_size, D/2]
+            # not persistent: rebuilt from the config, so checkpoints do not carry them
+            self.register_buffer("rope_cos", angle.cos().float(), persistent=False)
+            self.register_buffer("rope_sin", angle.sin().float(), persistent=False)
+        self.position_offset = None  # None or [B] ints: see the module docstring
 
     def _init_weights(self, module):
         if isinstance(module, nn.Linear):
@@ -164,7 +203,8 @@ class GPT(nn.Module):
 
     def num_params(self) -> int:
         """Parameters, counting the tied embedding once and leaving out position embeddings."""
-        return sum(p.numel() for p in self.parameters()) - self.transformer.wpe.weight.numel()
+        table = self.transformer.wpe.weight.numel() if "wpe" in self.transformer else 0
+        return sum(p.numel() for p in self.parameters()) - table
 
     @property
     def neuron_sites(self) -> list[NeuronSite]:
@@ -194,9 +234,19 @@ class GPT(nn.Module):
             if cache is not None and T > 1:
                 attn_mask = (torch.arange(past + T, device=idx.device)[None, :]
                              <= torch.arange(past, past + T, device=idx.device)[:, None])  # [T, S]
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # [B, T, C]
+        if self.position_offset is not None:
+            pos = pos + self.position_offset[:, None]  # [B, T]
+            if pos.max() >= self.config.block_size:
+                raise ValueError(f"position_offset moves a token to position {pos.max().item()}, "
+                                 f"past block_size={self.config.block_size}")
+        x, rope = self.transformer.wte(idx), None  # [B, T, C]
+        if self.config.position == "learned":
+            x = x + self.transformer.wpe(pos)
+        else:  # each [B, 1, T, D/2], broadcast over heads
+            rope = (self.rope_cos[pos][:, None], self.rope_sin[pos][:, None])
+        x = self.transformer.drop(x)
         for layer, block in enumerate(self.transformer.h):
-            x = block(x, attn_mask, cache, layer)
+            x = block(x, attn_mask, cache, layer, rope)
         if cache is not None:
             cache.length += T
         hidden = self.transformer.ln_f(x)  # [B, T, C]

@@ -63,6 +63,9 @@ def initial_model(model_cfg: GPTConfig, init_dir=None) -> GPT | None:
     random initialisation."""
     if init_dir is None:
         return None
+    if model_cfg.position != "learned":
+        raise UserError(f"--init-dir: GPT-2's weights hold a learned position table, so they cannot start a "
+                        f"model.position={model_cfg.position!r} model; drop --init-dir or model.position")
     from nanobias.gpt2 import load_gpt2
 
     return load_gpt2(init_dir, model_cfg.dropout)

@@ -87,30 +87,25 @@ def _sensitivity_items(pairs, n: int) -> dict:
 
 @contextmanager
 def shifted_positions(gpt: GPT, offset: torch.Tensor):
-    """Inside the block, row b of every forward of `gpt` reads the position embeddings of its positions
-    + offset[b] (offset [B] ints): the same text as if it stood later in the window. A forward
-    pre-hook on the position embedding, so the model computes wpe(pos + offset) where it computed wpe(pos)."""
-    block_size = gpt.config.block_size
-
-    def shift(wpe, args):
-        pos = args[0] + offset[:, None]  # [B, T]
-        if pos.max() >= block_size:
-            raise ValueError(f"shifted_positions: an offset moves a token to position {pos.max().item()}, "
-                             f"past block_size={block_size}")
-        return (pos,)
-
-    handle = gpt.transformer.wpe.register_forward_pre_hook(shift)
+    """Inside the block, row b of every forward of `gpt` reads its positions + offset[b] (offset [B] ints):
+    the same text as if it stood later in the window. It sets `gpt.position_offset` (model.py), which
+    both position schemes read: the learned table at wpe(pos + offset), rotary angles of pos + offset.
+    A forward that moves a token past block_size raises ValueError."""
+    previous, gpt.position_offset = gpt.position_offset, offset
     try:
         yield gpt
     finally:
-        handle.remove()
+        gpt.position_offset = previous
 
 
 @torch.no_grad()
 def length_from_position(rm: RewardModel, enc, prompts: list[str], originals: list[str], bumped: list[str],
                          batch_size: int = 64) -> np.ndarray:
     """r(original, read at the positions the bumped text's tokens occupy) - r(original) [N]: the part of
-    the length bump's reward change that comes from where the text ends, not from what it says."""
+    the length bump's reward change that comes from where the text ends, not from what it says.
+
+    Rotary models see relative positions only, so shifting a whole row changes nothing: there the part
+    is 0 up to rounding, and any length sensitivity must be computed from the text itself."""
     seqs = encode(enc, prompts, originals, rm.gpt.config.block_size)
     longer = encode(enc, prompts, bumped, rm.gpt.config.block_size)
     param = next(rm.parameters())

@@ -94,6 +94,18 @@ def test_loaded_gpt2_matches_reference_forward(tmp_path, fmt):
     assert got.shape == (3, CONFIG["n_positions"], CONFIG["vocab_size"])
     assert (got - expected).abs().max().item() < 1e-5
     assert model.config.block_size == CONFIG["n_positions"] and model.config.n_layer == CONFIG["n_layer"]
+    assert model.config.position == "learned"  # GPT-2's weights hold a learned position table
+
+
+def test_gpt2_weights_cannot_start_a_rotary_model(tmp_path):
+    from nanobias.errors import UserError
+    from nanobias.model import GPTConfig
+    from nanobias.pretrain import initial_model
+
+    folder = write_folder(tmp_path, gpt2_state_dict())
+    with pytest.raises(UserError, match="model.position='rotary'"):
+        initial_model(GPTConfig(position="rotary"), folder)
+    assert initial_model(GPTConfig(), folder).config.position == "learned"
 
 
 def test_safetensors_reader_half_precision_dtypes(tmp_path):

@@ -1,30 +1,123 @@
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from nanobias.intervention import last_token_recorded
-from nanobias.model import GPT, GPTConfig, KVCache, NeuronSite
+from nanobias.model import GPT, GPTConfig, KVCache, NeuronSite, rotate
+from nanobias.sampling import sample
+
+BOTH = pytest.mark.parametrize("position", ["learned", "rotary"])
 
 
-def tiny_model(seed=0, **kw):
+def tiny_model(seed=0, position="learned", **kw):
     torch.manual_seed(seed)
-    cfg = GPTConfig(block_size=32, vocab_size=61, n_layer=2, n_head=2, n_embd=16, **kw)
-    return GPT(cfg).eval()
+    cfg = GPTConfig(**{"block_size": 32, "vocab_size": 61, "n_layer": 2, "n_head": 2, "n_embd": 16, **kw},
+                    position=position)
+    model = GPT(cfg).eval()
+    if position == "rotary":  # sharper attention than a fresh init's: a wrong position then shows in the logits
+        with torch.no_grad():
+            for block in model.transformer.h:
+                block.attn.c_attn.weight[:32].mul_(15)  # queries and keys
+    return model
+
+
+GPT2_NAMES = ["transformer.wte.weight", "transformer.wpe.weight"] + [
+    f"transformer.h.{i}.{n}" for i in range(2) for n in (
+        "ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias", "attn.c_proj.weight", "attn.c_proj.bias",
+        "ln_2.weight", "ln_2.bias", "mlp.c_fc.weight", "mlp.c_fc.bias", "mlp.c_proj.weight", "mlp.c_proj.bias")
+] + ["transformer.ln_f.weight", "transformer.ln_f.bias", "lm_head.weight"]
 
 
 def test_gpt2_parameter_names_and_tied_head():
     model = tiny_model()
-    names = set(dict(model.named_parameters(remove_duplicate=False)))
-    for n in ["transformer.wte.weight", "transformer.wpe.weight", "transformer.h.0.ln_1.weight",
-              "transformer.h.0.attn.c_attn.weight", "transformer.h.0.attn.c_proj.bias",
-              "transformer.h.1.mlp.c_fc.weight", "transformer.h.1.mlp.c_proj.weight",
-              "transformer.ln_f.bias", "lm_head.weight"]:
-        assert n in names, n
+    assert list(dict(model.named_parameters(remove_duplicate=False))) == GPT2_NAMES  # GPT-2's, in its order
+    assert list(model.state_dict()) == GPT2_NAMES  # no buffers: checkpoints as before
     assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr()
+    assert model.num_params() == sum(p.numel() for p in model.parameters()) - 32 * 16  # position table left out
 
 
-def test_kv_cache_token_by_token_matches_full_forward():
-    model = tiny_model()
+def test_rotary_has_no_position_table_and_checkpoints_no_tables():
+    model = tiny_model(position="rotary")
+    names = list(dict(model.named_parameters(remove_duplicate=False)))
+    assert names == [n for n in GPT2_NAMES if n != "transformer.wpe.weight"]
+    assert not any("wpe" in n for n in list(model.state_dict()) + names) and "wpe" not in model.transformer
+    assert model.num_params() == sum(p.numel() for p in model.parameters())
+    assert "rope_cos" not in model.state_dict()  # rebuilt from the config, never saved
+    assert model.rope_cos.dtype == model.rope_sin.dtype == torch.float32 and model.rope_cos.shape == (32, 4)
+
+
+def test_config_validates_position():
+    with pytest.raises(ValueError, match=r"model.position: expected one of \('learned', 'rotary'\), got 'absolute'"):
+        GPTConfig(position="absolute")
+    for n_embd, n_head in [(18, 2), (16, 3)]:  # head dim 9, and 16 / 3
+        with pytest.raises(ValueError, match=f"even integer, got {n_embd} / {n_head}"):
+            GPTConfig(n_embd=n_embd, n_head=n_head, position="rotary")
+    assert GPTConfig(n_embd=18, n_head=2).position == "learned"  # an odd head dim is fine without rotary
+
+
+def test_old_configs_without_position_load_as_learned(tmp_path):
+    from dataclasses import asdict
+
+    from nanobias.checkpoint import load_policy, save_policy
+    from nanobias.tokenizer import train_bpe
+
+    old = {k: v for k, v in asdict(tiny_model().config).items() if k != "position"}  # a checkpoint from before
+    assert GPTConfig(**old) == tiny_model().config
+    enc = train_bpe(["Who was late? Answer: The nurse."] * 4, 260)
+    model = tiny_model(position="rotary", vocab_size=enc.n_vocab)
+    save_policy(tmp_path / "policy.pt", model, enc)
+    loaded, _, meta = load_policy(tmp_path / "policy.pt")
+    assert meta["model_config"]["position"] == "rotary" and loaded.config == model.config
+    idx = torch.randint(0, enc.n_vocab, (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(loaded(idx), model(idx))
+
+
+def test_rotate_matches_complex_multiplication_and_scores_are_relative():
+    B, H, T, D = 3, 2, 7, 8
+    model = tiny_model(position="rotary")
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(B, H, T, D, generator=g, dtype=torch.float64), torch.randn(B, H, T, D, generator=g, dtype=torch.float64)
+    pos = torch.randint(0, 13, (B, T), generator=g)  # any positions (2 * pos < block_size), a set per row
+
+    def rot(x, pos):
+        return rotate(x, model.rope_cos[pos][:, None], model.rope_sin[pos][:, None])
+
+    # reference: pairs (x_2i, x_2i+1) as complex numbers, times e^{i p theta_i}, theta_i = 10000^(-2i/D)
+    theta = 10000.0 ** (-torch.arange(0, D, 2, dtype=torch.float64) / D)  # [D/2]
+    z = torch.view_as_complex(q.reshape(B, H, T, D // 2, 2))
+    expected = torch.view_as_real(z * torch.exp(1j * pos[:, None, :, None].double() * theta)).reshape(B, H, T, D)
+    torch.testing.assert_close(rot(q, pos), expected, atol=1e-6, rtol=0)
+    scores = rot(q, pos) @ rot(k, pos).transpose(-1, -2)  # [B, H, T, T]
+    torch.testing.assert_close(rot(q, pos + 5) @ rot(k, pos + 5).transpose(-1, -2), scores, atol=1e-5, rtol=0)
+    assert (rot(q, 2 * pos) @ rot(k, 2 * pos).transpose(-1, -2) - scores).abs().max() > 0.1  # not any change
+    assert torch.equal(rot(q, torch.zeros_like(pos)), q)  # position 0 is the identity
+
+
+@BOTH
+def test_left_padded_batch_matches_each_row_alone(position):
+    model = tiny_model(position=position)
+    g = torch.Generator().manual_seed(8)
+    rows = [torch.randint(0, 61, (n,), generator=g) for n in (9, 2, 6, 1, 4)]
+    P = max(len(r) for r in rows)
+    idx = torch.zeros(len(rows), P, dtype=torch.long)
+    mask = torch.zeros(len(rows), P, dtype=torch.long)
+    for b, r in enumerate(rows):
+        idx[b, P - len(r):] = r
+        mask[b, P - len(r):] = 1
+    with torch.no_grad():
+        batched = model(idx, attention_mask=mask)
+        for b, r in enumerate(rows):
+            torch.testing.assert_close(batched[b, P - len(r):], model(r[None])[0], atol=1e-5, rtol=0)
+        shifted = model(torch.cat([idx[:1, 3:], idx[:1, :3]], 1))[0]  # the same tokens, in another order
+        assert (shifted - model(idx[:1])[0]).abs().max() > 1e-3
+
+
+@BOTH
+def test_kv_cache_token_by_token_matches_full_forward(position):
+    model = tiny_model(position=position)
     idx = torch.randint(0, 61, (3, 20), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         full = model(idx)
@@ -34,8 +127,9 @@ def test_kv_cache_token_by_token_matches_full_forward():
     torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=0)
 
 
-def test_left_padded_batch_with_cache_matches_each_row_alone():
-    model = tiny_model()
+@BOTH
+def test_left_padded_batch_with_cache_matches_each_row_alone(position):
+    model = tiny_model(position=position)
     g = torch.Generator().manual_seed(2)
     rows = [torch.randint(0, 61, (n,), generator=g) for n in (7, 3, 5)]
     cont = torch.randint(0, 61, (3, 6), generator=g)  # tokens decoded after each prompt
@@ -61,8 +155,9 @@ def test_left_padded_batch_with_cache_matches_each_row_alone():
             torch.testing.assert_close(full, alone, atol=1e-5, rtol=0)
 
 
-def test_repeat_interleave_cache_shares_a_prefill():
-    model = tiny_model()
+@BOTH
+def test_repeat_interleave_cache_shares_a_prefill(position):
+    model = tiny_model(position=position)
     idx = torch.randint(0, 61, (2, 6), generator=torch.Generator().manual_seed(3))
     nxt = torch.randint(0, 61, (6, 1), generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
@@ -71,6 +166,37 @@ def test_repeat_interleave_cache_shares_a_prefill():
         grouped = model(nxt, cache=cache.repeat_interleave(3))[:, 0]  # [6, V]
         separate = model(torch.cat([idx.repeat_interleave(3, 0), nxt], 1))[:, -1]
     torch.testing.assert_close(grouped, separate, atol=1e-5, rtol=0)
+
+
+def test_rotary_cached_sampling_equals_uncached():
+    model = tiny_model(position="rotary")
+    prompts = [[1, 2, 3, 4, 5, 6, 7], [8, 9], [10, 11, 12, 13]]
+    a = sample(model, prompts, 60, group_size=3, max_new_tokens=12, temperature=1.0, seed=5)
+    b = sample(model, prompts, 60, group_size=3, max_new_tokens=12, temperature=1.0, seed=5, use_cache=False)
+    assert torch.equal(a.tokens, b.tokens) and torch.equal(a.mask, b.mask) and a.mask.sum() > 3 * 3 * 2
+    torch.testing.assert_close(a.logprobs, b.logprobs, atol=1e-5, rtol=0)
+
+
+def test_position_offset_shifts_positions_and_rotary_only_sees_relative_ones():
+    idx = torch.randint(0, 61, (3, 10), generator=torch.Generator().manual_seed(9))
+    offset = torch.tensor([5, 0, 22])
+    with torch.no_grad():
+        learned, rotary = tiny_model(), tiny_model(position="rotary")
+        learned.position_offset = offset
+        moved = learned(idx)
+        learned.position_offset = None
+        table = learned.transformer.wpe.weight.data.clone()
+        learned.transformer.wpe.weight.data[:10] = table[22:32]  # row 2's positions, read directly
+        torch.testing.assert_close(moved[2], learned(idx[2:])[0], atol=1e-6, rtol=0)
+        learned.transformer.wpe.weight.data.copy_(table)
+        torch.testing.assert_close(moved[1], learned(idx[1:2])[0], atol=1e-6, rtol=0)
+        plain = rotary(idx)
+        rotary.position_offset = offset
+        torch.testing.assert_close(rotary(idx), plain, atol=1e-5, rtol=0)  # whole rows shifted: same relative positions
+        for model in (learned, rotary):
+            model.position_offset = torch.tensor([0, 0, 23])
+            with pytest.raises(ValueError, match="position 32, past block_size=32"):
+                model(idx)
 
 
 def test_hidden_states_and_block_size_error():

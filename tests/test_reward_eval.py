@@ -104,7 +104,7 @@ def test_shifted_positions_reads_shifted_position_embeddings():
             raise AssertionError("an offset past block_size must raise")
         # the hook is gone afterwards, also after the error: the plain positions again
         torch.testing.assert_close(model(idx, torch.ones_like(idx))[0], model(idx[:1])[0], atol=1e-6, rtol=0)
-        assert not model.transformer.wpe._forward_pre_hooks
+        assert model.position_offset is None
 
 
 def test_length_from_position_is_zero_for_an_unchanged_length(random_rm, tiny_splits):
@@ -113,6 +113,24 @@ def test_length_from_position_is_zero_for_an_unchanged_length(random_rm, tiny_sp
     same = length_from_position(rm, enc, [pair.prompt], [pair.chosen.text], [pair.chosen.text])
     longer = length_from_position(rm, enc, [pair.prompt], [pair.chosen.text], [pair.chosen.text + " Fine." * 4])
     assert same[0] == 0.0 and longer[0] != 0.0
+
+
+def test_length_from_position_is_zero_for_a_rotary_model(random_rm, tiny_splits):
+    """RoPE sees relative positions only: the same text read later in the window gets the same reward."""
+    from nanobias.reward import reward_model_from_policy, score
+
+    _, enc = random_rm
+    torch.manual_seed(0)
+    policy = GPT(GPTConfig(block_size=256, vocab_size=enc.n_vocab, n_layer=2, n_head=2, n_embd=16, position="rotary"))
+    rm = reward_model_from_policy(policy, seed=0).eval()
+    with torch.no_grad():
+        rm.head.weight.normal_(0, 1.0, generator=torch.Generator().manual_seed(1))
+    pairs = make_pairs(tiny_splits.test, 3, 0)
+    prompts, texts = [p.prompt for p in pairs], [p.chosen.text for p in pairs]
+    from_position = length_from_position(rm, enc, prompts, texts, [t + " Fine." * 4 for t in texts])
+    assert np.abs(from_position).max() < 1e-5 and rm.gpt.position_offset is None
+    r = score(rm, enc, prompts, texts).numpy()
+    assert r.max() - r.min() > 1e-3  # not a constant reward: the zero is the positions', not the head's
 
 
 # ---------------------------------------------------------------- the stage end to end
