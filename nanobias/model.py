@@ -18,8 +18,6 @@ Padding: batches of prompts with different lengths are LEFT-padded. `attention_m
 marks the real tokens of everything seen so far (cached + new); positions count real tokens
 only (`pos = cumsum(mask) - 1`), so a left-padded row gets the same logits as the same row
 alone. A side effect the reward model relies on: the last real token is always at index -1.
-`GPT.position_offset` (None, or [B] ints) adds offset[b] to row b's positions in either scheme, so
-the same text reads as if it stood later in the window (reward_eval.shifted_positions sets it).
 
 Neuron site: `mlp.neurons` computes the GELU a = GELU(c_fc(x)) [B, T, 4 * n_embd] and is the one
 place where the neuron intervention of Shinoda et al. (2026) acts: with `site.clamp` set, the
@@ -34,6 +32,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from nanobias.kernels import masked_gelu
 
 POSITIONS = ("learned", "rotary")
 ROPE_BASE = 10000.0
@@ -133,8 +133,6 @@ class NeuronSite(nn.Module):
     def forward(self, h):  # h: [B, T, H] pre-activation
         if self.clamp is None:
             return F.gelu(h, approximate="tanh")
-        from nanobias.kernels import masked_gelu  # imported here: Triton is only needed once a clamp is set
-
         mask, value, last_only = self.clamp
         if last_only:
             return torch.cat([F.gelu(h[:, :-1], approximate="tanh"), masked_gelu(h[:, -1:], mask, value)], dim=1)
@@ -191,7 +189,6 @@ class GPT(nn.Module):
             # not persistent: rebuilt from the config, so checkpoints do not carry them
             self.register_buffer("rope_cos", angle.cos().float(), persistent=False)
             self.register_buffer("rope_sin", angle.sin().float(), persistent=False)
-        self.position_offset = None  # None or [B] ints: see the module docstring
 
     def _init_weights(self, module):
         if isinstance(module, nn.Linear):
@@ -234,11 +231,6 @@ class GPT(nn.Module):
             if cache is not None and T > 1:
                 attn_mask = (torch.arange(past + T, device=idx.device)[None, :]
                              <= torch.arange(past, past + T, device=idx.device)[:, None])  # [T, S]
-        if self.position_offset is not None:
-            pos = pos + self.position_offset[:, None]  # [B, T]
-            if pos.max() >= self.config.block_size:
-                raise ValueError(f"position_offset moves a token to position {pos.max().item()}, "
-                                 f"past block_size={self.config.block_size}")
         x, rope = self.transformer.wte(idx), None  # [B, T, C]
         if self.config.position == "learned":
             x = x + self.transformer.wpe(pos)

@@ -87,15 +87,28 @@ def _sensitivity_items(pairs, n: int) -> dict:
 
 @contextmanager
 def shifted_positions(gpt: GPT, offset: torch.Tensor):
-    """Inside the block, row b of every forward of `gpt` reads its positions + offset[b] (offset [B] ints):
-    the same text as if it stood later in the window. It sets `gpt.position_offset` (model.py), which
-    both position schemes read: the learned table at wpe(pos + offset), rotary angles of pos + offset.
-    A forward that moves a token past block_size raises ValueError."""
-    previous, gpt.position_offset = gpt.position_offset, offset
+    """Inside the block, row b of every forward of `gpt` reads the position embeddings of its positions
+    + offset[b] (offset [B] ints): the same text as if it stood later in the window. A forward
+    pre-hook on the position embedding, so the model computes wpe(pos + offset) where it computed wpe(pos).
+    A rotary model has no table and sees relative positions only: a whole row shifted reads the same,
+    so there is nothing to shift."""
+    if gpt.config.position == "rotary":
+        yield gpt
+        return
+    block_size = gpt.config.block_size
+
+    def shift(wpe, args):
+        pos = args[0] + offset[:, None]  # [B, T]
+        if pos.max() >= block_size:
+            raise ValueError(f"shifted_positions: an offset moves a token to position {pos.max().item()}, "
+                             f"past block_size={block_size}")
+        return (pos,)
+
+    handle = gpt.transformer.wpe.register_forward_pre_hook(shift)
     try:
         yield gpt
     finally:
-        gpt.position_offset = previous
+        handle.remove()
 
 
 @torch.no_grad()

@@ -177,28 +177,6 @@ def test_rotary_cached_sampling_equals_uncached():
     torch.testing.assert_close(a.logprobs, b.logprobs, atol=1e-5, rtol=0)
 
 
-def test_position_offset_shifts_positions_and_rotary_only_sees_relative_ones():
-    idx = torch.randint(0, 61, (3, 10), generator=torch.Generator().manual_seed(9))
-    offset = torch.tensor([5, 0, 22])
-    with torch.no_grad():
-        learned, rotary = tiny_model(), tiny_model(position="rotary")
-        learned.position_offset = offset
-        moved = learned(idx)
-        learned.position_offset = None
-        table = learned.transformer.wpe.weight.data.clone()
-        learned.transformer.wpe.weight.data[:10] = table[22:32]  # row 2's positions, read directly
-        torch.testing.assert_close(moved[2], learned(idx[2:])[0], atol=1e-6, rtol=0)
-        learned.transformer.wpe.weight.data.copy_(table)
-        torch.testing.assert_close(moved[1], learned(idx[1:2])[0], atol=1e-6, rtol=0)
-        plain = rotary(idx)
-        rotary.position_offset = offset
-        torch.testing.assert_close(rotary(idx), plain, atol=1e-5, rtol=0)  # whole rows shifted: same relative positions
-        for model in (learned, rotary):
-            model.position_offset = torch.tensor([0, 0, 23])
-            with pytest.raises(ValueError, match="position 32, past block_size=32"):
-                model(idx)
-
-
 def test_hidden_states_and_block_size_error():
     model = tiny_model()
     logits, hidden = model(torch.zeros(2, 4, dtype=torch.long), return_hidden=True)
