@@ -18,6 +18,7 @@ from nanobias.flags import (add_compile_arg, add_data_args, add_init_args, add_p
 
 def cmd_pretrain(args) -> None:
     from nanobias import distributed
+    from nanobias.choice import choice_table
     from nanobias.evaluate import evaluate_policy, format_table, table_rows
     from nanobias.pretrain import pretrain_policy
 
@@ -30,7 +31,8 @@ def cmd_pretrain(args) -> None:
         return
     metrics = evaluate_policy(model, enc, splits.test, splits.heldout, max_examples=eval_examples(args))
     print_samples(metrics)
-    print("\n" + format_table(table_rows("base", metrics)))
+    rows = table_rows("base", metrics)
+    print("\n" + format_table(rows) + "\n" + choice_table(rows))
     print(f"biased-answer share on ambiguous test prompts: {metrics['biased_ambig']:.3f} "
           "(a policy that picks one of the two people at random: 0.5)")
     print(f"wrote {out / 'policy.pt'} and {out / 'tokenizer.json'}")
@@ -98,11 +100,13 @@ def cmd_dpo(args) -> None:
 
 def cmd_eval(args) -> None:
     from nanobias.checkpoint import write_json
+    from nanobias.choice import choice_table
     from nanobias.evaluate import evaluate_checkpoint, format_table, table_rows
 
     metrics = evaluate_checkpoint(args.policy, splits_from_args(args, args.config), eval_examples(args))
     print_samples(metrics)
-    print("\n" + format_table(table_rows(args.policy.stem, metrics)))
+    rows = table_rows(args.policy.stem, metrics)
+    print("\n" + format_table(rows) + "\n" + choice_table(rows))
     if args.out is not None:
         path = args.out / f"{args.policy.stem}.eval.json"
         write_json(path, metrics)

@@ -149,13 +149,19 @@ def spread(examples: list[Example], n: int | None, seed: int = 0) -> list[Exampl
 def evaluate_policy(model, enc, test: list[Example], heldout: list[Example] = (), max_examples: int | None = None,
                     **generate_kw) -> dict:
     """Metrics on the test split, per category, and on held-out categories apart (each cut to
-    `max_examples` by `spread`)."""
+    `max_examples` by `spread`); "choice" on each: the same examples scored as multiple choice
+    ({"raw", "norm"}, choice.py)."""
+    from nanobias.choice import choice_metrics
+
     test, heldout = spread(test, max_examples), spread(heldout, max_examples)
     completions = generate_answers(model, enc, list(test) + list(heldout), **generate_kw)
     preds = [extract_answer(ex, c) for ex, c in zip(list(test) + list(heldout), completions)]
     n = len(test)
     out = metrics_with_breakdown(list(test), preds[:n], completions[:n])
     out["heldout"] = metrics_with_breakdown(list(heldout), preds[n:], completions[n:]) if heldout else {}
+    out["choice"] = choice_metrics(model, enc, test)
+    if heldout:
+        out["heldout"]["choice"] = choice_metrics(model, enc, heldout)
     out["samples"] = [{"prompt": render_prompt(ex), "completion": c, "pred": p, "label": ex.label,
                        "biased": ex.biased_index, "unknown": ex.unknown_index}
                       for ex, c, p in list(zip(test, completions, preds))[:8]]
@@ -191,13 +197,15 @@ def report_rl_run(path, name: str, splits, base_ckpt, ckpt, result: dict, max_ex
     ({**about, "policy": {"base", name}, "stability", "history"}); rank 0 alone under torchrun."""
     from nanobias import distributed
     from nanobias.checkpoint import write_json
+    from nanobias.choice import choice_table
     from nanobias.rl import reward_curve_path
 
     if not distributed.is_main():
         return
     base = evaluate_checkpoint(base_ckpt, splits, max_examples, "base")
     trained = evaluate_checkpoint(ckpt, splits, max_examples, name)
-    print("\n" + format_table({**table_rows("base", base), **table_rows(name, trained)}))
+    rows = {**table_rows("base", base), **table_rows(name, trained)}
+    print("\n" + format_table(rows) + "\n" + choice_table(rows))
     print(f"reward_fluctuation {result['stability']['reward_fluctuation']:.4f}, "
           f"final_reward_mean {result['stability']['final_reward_mean']:.4f}")
     write_json(path, {**about, "policy": {"base": base, name: trained}, **result})

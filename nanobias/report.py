@@ -10,6 +10,7 @@ import torch
 
 from nanobias import plots
 from nanobias.checkpoint import write_atomic
+from nanobias.choice import choice_table
 from nanobias.evaluate import format_table
 from nanobias.progress import format_seconds
 from nanobias.reward_eval import format_reward_table
@@ -64,6 +65,10 @@ def write_report(out: Path, results: dict, histories: dict[str, list[dict]], pol
     if heldout:
         lines += [f"Held-out categories ({', '.join(results['eval_categories'])}), never trained on:", "",
                   format_table(heldout)]
+    if any(v.get("choice") for v in results["policy"].values()):
+        lines += ["The same test examples as multiple choice, as BBQ is usually reported for language models:",
+                  "the option the policy finds most likely after \"Answer:\" (never invalid).", "",
+                  choice_table(results["policy"])]
     lines += ["![policy metrics](policy_metrics.png)", "", "Per category (acc_ambig / s_amb):", ""]
     cats = sorted(next(iter(results["policy"].values()))["per_category"])
     lines += ["| method | " + " | ".join(cats) + " |", "|---|" + "---|" * len(cats)]

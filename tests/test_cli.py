@@ -49,9 +49,11 @@ def test_cli_eval_prints_the_table_and_writes_json(smoke_policy, tmp_path, capsy
     _, _, policy = smoke_policy
     main(["eval", "--preset", "smoke", "--policy", str(policy), "--train-categories", ",".join(CATS),
           "--eval-examples", "4", "--out", str(tmp_path)])
-    assert "| policy (test) |" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "| policy (test) |" in out and "| policy (test) | norm |" in out and "Multiple-choice scoring" in out
     metrics = json.loads((tmp_path / "policy.eval.json").read_text())
     assert metrics["n"] == 4 and 0 <= metrics["acc_ambig"] <= 1
+    assert metrics["choice"]["raw"]["n"] == metrics["choice"]["norm"]["n"] == 4
 
 
 def test_cli_eval_defaults_to_the_presets_prompt_count(smoke_policy, tmp_path):

@@ -25,6 +25,8 @@ def test_reproduce_writes_the_results_contract_report_and_plots(smoke_run):
         assert METRICS <= set(results["policy"][name]), name
         assert 0 <= results["policy"][name]["acc_ambig"] <= 1
         assert set(results["policy"][name]["heldout"]["per_category"]) == {"SES"}
+        for where in (results["policy"][name], results["policy"][name]["heldout"]):
+            assert set(where["choice"]) == {"raw", "norm"} and where["choice"]["norm"]["invalid_rate"] == 0
         assert "SES" not in results["policy"][name]["per_category"]
     for name in ("base", "cirm", "length_penalty", "lwr"):
         assert {"acc", "acc_biased", "acc_unbiased", "sensitivity"} <= set(results["reward_model"][name])
@@ -34,6 +36,7 @@ def test_reproduce_writes_the_results_contract_report_and_plots(smoke_run):
     assert {"pretrain", "reward", "grpo", "eval", "total"} <= set(results["seconds"])
     report = (smoke_run / "report.md").read_text()
     assert "nanobias reproduce --preset smoke --eval-categories SES --backend torch" in report and "| grpo_cirm |" in report
+    assert "Multiple-choice scoring (log-likelihood of each option)" in report and "| grpo_cirm | norm |" in report
     for png in ("reward_curves", "policy_metrics", "completion_length", "neurons_per_layer",
                 "reward_biased_unbiased"):
         assert (smoke_run / f"{png}.png").read_bytes()[:4] == b"\x89PNG", png
