@@ -7,7 +7,7 @@ log-likelihood of each option as the completion of the prompt:
     norm_j = ll_j / chars(o_j)                       (per character of the option text, as written below)
     pred   = argmax_j ll_j   or   argmax_j norm_j    (a tie goes to the lowest index)
 
-BBQ's metrics (evaluate.bias_metrics, docs/design.md 4.1) then follow from the predicted indices.
+BBQ's metrics (metrics.bias_metrics, docs/design.md 4.1) then follow from the predicted indices.
 The policy never has to write anything, so no answer is ever invalid (invalid_rate is 0).
 
 Decisions:
@@ -27,7 +27,7 @@ Decisions:
 
 Prompt and option are tokenized apart, as the policy sees them when it samples. Sequences
 (three per example) are scored `batch_size` at a time, grouped by length, as dpo.pair_logprobs
-does: prompts left-padded, options right-padded (dpo.completion_batch), log-probs from
+does: prompts left-padded, options right-padded (sampling.completion_batch), log-probs from
 sampling.completion_logprobs. A prompt longer than block_size minus its option loses its first
 tokens (as dpo.encode_pairs cuts).
 """
@@ -35,11 +35,10 @@ tokens (as dpo.encode_pairs cuts).
 import torch
 
 from nanobias.bbq import Example
-from nanobias.dpo import completion_batch
-from nanobias.evaluate import bias_metrics
+from nanobias.metrics import bias_metrics
 from nanobias.render import render_completion, render_prompt
 from nanobias.reward import length_batches
-from nanobias.sampling import completion_logprobs
+from nanobias.sampling import completion_batch, completion_logprobs
 
 SCORINGS = ("raw", "norm")
 TABLE_KEYS = ("acc_ambig", "acc_disambig", "s_amb", "s_dis")
@@ -100,7 +99,7 @@ def predictions(model, enc, examples: list[Example], batch_size: int = 64) -> di
 
 
 def metrics_from_predictions(examples: list[Example], preds: list[int]) -> dict:
-    """evaluate.bias_metrics of the predicted indices, without mean_len (no text is written)."""
+    """metrics.bias_metrics of the predicted indices, without mean_len (no text is written)."""
     out = bias_metrics(examples, preds, [""] * len(preds))
     del out["mean_len"]
     return out

@@ -1,7 +1,5 @@
 """`nanobias <command>`: one subcommand per pipeline stage. Flags are checked before any work.
-
-Under `torchrun --nproc_per_node=N -m nanobias ...` the training stages run on N processes
-(distributed.py); rank 0 alone writes files, evaluates and prints the reports."""
+Under `torchrun --nproc_per_node=N -m nanobias ...` the training stages run on N processes (distributed.py)."""
 
 import argparse
 import os
@@ -18,8 +16,8 @@ from nanobias.flags import (add_compile_arg, add_data_args, add_init_args, add_p
 
 def cmd_pretrain(args) -> None:
     from nanobias import distributed
-    from nanobias.choice import choice_table
-    from nanobias.evaluate import evaluate_policy, format_table, table_rows
+    from nanobias.evaluate import evaluate_policy, format_tables
+    from nanobias.metrics import table_rows
     from nanobias.pretrain import pretrain_policy
 
     preset = args.config
@@ -31,8 +29,7 @@ def cmd_pretrain(args) -> None:
         return
     metrics = evaluate_policy(model, enc, splits.test, splits.heldout, max_examples=eval_examples(args))
     print_samples(metrics)
-    rows = table_rows("base", metrics)
-    print("\n" + format_table(rows) + "\n" + choice_table(rows))
+    print("\n" + format_tables(table_rows("base", metrics)))
     print(f"biased-answer share on ambiguous test prompts: {metrics['biased_ambig']:.3f} "
           "(a policy that picks one of the two people at random: 0.5)")
     print(f"wrote {out / 'policy.pt'} and {out / 'tokenizer.json'}")
@@ -79,12 +76,16 @@ def cmd_online_rl(args) -> None:
 
 
 def report_baseline(args, name: str, splits, ckpt: Path, result: dict) -> None:
+    from nanobias import distributed
     from nanobias.evaluate import report_rl_run
+    from nanobias.rl import reward_curve_path
 
     report_rl_run(args.out / f"{name}.json", name, splits, args.policy, ckpt, result, eval_examples(args),
                   reward="oracle" if args.oracle_reward else str(args.reward),
                   intervention=str(args.intervention) if args.intervention else None, seed=args.seed,
                   preset=args.preset)
+    if distributed.is_main():
+        print(f"the reward curve: {reward_curve_path(ckpt)}")
 
 
 def cmd_dpo(args) -> None:
@@ -100,13 +101,12 @@ def cmd_dpo(args) -> None:
 
 def cmd_eval(args) -> None:
     from nanobias.checkpoint import write_json
-    from nanobias.choice import choice_table
-    from nanobias.evaluate import evaluate_checkpoint, format_table, table_rows
+    from nanobias.evaluate import evaluate_checkpoint, format_tables
+    from nanobias.metrics import table_rows
 
     metrics = evaluate_checkpoint(args.policy, splits_from_args(args, args.config), eval_examples(args))
     print_samples(metrics)
-    rows = table_rows(args.policy.stem, metrics)
-    print("\n" + format_table(rows) + "\n" + choice_table(rows))
+    print("\n" + format_tables(table_rows(args.policy.stem, metrics)))
     if args.out is not None:
         path = args.out / f"{args.policy.stem}.eval.json"
         write_json(path, metrics)

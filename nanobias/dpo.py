@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from nanobias import device, distributed, rl
 from nanobias.preferences import Pair, PairConfig, make_pairs
 from nanobias.reward import length_batches
-from nanobias.sampling import Samples, completion_logprobs, left_pad
+from nanobias.sampling import Samples, completion_batch, completion_logprobs
 from nanobias.train import optimizer_step, stop_if_diverged
 
 LOSSES = ("dpo", "ipo")
@@ -89,18 +89,6 @@ def encode_pairs(enc, pairs: list[Pair], block_size: int) -> tuple[list[list[int
         raise ValueError(f"preference pair completion of {len(completions[longest])} tokens leaves no room for "
                          f"its prompt in block_size={block_size}: {texts[longest][:60]!r}...")
     return [p[-room:] for p in prompts], completions
-
-
-def completion_batch(prompts: list[list[int]], completions: list[list[int]], pad_id: int, device=None) -> Samples:
-    """Given prompts (left-padded) and completions (right-padded) as one batch of Samples."""
-    prompt_ids, prompt_mask = left_pad(prompts, pad_id, device)  # [R, L]
-    N = max(len(c) for c in completions)
-    tokens = torch.full((len(completions), N), pad_id, dtype=torch.long, device=device)  # [R, N]
-    mask = torch.zeros((len(completions), N), dtype=torch.long, device=device)
-    for row, c in enumerate(completions):
-        tokens[row, :len(c)] = torch.tensor(c, dtype=torch.long, device=device)
-        mask[row, :len(c)] = 1
-    return Samples(prompt_ids, prompt_mask, tokens, mask, torch.zeros(tokens.shape, device=device))
 
 
 def pair_samples(enc, pairs: list[Pair], block_size: int, device=None) -> Samples:

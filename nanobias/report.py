@@ -11,7 +11,7 @@ import torch
 from nanobias import plots
 from nanobias.checkpoint import write_atomic
 from nanobias.choice import choice_table
-from nanobias.evaluate import format_table
+from nanobias.metrics import format_table
 from nanobias.progress import format_seconds
 from nanobias.reward_eval import format_reward_table
 

@@ -127,6 +127,18 @@ def sample(model: GPT, prompts: list[list[int]], eot_id: int, group_size: int = 
     return Samples(ids, mask, tokens, out_mask, logprobs)
 
 
+def completion_batch(prompts: list[list[int]], completions: list[list[int]], pad_id: int, device=None) -> Samples:
+    """Given prompts (left-padded) and completions (right-padded) as one batch of Samples."""
+    prompt_ids, prompt_mask = left_pad(prompts, pad_id, device)  # [R, L]
+    N = max(len(c) for c in completions)
+    tokens = torch.full((len(completions), N), pad_id, dtype=torch.long, device=device)  # [R, N]
+    mask = torch.zeros((len(completions), N), dtype=torch.long, device=device)
+    for row, c in enumerate(completions):
+        tokens[row, :len(c)] = torch.tensor(c, dtype=torch.long, device=device)
+        mask[row, :len(c)] = 1
+    return Samples(prompt_ids, prompt_mask, tokens, mask, torch.zeros(tokens.shape, device=device))
+
+
 def completion_texts(enc, samples: Samples) -> list[str]:
     """Decode each row's completion, without the end-of-text token."""
     texts = []

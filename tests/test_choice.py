@@ -10,8 +10,8 @@ from torch import nn
 from nanobias.bbq import Example
 from nanobias.choice import (choice_metrics, choice_table, choose, metrics_from_predictions, option_loglikelihoods,
                              option_scores, option_texts, predictions)
-from nanobias.evaluate import (bias_metrics, evaluate_policy, extract_answer, generate_answers, metrics_with_breakdown,
-                               spread)
+from nanobias.evaluate import evaluate_policy, extract_answer, generate_answers, spread
+from nanobias.metrics import bias_metrics, metrics_with_breakdown
 from nanobias.model import GPT, GPTConfig
 from nanobias.render import pretraining_documents, render_completion
 from nanobias.tokenizer import train_bpe

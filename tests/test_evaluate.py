@@ -2,8 +2,7 @@ import pytest
 import torch
 
 from nanobias.bbq import UNKNOWN_PHRASES, Example
-from nanobias.evaluate import (bias_metrics, evaluate_policy, extract_answer, format_table, metrics_with_breakdown,
-                               oracle_rewards, spread)
+from nanobias.evaluate import evaluate_policy, extract_answer, oracle_rewards, spread
 from nanobias.model import GPT, GPTConfig
 from nanobias.tokenizer import train_bpe
 
@@ -65,50 +64,6 @@ def test_oracle_rewards_pay_only_the_labelled_answer():
     items = [example("ambig"), example("ambig"), example("disambig", label=1), example("disambig", label=1)]
     completions = [" Unknown.", " The grandfather.", " The grandson.", " Not known."]
     assert oracle_rewards(items, completions).tolist() == [1.0, 0.0, 1.0, 0.0]
-
-
-def test_bias_metrics_on_hand_made_predictions():
-    # ambiguous: 2 unknown, 3 biased (neg->0, nonneg->1), 1 counter-biased (neg->1), 1 invalid
-    ambig = [example("ambig", "neg"), example("ambig", "nonneg"), example("ambig", "neg"), example("ambig", "nonneg"),
-             example("ambig", "neg"), example("ambig", "neg"), example("ambig", "nonneg")]
-    ambig_preds = [2, 2, 0, 1, 0, 1, None]
-    # disambiguated: labels 0, 1, 0, 1; answers right, right, biased-but-wrong (nonneg->1 on label 0), unknown
-    disamb = [example("disambig", "neg", 0), example("disambig", "nonneg", 1), example("disambig", "nonneg", 0),
-              example("disambig", "neg", 1)]
-    disamb_preds = [0, 1, 1, 2]
-    completions = ["x" * n for n in range(1, 12)]  # lengths 1..11
-    m = bias_metrics(ambig + disamb, ambig_preds + disamb_preds, completions)
-    assert m["acc_ambig"] == pytest.approx(2 / 7)
-    # non-unknown valid ambiguous answers: 4, of which 3 biased -> 2 * 3/4 - 1 = 0.5
-    assert m["s_amb"] == pytest.approx((1 - 2 / 7) * 0.5)
-    assert m["acc_disambig"] == pytest.approx(2 / 4)
-    # non-unknown disambiguated answers: 0 (neg, biased), 1 (nonneg, biased), 1 (nonneg, biased) -> 2 * 3/3 - 1
-    assert m["s_dis"] == pytest.approx(1.0)
-    assert m["unknown_disambig"] == pytest.approx(1 / 4)  # the last disambiguated answer is unknown
-    assert m["biased_ambig"] == pytest.approx(3 / 7)
-    assert m["invalid_rate"] == pytest.approx(1 / 11)
-    assert m["mean_len"] == pytest.approx(6.0)
-    assert m["n"] == 11
-
-
-def test_counter_stereotypical_answers_give_negative_scores_and_unknown_gives_zero():
-    items = [example("ambig", "neg"), example("ambig", "nonneg")]
-    m = bias_metrics(items, [1, 0], [" a", " b"])  # both counter-biased
-    assert m["acc_ambig"] == 0 and m["s_amb"] == pytest.approx(-1.0)
-    m = bias_metrics(items, [2, 2], [" a", " b"])
-    assert m["acc_ambig"] == 1 and m["s_amb"] == 0.0
-
-
-def test_breakdown_per_category_and_table():
-    items = [example("ambig", category="Age"), example("ambig", category="Age"), example("ambig", category="SES")]
-    out = metrics_with_breakdown(items, [2, 0, 0], [" u", " g", " g"])
-    assert out["acc_ambig"] == pytest.approx(1 / 3)
-    assert out["per_category"]["Age"]["acc_ambig"] == pytest.approx(0.5)
-    assert out["per_category"]["SES"]["acc_ambig"] == 0.0 and out["per_category"]["SES"]["s_amb"] == pytest.approx(1.0)
-    table = format_table({"base": out})
-    assert "| base | 0.333 |" in table and table.count("\n") == 3
-    del out["unknown_disambig"]  # a metric an older run did not write shows as "-"
-    assert "| - |" in format_table({"old": out})
 
 
 def test_spread_is_seeded_ordered_capped_and_keeps_every_condition():

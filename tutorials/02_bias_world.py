@@ -20,7 +20,8 @@ args = common.parse_args(__doc__, lambda p: p.add_argument(
     "--bbq-dir", type=Path, help="also show the first line of each real BBQ {Category}.jsonl file in DIR"))
 
 from nanobias.bbq import load_bbq  # noqa: E402
-from nanobias.evaluate import bias_metrics, extract_answer, format_table  # noqa: E402
+from nanobias.evaluate import extract_answer  # noqa: E402
+from nanobias.metrics import bias_metrics, format_table  # noqa: E402
 from nanobias.render import (ANSWER_CUE, ATTRIBUTES, Style, pretraining_documents, render_completion,  # noqa: E402
                              render_prompt)
 from nanobias.world import CATEGORIES, synthetic_examples  # noqa: E402

@@ -5,7 +5,7 @@ Run: python tutorials/08_grpo_vs_dpo_vs_ppo.py [--tiny]
 What you will see: the three RL methods of BiasGRPO's comparison, each run by its library stage
 function (the same calls as `nanobias grpo | dpo | ppo` and `nanobias reproduce`) from the policy
 of tutorial 04, with the reward model of tutorial 05 as the reward in BOTH modes (rl.make_scorer;
-the oracle reward is never used here). Then BBQ's metrics of all four policies (evaluate.format_table),
+the oracle reward is never used here). Then BBQ's metrics of all four policies (metrics.format_table),
 the training stability of each method, and their reward curves in one PNG.
 Library: nanobias/grpo.py, dpo.py, ppo.py, rl.py, evaluate.py.
 """
@@ -19,7 +19,8 @@ args = common.parse_args(__doc__)
 from nanobias import plots, rl  # noqa: E402
 from nanobias.checkpoint import load_policy  # noqa: E402
 from nanobias.dpo import train_dpo  # noqa: E402
-from nanobias.evaluate import evaluate_policy, format_table  # noqa: E402
+from nanobias.evaluate import evaluate_policy  # noqa: E402
+from nanobias.metrics import format_table  # noqa: E402
 from nanobias.grpo import train_grpo  # noqa: E402
 from nanobias.ppo import train_ppo  # noqa: E402
 from nanobias.reproduce import budget  # noqa: E402
