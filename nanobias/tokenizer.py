@@ -29,6 +29,8 @@ from pathlib import Path
 import regex  # tiktoken's own dependency; needed for \p{L} classes and possessive quantifiers
 import tiktoken
 
+from nanobias.errors import UserError
+
 EOT = "<|endoftext|>"
 GPT4_SPLIT_PATTERN = (
     r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|"""
@@ -162,15 +164,23 @@ def tokenizer_from_json(text: str, source: str = "tokenizer JSON") -> tiktoken.E
 def save_tokenizer(enc: tiktoken.Encoding, path) -> None:
     """Write `enc` as JSON, atomically via a temp file and os.replace."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(tokenizer_to_json(enc), encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(tokenizer_to_json(enc), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as e:  # a full disk or a read-only folder: no half-written tokenizer left behind
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"cannot write {path}: {e.strerror or e}") from e
 
 
 def load_tokenizer(path) -> tiktoken.Encoding:
     """Read a tokenizer written by save_tokenizer."""
-    return tokenizer_from_json(Path(path).read_text(encoding="utf-8"), source=str(path))
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: cannot read the tokenizer ({e}); the command that trains it writes it") from e
+    return tokenizer_from_json(text, source=str(path))
 
 
 def get_tokenizer(name_or_path: str) -> tiktoken.Encoding:

@@ -125,6 +125,25 @@ def test_missing_files_are_named(tmp_path):
         load_gpt2(tmp_path)
 
 
+@pytest.mark.parametrize("field, value", [("activation_function", "gelu"), ("layer_norm_epsilon", 1e-6),
+                                          ("scale_attn_weights", False), ("scale_attn_by_inverse_layer_idx", True),
+                                          ("reorder_and_upcast_attn", True), ("n_inner", 100)])
+def test_gpt2_variants_model_py_does_not_implement_are_refused(tmp_path, field, value):
+    folder = write_folder(tmp_path, gpt2_state_dict())
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, field: value}))
+    with pytest.raises(ValueError, match=rf"config.json: this GPT-2 variant is not implemented here \({field}="):
+        load_gpt2(folder)
+
+
+def test_the_default_mlp_width_written_out_is_accepted(tmp_path):
+    folder = write_folder(tmp_path, gpt2_state_dict())
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "n_inner": 4 * config["n_embd"],
+                                                    "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5}))
+    assert load_gpt2(folder).config.n_embd == config["n_embd"]
+
+
 def test_missing_tensor_is_named_with_its_shape(tmp_path):
     sd = gpt2_state_dict()
     del sd["h.1.mlp.c_fc.bias"]
