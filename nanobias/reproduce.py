@@ -40,6 +40,15 @@ def code_version() -> str:
     return digest.hexdigest()[:16]
 
 
+def run_identity(preset, data, bbq_dir, seed, train_categories, eval_categories, backend, init_dir) -> dict:
+    """Every setting that changes a result, and the code version: what a run folder is made by."""
+    return {"preset": preset.name, "settings": json.loads(json.dumps(asdict(preset))), "data": data,
+            "bbq_dir": str(Path(bbq_dir).resolve()) if bbq_dir is not None else None,
+            "train_categories": list(train_categories) if train_categories else None,
+            "eval_categories": list(eval_categories), "seed": seed, "backend": backend,
+            "init_dir": str(Path(init_dir).resolve()) if init_dir is not None else None, "code": code_version()}
+
+
 def flat(d: dict, prefix: str = "") -> dict:
     """{"a": {"b": 1}} -> {"a.b": 1}."""
     out = {}
@@ -109,11 +118,7 @@ def reproduce(preset, data: str = "synthetic", bbq_dir=None, seed: int = 0, out=
     total_start = time.perf_counter()
     splits = load_splits(data, bbq_dir=bbq_dir, variants_per_template=preset.variants_per_template,
                          train_categories=train_categories, eval_categories=eval_categories)
-    identity = {"preset": preset.name, "settings": json.loads(json.dumps(asdict(preset))), "data": data,
-                "bbq_dir": str(Path(bbq_dir).resolve()) if bbq_dir is not None else None,
-                "train_categories": list(train_categories) if train_categories else None,
-                "eval_categories": list(eval_categories), "seed": seed, "backend": backend,
-                "init_dir": str(Path(init_dir).resolve()) if init_dir is not None else None, "code": code_version()}
+    identity = run_identity(preset, data, bbq_dir, seed, train_categories, eval_categories, backend, init_dir)
     problem = distributed.from_main(lambda: identity_problem(out, identity, force))
     if problem:
         raise UserError(problem)
