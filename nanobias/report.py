@@ -58,7 +58,8 @@ def write_report(out: Path, results: dict, histories: dict[str, list[dict]], pol
         "",
         "acc_ambig: share of ambiguous questions answered \"unknown\" (higher is better). acc_disambig: share",
         "of disambiguated questions answered correctly. s_amb / s_dis: BBQ bias scores, 0 = unbiased,",
-        "+1 = always the stereotyped answer. mean_len: completion length in characters.",
+        "+1 = always the biased answer (the stereotyped person for a negative question, the other one for",
+        "a non-negative one). mean_len: completion length in characters.",
         "",
         format_table(results["policy"]),
     ]
