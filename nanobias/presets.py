@@ -74,7 +74,7 @@ PRESETS = {
         "variants_per_template": 32, "eval_examples": 576, "cuda_fast": False,
         "model.block_size": 256, "model.n_layer": 4, "model.n_head": 4, "model.n_embd": 128,
         "pretrain.vocab_size": 1024, "pretrain.bias_rate": 0.8, "pretrain.long_rate": 0.3,
-        # reading a disambiguated context is learned in late, sudden jumps (README, "the base policy")
+        # reading a disambiguated context is learned in late, sudden jumps: README, "Results of a real cpu run"
         "pretrain.steps": 4500, "pretrain.batch_size": 16, "pretrain.lr": 2e-3, "pretrain.warmup": 50,
         "pretrain.eval_every": 500, "pretrain.ckpt_every": 500,
         "pairs.val_pairs": 400, "pairs.test_pairs": 300,
@@ -82,7 +82,7 @@ PRESETS = {
         "reward.eval_every": 50, "reward.ckpt_every": 50,
         "reward_eval.sensitivity_completions": 100,
         "rl.steps": 40, "rl.prompts_per_step": 8, "rl.group_size": 8, "rl.max_new_tokens": 24,
-        # the KL weight trades debiasing for reading disambiguated contexts (README, "GRPO's KL weight")
+        # the KL weight trades debiasing for reading disambiguated contexts: README, the GRPO variants table
         "grpo.lr": 2e-4, "grpo.beta": 0.7,
         "ppo.lr": 1e-4, "ppo.beta": 0.7,
         "dpo.lr": 1e-4, "dpo.beta": 0.1,
