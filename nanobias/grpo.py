@@ -134,6 +134,7 @@ def grpo_loss(
     scale: str = "group",
     agg: str = "grpo",
     backend: str = "auto",
+    inplace_backward: bool = False,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The GRPO loss to minimise (the module docstring's l_t, aggregated by `agg`).
 
@@ -142,6 +143,9 @@ def grpo_loss(
     kept; eps_high None: eps_low). Returns (0-dim loss, stats): stats["kl"] the mean k3 KL over
     completion tokens (0 without logp_ref), stats["clip_frac"] the share of completion tokens
     whose clipped term is the minimum (their gradient is zero); detached 0-dim fp32 tensors.
+    inplace_backward=True (default False; grpo_update keeps it off, it reads the logits after
+    backward for the entropy): backward writes d loss / d logits into the logits' own storage,
+    destroying them (nanobias.kernels.token_logprobs; the "reference" backend ignores it).
     """
     eps_high = eps_low if eps_high is None else eps_high
     chosen = dispatch.resolve_backend(backend, logits.device, "grpo_loss")
@@ -150,10 +154,10 @@ def grpo_loss(
     weights = aggregation_weights(mask, agg, torch.promote_types(logits.dtype, torch.float32))  # [R, N]
     if chosen == "triton":  # all of the below and the log-probs in one pass per row: no [R, N, V] temporary
         loss, kl, clipped = fused_grpo_loss(logits, tokens, advantages, weights, logp_old, logp_ref,
-                                            eps_low, eps_high, beta, temperature)
+                                            eps_low, eps_high, beta, temperature, inplace_backward)
         return loss, {"kl": completion_mean(kl, mask), "clip_frac": completion_mean(clipped, mask)}
 
-    logp = token_logprobs(logits, tokens, temperature, chosen)  # [R, N], fp32 (fp64 for fp64 logits)
+    logp = token_logprobs(logits, tokens, temperature, chosen, inplace_backward)  # [R, N], fp32 (fp64 if fp64)
     adv = advantages.to(logp.dtype)[:, None]  # [R, 1]
     completion = mask != 0  # [R, N]
     # padding contributes nothing whatever logp_old / logp_ref hold there (0 * inf would be NaN)

@@ -256,3 +256,102 @@ def test_bad_inputs_raise_clear_errors():
         kernels.fused_grpo_loss(logits, targets, adv, weights, None, None, 0.2, 0.2, 0.1)
     with pytest.raises(ValueError, match="need 0 <= eps_low < 1"):
         kernels.fused_grpo_loss(logits, targets, adv, weights, None, None, 1.0, 0.2, 0.0)
+
+
+def inplace_case(seed):
+    """Awkward shapes for the in-place tests: T = 5 and V = 997 (neither a power of two), 2 of 3
+    sequences with extreme logits, one fully masked (zero-weight) row."""
+    logits = make_logits((3, 5, 997), torch.float32, seed)
+    logits[2] = torch.where(logits[2] > 0, 1e4, -1e4)
+    targets = make_targets((3, 5), 997, seed + 1)
+    weights = make_logits((3, 5), torch.float32, seed + 2, scale=1.0)
+    weights[1] = 0
+    return logits, targets, weights
+
+
+def backward_of(fn, logits, weights):
+    """(leaf after backward, its gradient) of sum(weights * fn(leaf)), leaf a copy of logits."""
+    leaf = logits.clone().requires_grad_()
+    (fn(leaf) * weights).sum().backward()
+    return leaf.detach(), leaf.grad
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_default_backward_leaves_logits_untouched(backend, monkeypatch):
+    monkeypatch.setattr(logprob, "CHUNK_ELEMENTS", 3 * 997)
+    logits, targets, weights = inplace_case(seed=71)
+    after, grad = backward_of(lambda x: kernels.token_logprobs(x, targets, 0.7, backend=backend), logits, weights)
+    assert torch.equal(after, logits) and grad.data_ptr() != after.data_ptr()
+    mask = weights != 0
+    rewards = torch.tensor([1.0, 0.0, 0.5])
+    leaf = logits.clone().requires_grad_()  # grpo_loss: fused_grpo_loss on "triton"
+    grpo.grpo_loss(leaf, targets, mask, rewards, 3, backend=backend)[0].backward()
+    assert torch.equal(leaf.detach(), logits)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_inplace_backward_writes_the_gradient_into_the_logits(backend, monkeypatch):
+    monkeypatch.setattr(logprob, "CHUNK_ELEMENTS", 3 * 997)  # chunks of 3 rows across T = 5
+    logits, targets, weights = inplace_case(seed=81)
+    ref_grad = backward_of(lambda x: reference.token_logprobs(x, targets, 0.7), logits.double(), weights.double())[1]
+    default = backward_of(lambda x: kernels.token_logprobs(x, targets, 0.7, backend=backend), logits, weights)[1]
+    after, grad = backward_of(lambda x: kernels.token_logprobs(x, targets, 0.7, backend=backend,
+                                                               inplace_backward=True), logits, weights)
+    torch.testing.assert_close(grad.double(), ref_grad, atol=1e-3, rtol=1e-3)  # extreme rows: see above
+    torch.testing.assert_close(grad, default, atol=0, rtol=0)  # the same arithmetic, another buffer
+    assert grad[1].eq(0).all() and torch.isfinite(grad).all()
+    if grad.data_ptr() == after.data_ptr():  # the engine handed the buffer through to .grad
+        assert grad.untyped_storage().data_ptr() == after.untyped_storage().data_ptr()
+    else:  # it copied: the logits must still hold the gradient
+        assert torch.equal(after, grad)
+
+    # fp16: the logits hold their own gradient in fp16, as the fresh buffer does
+    half = logits.half()
+    after, grad = backward_of(lambda x: kernels.token_logprobs(x, targets, backend=backend, inplace_backward=True),
+                              half, weights)
+    default = backward_of(lambda x: kernels.token_logprobs(x, targets, backend=backend), half, weights)[1]
+    assert grad.dtype == torch.float16 and torch.equal(grad, default) and torch.equal(after, grad)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_inplace_backward_on_strided_logits_and_a_second_backward(backend):
+    V = 37
+    targets = make_targets((2, 4), V, seed=92)
+    fn = lambda x, **kw: kernels.token_logprobs(x, targets, 0.9, backend=backend, **kw)  # noqa: E731
+    # stride over V != 1: the kernels read (and overwrite) a private contiguous copy; the caller's
+    # logits stay as they were
+    base = make_logits((V, 2, 4), torch.float32, seed=93).requires_grad_()
+    fn(base.permute(1, 2, 0), inplace_backward=True).sum().backward()
+    expected = backward_of(lambda x: fn(x.permute(1, 2, 0)), base.detach(), torch.ones(2, 4))[1]
+    assert torch.equal(base.grad, expected) and torch.equal(base.detach(), make_logits((V, 2, 4), torch.float32, 93))
+    # the shifted next-token slice: correct gradient either way ("torch" writes into the slice,
+    # "triton" needs contiguous rows and falls back to a fresh buffer)
+    full = make_logits((2, 5, V), torch.float32, seed=94)
+    leaf = full.clone().requires_grad_()
+    fn(leaf[:, :-1], inplace_backward=True).sum().backward()
+    expected = backward_of(lambda x: fn(x[:, :-1]), full, torch.ones(2, 4))[1]
+    assert torch.equal(leaf.grad, expected)
+    # backward overwrote what a second backward would read: autograd refuses instead of using it
+    leaf = full.clone().requires_grad_()
+    logp = kernels.token_logprobs(leaf, make_targets((2, 5), V, seed=95), backend=backend, inplace_backward=True)
+    logp.sum().backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        logp.sum().backward()
+
+
+def test_fused_grpo_loss_inplace_backward_matches_default(monkeypatch):
+    logits, targets, mask, rewards, _, _ = grpo_case(4, 5, 997, torch.float32, seed=101)
+    logits[3] = torch.where(logits[3] > 0, 1e4, -1e4)
+    logp = reference.token_logprobs(logits, targets, 0.9)  # old and reference policies near the current one
+    logp_old, logp_ref = logp + 0.1, logp - 0.1
+    runs = {}
+    for inplace in (False, True):
+        leaf = logits.clone().requires_grad_()
+        loss, _ = grpo.grpo_loss(leaf, targets, mask, rewards, 2, logp_old, logp_ref, beta=0.05, temperature=0.9,
+                                 backend="triton", inplace_backward=inplace)
+        loss.backward()
+        runs[inplace] = leaf.detach(), leaf.grad
+    assert torch.equal(runs[False][0], logits)
+    after, grad = runs[True]
+    torch.testing.assert_close(grad, runs[False][1], atol=0, rtol=0)
+    assert torch.equal(after, grad) and grad[1].eq(0).all()

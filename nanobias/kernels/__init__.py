@@ -1,10 +1,14 @@
 """nanobias.kernels: token log-probs, the fused GRPO loss and the masked GELU, as Triton kernels
 next to their PyTorch references.
 
-    token_logprobs(logits [N, T, V], targets [N, T], temperature=1.0, backend="auto") -> logp [N, T] fp32
-        logp = log_softmax(logits / temperature)[targets]   (also logits [M, V], targets [M])
+    token_logprobs(logits [N, T, V], targets [N, T], temperature=1.0, backend="auto",
+                   inplace_backward=False) -> logp [N, T] fp32
+        logp = log_softmax(logits / temperature)[targets]   (also logits [M, V], targets [M]);
+        inplace_backward=True (also on fused_grpo_loss): backward writes dlogits into the logits,
+        destroying them; for callers that never read the logits after backward (logprob.py)
     fused_grpo_loss(logits, targets, advantages [N], weights [N, T], logp_old, logp_ref,
-                    eps_low, eps_high, beta, temperature=1.0) -> (loss, kl [N, T], clipped [N, T])
+                    eps_low, eps_high, beta, temperature=1.0, inplace_backward=False)
+        -> (loss, kl [N, T], clipped [N, T])
         the GRPO loss of nanobias/grpo.py in one pass per row; Triton only
     masked_gelu(x [..., H], mask [H], value [H], backend="auto") -> [..., H]
         where(mask, value, gelu_tanh(x)): the neuron intervention inside the MLP

@@ -1,5 +1,7 @@
 """Benchmark the kernels against PyTorch: `python -m nanobias.kernels.bench [--quick] [--out runs/bench]`.
 
+One shape: `--rows 16x128 --vocab 50257` (GRPO only).
+
 Ops: the GRPO loss (logits [N, T, V], with logp_old, logp_ref and beta > 0, so every term runs)
 and the masked GELU (x [M, H], a third of the neurons clamped). Providers:
 - "eager": the readable definitions in PyTorch eager mode: nanobias.grpo.grpo_loss with backend
@@ -8,7 +10,10 @@ and the masked GELU (x [M, H], a third of the neurons clamped). Providers:
 - "triton": the Triton kernels (`fused_grpo_loss`, `masked_gelu`; CUDA only: the interpreter
   would measure Python, not the kernel),
 - "torch": grpo_loss with the chunked log-probs (log-prob ops only; for the GELU it *is* the
-  reference).
+  reference),
+- "torch_inplace": the same with inplace_backward=True: backward writes dlogits into the logits
+  (the leaf) itself, so its .grad aliases it and later repetitions run on the previous gradient
+  as logits (the values change, the work and memory do not).
 Modes: "fwd" (forward with the graph kept, what training holds until backward) and "fwd+bwd".
 
 Figures per row:
@@ -73,7 +78,8 @@ def providers(op: str, device: torch.device) -> dict:
         def call(impl, **kw):
             return lambda i: impl(i["leaf"], i["targets"], i["mask"], i["rewards"], i["group_size"],
                                   i["logp_old"], i["logp_ref"], beta=0.04, **kw)[0]
-        table = {"eager": call(grpo_loss, backend="reference"), "torch": call(grpo_loss, backend="torch")}
+        table = {"eager": call(grpo_loss, backend="reference"), "torch": call(grpo_loss, backend="torch"),
+                 "torch_inplace": call(grpo_loss, backend="torch", inplace_backward=True)}
         if device.type == "cuda":
             table |= {"compile": call(torch.compile(grpo_loss), backend="reference"),
                       "triton": call(grpo_loss, backend="triton")}
@@ -164,21 +170,25 @@ def min_bytes(case: Case, mode: str) -> int:
     return passes[case.op, mode] * per_pass
 
 
-def cases(device: torch.device, quick: bool) -> list[Case]:
+def cases(device: torch.device, quick: bool, rows=None, vocab=None) -> list[Case]:
+    """The default sweep; rows (N, T) and vocab [V, ...] override the GRPO shapes and then drop
+    the GELU case."""
     if device.type == "cuda":
-        rows, dtype, sweep = (64, 512), torch.bfloat16, [8192, 32768, 50257, 128256]
+        default_rows, dtype, sweep = (64, 512), torch.bfloat16, [8192, 32768, 50257, 128256]
         gelu = Case("masked_gelu", (64 * 512, 3072), dtype)
     else:
-        rows, dtype, sweep = (2, 128), torch.float32, [4096, 16384, 50257] if quick else [1024, 4096, 16384, 50257, 131072]
+        default_rows, dtype = (2, 128), torch.float32
+        sweep = [4096, 16384, 50257] if quick else [1024, 4096, 16384, 50257, 131072]
         gelu = Case("masked_gelu", (256, 3072), dtype)
-    return [Case("grpo_loss", (*rows, V), dtype) for V in sweep] + [gelu]
+    grpo = [Case("grpo_loss", (*(rows or default_rows), V), dtype) for V in (vocab or sweep)]
+    return grpo if rows or vocab else grpo + [gelu]
 
 
-def run(device: torch.device, quick: bool, copy: float) -> list[dict]:
+def run(device: torch.device, quick: bool, copy: float, rows=None, vocab=None) -> list[dict]:
     """Every case x provider x mode; copy is the device's copy bandwidth in GB/s."""
     reps = 3 if quick else 10
     results = []
-    for case in cases(device, quick):
+    for case in cases(device, quick, rows, vocab):
         inputs = make_inputs(case, device)
         fns = providers(case.op, device)
         for mode in ("fwd", "fwd+bwd"):
@@ -253,7 +263,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
                         help="CPU threads (1 gives steadier numbers on a CPU shared with other jobs)")
+    parser.add_argument("--rows", help="GRPO rows as NxT (e.g. 16x128); with --rows or --vocab only GRPO runs")
+    parser.add_argument("--vocab", help="GRPO vocabulary sizes, comma-separated (e.g. 50257)")
     args = parser.parse_args(argv)
+    rows = tuple(int(n) for n in args.rows.split("x")) if args.rows else None
+    vocab = [int(v) for v in args.vocab.split(",")] if args.vocab else None
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     if device.type == "cuda" and dispatch.triton_interpreted():
@@ -261,7 +275,7 @@ def main(argv: list[str] | None = None) -> None:
     os.makedirs(args.out, exist_ok=True)
     load_before = os.getloadavg()[0]  # other jobs on the machine skew CPU timings; say how busy it was
     copy = copy_gbps(device)
-    results = run(device, args.quick, copy)
+    results = run(device, args.quick, copy, rows, vocab)
     load_after = os.getloadavg()[0]
     where = torch.cuda.get_device_name() if device.type == "cuda" else f"cpu, {args.threads} threads"
     print(f"device: {where}; copy bandwidth {copy:.1f} GB/s; load average before {load_before:.1f}, after {load_after:.1f}")

@@ -11,6 +11,21 @@ softmax and writes
     dlogits = c / temperature * (onehot(target) - softmax(logits / temperature)),
 so the extra memory is a chunk or two plus the gradient itself, never a full [N*T, V] fp32
 tensor. The "triton" backend streams each row instead (`logprob_triton.py`).
+
+inplace_backward=True (Liger's in-place option; default False everywhere in the library) drops the
+gradient buffer too: backward writes dlogits into the logits' own storage, chunk by chunk on
+"torch" (each chunk's softmax is computed before the chunk is overwritten) and row block by row
+block on "triton" (each block loaded before it is stored). The gradient is stored in the logits
+dtype either way, so any floating logits can hold it. The logits are destroyed by backward: only
+for callers that do not read them afterwards (grpo_update reads them for the entropy, so it does
+not use this). Backward bumps their autograd version counter, so a graph that saved the same
+logits and runs its backward later raises instead of reading gradients. Where the write would
+not land in the caller's tensor the result is still correct:
+- logits without unit stride over V were copied by `_check_rows`; the copy is written over
+  (saving the fresh buffer all the same) and the caller's logits stay untouched;
+- "triton" writes rows as [N*T, V] contiguous, so for non-contiguous logits (the usual
+  `logits[:, :-1]` slice) it falls back to a fresh buffer; "torch" writes strided views in place;
+- "reference" ignores the flag (autograd's own gradient, fresh buffers).
 """
 
 import torch
@@ -48,7 +63,7 @@ class ChunkedTokenLogprobs(torch.autograd.Function):
     """logits [N, T, V], targets [N, T] long -> logp [N, T] (fp32; fp64 for fp64 logits)."""
 
     @staticmethod
-    def forward(ctx, logits, targets, temperature):
+    def forward(ctx, logits, targets, temperature, inplace=False):
         compute = torch.promote_types(logits.dtype, torch.float32)
         logp = dispatch.empty_output(targets.shape, compute, logits.device)
         for ns, ts in _row_blocks(*logits.shape):
@@ -56,6 +71,7 @@ class ChunkedTokenLogprobs(torch.autograd.Function):
             logp[ns, ts] = chunk_logp.gather(-1, targets[ns, ts, None]).squeeze(-1)
         ctx.save_for_backward(logits, targets)
         ctx.temperature = temperature
+        ctx.inplace = inplace
         return logp
 
     @staticmethod
@@ -63,13 +79,15 @@ class ChunkedTokenLogprobs(torch.autograd.Function):
         logits, targets = ctx.saved_tensors
         compute = torch.promote_types(logits.dtype, torch.float32)
         scale = grad_logp.to(compute) / ctx.temperature  # [N, T]
-        dlogits = dispatch.empty_output(logits.shape, logits.dtype, logits.device)
+        # in place: each chunk is read into `probs` before mul overwrites it; detach() shares the
+        # version counter, so the writes mark the logits modified for any other saved use
+        dlogits = logits.detach() if ctx.inplace else dispatch.empty_output(logits.shape, logits.dtype, logits.device)
         for ns, ts in _row_blocks(*logits.shape):
             probs = torch.softmax(_chunk(logits, ns, ts, compute, ctx.temperature), dim=-1)  # [n, t, V]
             index = targets[ns, ts, None]
             probs.scatter_(-1, index, probs.gather(-1, index) - 1)  # softmax - onehot, in fp32
             torch.mul(probs, -scale[ns, ts, None], out=dlogits[ns, ts])  # one pass: scale, cast, store
-        return dlogits, None, None
+        return dlogits, None, None, None
 
 
 def _check_rows(logits: torch.Tensor, targets: torch.Tensor, temperature: float, op: str, dims=(2, 3)):
@@ -94,9 +112,13 @@ def _check_rows(logits: torch.Tensor, targets: torch.Tensor, temperature: float,
 
 
 def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
-                   backend: str = "auto") -> torch.Tensor:
+                   backend: str = "auto", inplace_backward: bool = False) -> torch.Tensor:
     """logits [N, T, V] or [M, V] (fp32 | fp16 | bf16, any strides), targets [N, T] or [M] long ->
-    differentiable log-probs of the targets, same leading shape, fp32."""
+    differentiable log-probs of the targets, same leading shape, fp32.
+
+    inplace_backward=True: backward writes the gradient into the logits' storage, destroying them
+    (module docstring: only for callers that never read the logits after backward; "reference"
+    ignores it)."""
     op = "kernels.token_logprobs"
     chosen = dispatch.resolve_backend(backend, logits.device, op)
     rows = _check_rows(logits, targets, temperature, op)  # [N, T, V]
@@ -104,9 +126,9 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: flo
         return reference.token_logprobs(logits, targets, temperature)
     targets = targets.reshape(rows.shape[:2])
     if chosen == "triton":
-        logp = logprob_triton.TokenLogprobs.apply(rows, targets, temperature)
+        logp = logprob_triton.TokenLogprobs.apply(rows, targets, temperature, inplace_backward)
     else:
-        logp = ChunkedTokenLogprobs.apply(rows, targets, temperature)
+        logp = ChunkedTokenLogprobs.apply(rows, targets, temperature, inplace_backward)
     return logp.view(logits.shape[:-1])
 
 
@@ -134,6 +156,7 @@ def fused_grpo_loss(
     eps_high: float,
     beta: float,
     temperature: float = 1.0,
+    inplace_backward: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The GRPO loss of nanobias/grpo.py in one Triton pass per row, from logits [N, T, V]:
 
@@ -145,12 +168,14 @@ def fused_grpo_loss(
     targets, weights (each token's aggregation weight, 0 on padding), logp_old, logp_ref [N, T];
     advantages [N]. logp_old None: on-policy (ratio 1, its gradient kept); logp_ref None: kl = 0.
     Returns (0-dim loss, kl [N, T], clipped [N, T]: 1 where the clipped term is the minimum), fp32;
-    only the loss is differentiable, w.r.t. logits.
+    only the loss is differentiable, w.r.t. logits. inplace_backward=True: backward writes the
+    gradient into contiguous logits' storage, destroying them (see token_logprobs).
     """
     op = "kernels.fused_grpo_loss"
     dispatch.resolve_backend("triton", logits.device, op)  # raises unless Triton can run here
     rows = _check_rows(logits, targets, temperature, op, dims=(3,))
     _check_fused_grpo(*logits.shape[:2], advantages, weights, logp_old, logp_ref, eps_low, eps_high, beta)
     return logprob_triton.GRPOLoss.apply(
-        rows, targets, advantages, weights, logp_old, logp_ref, 1 - eps_low, 1 + eps_high, beta, temperature
+        rows, targets, advantages, weights, logp_old, logp_ref, 1 - eps_low, 1 + eps_high, beta, temperature,
+        inplace_backward,
     )

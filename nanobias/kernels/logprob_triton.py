@@ -122,10 +122,15 @@ def _rows(logits: torch.Tensor) -> tuple:
     return (N * T,), (logits, logits.stride(0), logits.stride(1), T, V)
 
 
-def _backward(logits, targets, lse, coef, temperature):
-    """dlogits [N, T, V] (logits dtype) from coef [N*T] fp32 = d loss / d logp."""
+def _backward(logits, targets, lse, coef, temperature, inplace=False):
+    """dlogits [N, T, V] (logits dtype) from coef [N*T] fp32 = d loss / d logp; inplace: written
+    into the logits themselves when they are contiguous (the kernel stores rows at row * V)."""
     grid, rows = _rows(logits)
-    dlogits = dispatch.empty_output(logits.shape, logits.dtype, logits.device)
+    if inplace and logits.is_contiguous():
+        dlogits = logits.detach()  # each block is loaded before the same block is stored
+        torch.autograd.graph.increment_version(dlogits)  # a kernel write bumps no version counter
+    else:
+        dlogits = dispatch.empty_output(logits.shape, logits.dtype, logits.device)
     logprob_bwd_kernel[grid](*rows, targets, 1.0 / temperature, lse, coef, dlogits, BLOCK_V=_block_v(logits.shape[2]))
     return dlogits
 
@@ -139,21 +144,21 @@ class TokenLogprobs(torch.autograd.Function):
     """logits [N, T, V] (unit last stride), targets [N, T] long -> logp [N, T] fp32."""
 
     @staticmethod
-    def forward(ctx, logits, targets, temperature):
+    def forward(ctx, logits, targets, temperature, inplace=False):
         grid, rows = _rows(logits)
         targets = targets.contiguous()
         lse = dispatch.empty_output(targets.shape, torch.float32, logits.device)
         logp = dispatch.empty_output(targets.shape, torch.float32, logits.device)
         logprob_fwd_kernel[grid](*rows, targets, 1.0 / temperature, lse, logp, BLOCK_V=_block_v(logits.shape[2]))
         ctx.save_for_backward(logits, targets, lse)
-        ctx.temperature = temperature
+        ctx.temperature, ctx.inplace = temperature, inplace
         return logp
 
     @staticmethod
     def backward(ctx, grad_logp):
         logits, targets, lse = ctx.saved_tensors
         coef = grad_logp.float().contiguous()
-        return _backward(logits, targets, lse, coef, ctx.temperature), None, None
+        return _backward(logits, targets, lse, coef, ctx.temperature, ctx.inplace), None, None, None
 
 
 class GRPOLoss(torch.autograd.Function):
@@ -163,7 +168,8 @@ class GRPOLoss(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, logits, targets, adv, weights, logp_old, logp_ref, clip_low, clip_high, beta, temperature):
+    def forward(ctx, logits, targets, adv, weights, logp_old, logp_ref, clip_low, clip_high, beta, temperature,
+                inplace=False):
         grid, rows = _rows(logits)
         targets = targets.contiguous()
         shape, device = targets.shape, logits.device
@@ -177,12 +183,12 @@ class GRPOLoss(torch.autograd.Function):
             HAS_OLD=logp_old is not None, HAS_REF=logp_ref is not None, BLOCK_V=_block_v(logits.shape[2]),
         )
         ctx.save_for_backward(logits, targets, lse, coef)
-        ctx.temperature = temperature
+        ctx.temperature, ctx.inplace = temperature, inplace
         ctx.mark_non_differentiable(kl, clipped)
         return loss.sum(), kl, clipped
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_kl, _grad_clipped):
         logits, targets, lse, coef = ctx.saved_tensors
-        dlogits = _backward(logits, targets, lse, coef * grad_loss.float(), ctx.temperature)
-        return (dlogits,) + (None,) * 9
+        dlogits = _backward(logits, targets, lse, coef * grad_loss.float(), ctx.temperature, ctx.inplace)
+        return (dlogits,) + (None,) * 10
