@@ -11,7 +11,7 @@ from nanobias.errors import UserError
 from nanobias.flags import (add_compile_arg, add_data_args, add_init_args, add_preset_args, add_rl_args, check_eval_args,
                             check_pretrain_args, check_reward_args, check_rl_args, check_sample_args, eval_examples,
                             nonnegative_float, positive_float, positive_int, preset_from_args, scorer_from_args, seconds,
-                            seed, splits_from_args, vocab_size)
+                            seed, splits_from_args)
 
 
 def cmd_pretrain(args) -> None:
@@ -177,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=positive_int, help="override the preset's training steps")
     p.add_argument("--lr", type=positive_float, help="override the preset's peak learning rate")
     p.add_argument("--batch-size", type=positive_int, help="override the preset's batch size")
-    p.add_argument("--vocab-size", type=vocab_size, help="override the preset's BPE vocabulary size")
+    p.add_argument("--vocab-size", type=positive_int, help="override the preset's BPE vocabulary size")
     p.set_defaults(shorthands={"--steps": "pretrain.steps", "--lr": "pretrain.lr", "--batch-size": "pretrain.batch_size",
                                "--vocab-size": "pretrain.vocab_size"})
     p.add_argument("--eval-examples", type=positive_int,

@@ -47,13 +47,6 @@ def seconds(text: str) -> float:
     return number(text, float, lambda v: 0 < v <= 3600, "seconds between 0 and 3600")
 
 
-def vocab_size(text: str) -> int:
-    value = positive_int(text)
-    if value < 257:
-        raise argparse.ArgumentTypeError(f"vocab size must be at least 257 (256 bytes + end-of-text), got {value}")
-    return value
-
-
 def category_list(text: str) -> list[str]:
     return [c.strip() for c in text.split(",") if c.strip()]
 
@@ -78,8 +71,10 @@ def preset_from_args(parser: argparse.ArgumentParser, args):
 
     overrides = {}
     given = [(f"--set {text}", text) for text in args.set]
-    given += [(f"{flag} {getattr(args, flag[2:].replace('-', '_'))}", (key, getattr(args, flag[2:].replace("-", "_"))))
-              for flag, key in args.shorthands.items() if getattr(args, flag[2:].replace("-", "_")) is not None]
+    for flag, key in args.shorthands.items():
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is not None:
+            given.append((f"{flag} {value}", (key, value)))
     for source, setting in given:
         try:
             key, value = parse_setting(setting, args.preset) if isinstance(setting, str) else setting
