@@ -3,22 +3,22 @@
 Each function takes plain numbers (the JSON results), draws one figure and writes it atomically.
 """
 
-import os
+import io
 from pathlib import Path
 
 import matplotlib
+
+from nanobias.checkpoint import write_atomic
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 
 
 def _save(fig, path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=120, bbox_inches="tight")
     plt.close(fig)
-    os.replace(tmp, path)
+    write_atomic(path, png.getvalue())
 
 
 def neurons_per_layer(per_layer: list[int], total_per_layer: int, path, title: str = "") -> None:
