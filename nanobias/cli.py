@@ -66,8 +66,7 @@ def cmd_online_rl(args) -> None:
 
     preset = args.config
     splits = splits_from_args(args, preset)
-    suffix = "_oracle" if args.oracle_reward else "_cirm" if args.intervention else ""
-    name = args.command + suffix
+    name = args.command + ("_oracle" if args.oracle_reward else "_cirm" if args.intervention else "")
     ckpt = args.out / f"{name}.pt"
     trainer, cfg = {"grpo": (train_grpo, preset.grpo), "ppo": (train_ppo, preset.ppo)}[args.command]
     result = trainer(splits, args.policy, ckpt, scorer_from_args(args), preset.rl, cfg, seed=args.seed,
@@ -91,9 +90,8 @@ def report_baseline(args, name: str, splits, ckpt: Path, result: dict) -> None:
 def cmd_dpo(args) -> None:
     from nanobias.dpo import train_dpo
 
-    preset = args.config
+    preset, ckpt = args.config, args.out / f"{args.loss}.pt"
     splits = splits_from_args(args, preset)
-    ckpt = args.out / f"{args.loss}.pt"
     result = train_dpo(splits, args.policy, ckpt, preset.rl, preset.dpo, preset.pairs, seed=args.seed, loss=args.loss,
                        backend=args.backend, score_fn=scorer_from_args(args))
     report_baseline(args, args.loss, splits, ckpt, result)
@@ -148,7 +146,7 @@ def cmd_reproduce(args) -> None:
     command = "nanobias " + " ".join(shlex.quote(a) for a in args.argv)
     reproduce(args.config, data=args.data, bbq_dir=args.bbq_dir, seed=args.seed, out=out,
               train_categories=args.train_categories, eval_categories=args.eval_categories, force=args.force,
-              backend=args.backend, command=command, init_dir=args.init_dir)
+              backend=args.backend, command=command, init_dir=args.init_dir, workers=args.threads)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -157,7 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, help: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help, description=help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        p = sub.add_parser(name, help=help, description=help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        p.add_argument("--threads", type=positive_int, help="CPU threads (default: nanobias/threads.py's policy)")
+        return p
 
     p = command("reproduce", help="the whole pipeline: pretrain, reward model, intervention, GRPO/DPO/PPO, report")
     add_preset_args(p)
@@ -195,8 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=nonnegative_float, default=0.8, help="sampling temperature (0: greedy)")
     p.add_argument("--top-k", type=positive_int, help="sample from the k most likely tokens only")
     p.add_argument("--seed", type=seed, default=0, help="sampling seed")
-    p.set_defaults(func=cmd_sample, parser=p,
-                   check=check_sample_args)
+    p.set_defaults(func=cmd_sample, parser=p, check=check_sample_args)
 
     p = command("bench", help="training and sampling throughput of a preset's model")
     add_preset_args(p)
@@ -285,10 +284,11 @@ def run(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     args.argv = argv
     args.check(args.parser, args)
-    from nanobias import device, distributed  # torch: only once the flags are known to be good
+    from nanobias import device, distributed, threads  # torch: only once the flags are known to be good
     if hasattr(args, "preset"):
         args.config = preset_from_args(args.parser, args)
         device.configure(fast=args.config.cuda_fast, compile=getattr(args, "compile", False))
+    args.threads = threads.configure(args.threads, threads.model_params(args.config) if hasattr(args, "config") else None)
     distributed.init()  # a no-op unless launched by torchrun
     try:
         args.func(args)

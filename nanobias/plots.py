@@ -14,7 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 
 
-def _save(fig, path) -> None:
+def save_figure(fig, path) -> None:
     png = io.BytesIO()
     fig.savefig(png, format="png", dpi=120, bbox_inches="tight")
     plt.close(fig)
@@ -33,7 +33,7 @@ def neurons_per_layer(per_layer: list[int], total_per_layer: int, path, title: s
         ax.set_ylim(0, 1)
         ax.text(0.5, 0.5, "the intervention edits no neuron (k = 0 was best on validation)", ha="center",
                 va="center", transform=ax.transAxes)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def biased_vs_unbiased(results: dict[str, dict], attributes, path) -> None:
@@ -55,7 +55,7 @@ def biased_vs_unbiased(results: dict[str, dict], attributes, path) -> None:
         ax.set_ylim(0, 1)
     axes[0].set_ylabel("pairwise accuracy")
     axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def policy_metrics(policy: dict[str, dict], path, keys=("acc_ambig", "acc_disambig", "s_amb", "s_dis")) -> None:
@@ -73,7 +73,7 @@ def policy_metrics(policy: dict[str, dict], path, keys=("acc_ambig", "acc_disamb
     ax.set_ylim(-1, 1)
     ax.set_title("policy on held-out test templates")
     ax.legend(fontsize=7, ncol=len(methods))
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def completion_length(histories: dict[str, list[dict]], path) -> None:
@@ -88,7 +88,7 @@ def completion_length(histories: dict[str, list[dict]], path) -> None:
     ax.set_xlabel("step")
     ax.set_ylabel("mean completion length (chars)")
     ax.legend()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def reward_curves(histories: dict[str, list[dict]], path) -> Path:
@@ -105,5 +105,5 @@ def reward_curves(histories: dict[str, list[dict]], path) -> Path:
     ax.set_xlabel("step")
     ax.set_ylabel("reward (batch mean \u00b1 std)")
     ax.legend()
-    _save(fig, path)
+    save_figure(fig, path)
     return Path(path)

@@ -22,11 +22,14 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import torch
+
 from nanobias import distributed
 from nanobias.checkpoint import write_json
 from nanobias.data import load_splits
 from nanobias.errors import UserError
 from nanobias.progress import format_seconds
+from nanobias.workers import run_jobs
 
 POLICIES = ("base", "dpo", "ppo", "grpo", "grpo_cirm")
 
@@ -106,11 +109,11 @@ def run_stage(out: Path, name: str, fn, force: bool, every_rank: bool = False, i
 
 def reproduce(preset, data: str = "synthetic", bbq_dir=None, seed: int = 0, out="runs/cpu-synthetic-0",
               train_categories=None, eval_categories=(), force: bool = False, backend: str = "auto",
-              command: str = "", init_dir=None) -> dict:
+              command: str = "", init_dir=None, workers: int = 1) -> dict:
     """Run every stage into `out`; returns results.json's content (docs/design.md). With `init_dir` (a Hugging
-    Face GPT-2 folder) pretraining starts from GPT-2's weights and its tiktoken `gpt2` encoding."""
-    from nanobias import dpo, grpo, intervention, ppo, reward, reward_eval, rl
-    from nanobias.evaluate import evaluate_checkpoint
+    Face GPT-2 folder) pretraining starts from GPT-2's weights and its tiktoken `gpt2` encoding. `workers`:
+    single-thread processes for the RL stages and the evaluations (1: in this process)."""
+    from nanobias import intervention, reward, reward_eval, rl
     from nanobias.pretrain import pretrain_policy
     from nanobias.report import write_report
 
@@ -147,47 +150,38 @@ def reproduce(preset, data: str = "synthetic", bbq_dir=None, seed: int = 0, out=
     reward_model = stage("reward_eval", lambda: reward_eval.evaluate_reward_models(
         splits, out / "reward.pt", out / "intervention.json", out, preset.reward_eval, preset.pairs, seed=seed))
 
-    base_scorer = rl.make_scorer(out / "reward.pt")
-    cirm_scorer = rl.make_scorer(out / "reward.pt", out / "intervention.json")
-
-    def grpo_cirm_stage():
-        if intervention.load_intervention(out / "intervention.json").neurons:
-            return grpo.train_grpo(splits, out / "policy.pt", out / "grpo_cirm.pt", cirm_scorer, preset.rl, preset.grpo,
-                                   seed, backend)
+    # the RL stages read only the base policy and the reward model: single-thread workers run them
+    # at once, the longest first (workers.py)
+    if distributed.world_size() > 1:
+        workers = 1  # under torchrun every process trains every stage together instead
+    empty = not intervention.load_intervention(out / "intervention.json").neurons
+    jobs = [name for name in ("dpo", "ppo", "grpo", "grpo_cirm") if not (empty and name == "grpo_cirm")]
+    args = (out, splits, preset, seed, backend, force, identity_hash)
+    for name, (result, took) in zip(jobs, run_jobs([(rl_stage, name, *args) for name in jobs], workers)):
+        results[name], seconds[name] = result, took
+    if empty:
         # an empty intervention scores exactly as the base reward model, so GRPO+CIRM would repeat
         # GRPO's run step for step (same seed): reuse it rather than spend the time again
-        if distributed.is_main():
-            print("grpo_cirm: the intervention edits no neuron; GRPO+CIRM is GRPO's run, copied")
-            for path in (Path("grpo.pt"), rl.metrics_path("grpo.pt"), rl.reward_curve_path("grpo.pt")):
-                shutil.copyfile(out / path, out / str(path).replace("grpo", "grpo_cirm", 1))
-        return training["grpo"]
-
-    trainers = {
-        "grpo": lambda: grpo.train_grpo(splits, out / "policy.pt", out / "grpo.pt", base_scorer, preset.rl, preset.grpo,
-                                        seed, backend),
-        "grpo_cirm": grpo_cirm_stage,
-        "dpo": lambda: dpo.train_dpo(splits, out / "policy.pt", out / "dpo.pt", preset.rl, preset.dpo, preset.pairs,
-                                     seed=seed, backend=backend, score_fn=base_scorer),
-        "ppo": lambda: ppo.train_ppo(splits, out / "policy.pt", out / "ppo.pt", base_scorer, preset.rl, preset.ppo,
-                                     seed, backend),
-    }
-    training = {}
-    for name, fn in trainers.items():
-        training[name] = stage(name, fn, every_rank=True)
+        def copy_grpo():
+            if distributed.is_main():
+                print("grpo_cirm: the intervention edits no neuron; GRPO+CIRM is GRPO's run, copied")
+                for path in (Path("grpo.pt"), rl.metrics_path("grpo.pt"), rl.reward_curve_path("grpo.pt")):
+                    shutil.copyfile(out / path, out / str(path).replace("grpo", "grpo_cirm", 1))
+            return results["grpo"]
+        stage("grpo_cirm", copy_grpo, every_rank=True)
+    training = {name: results[name] for name in ("grpo", "grpo_cirm", "dpo", "ppo")}
 
     def evaluate_all():
-        policy = {}
-        for name in POLICIES:
-            metrics = evaluate_checkpoint(out / ("policy.pt" if name == "base" else f"{name}.pt"), splits,
-                                          preset.eval_examples, name)
-            policy[name] = {k: v for k, v in metrics.items() if k != "samples"}
-            policy[name]["samples"] = metrics["samples"][:3]
-        return policy
+        evaluated = run_jobs([(evaluate_policy_file, out, name, splits, preset.eval_examples) for name in POLICIES],
+                             workers)
+        return dict(zip(POLICIES, evaluated))
 
     policy = stage("eval", evaluate_all)
     seconds["total"] = time.perf_counter() - total_start
     results_json = {
         "preset": preset.name, "data": data, "seed": seed, "identity": identity, "seconds": seconds,
+        # pretraining's and the reward model's numbers depend on the thread count; RL runs at one (workers.py)
+        "threads": {"training": torch.get_num_threads(), "workers": workers},
         "policy": {name: {k: v for k, v in m.items() if k != "samples"} for name, m in policy.items()},
         "reward_model": reward_model,
         "stability": {name: training[name]["stability"] for name in ("grpo", "ppo", "dpo")},
@@ -201,6 +195,30 @@ def reproduce(preset, data: str = "synthetic", bbq_dir=None, seed: int = 0, out=
     write_report(out, results_json, {name: t["history"] for name, t in training.items()}, policy)
     print(f"wrote {out / 'results.json'}, {out / 'report.md'} and plots in {format_seconds(seconds['total'])}")
     return results_json
+
+
+def rl_stage(name, out: Path, splits, preset, seed, backend, force, identity_hash):
+    """One RL stage as reproduce runs it, here or in a worker: -> (result, seconds)."""
+    from nanobias import dpo, grpo, ppo, rl
+
+    policy, ckpt = out / "policy.pt", out / f"{name}.pt"
+    scorer = rl.make_scorer(out / "reward.pt", out / "intervention.json" if name == "grpo_cirm" else None)
+    train = {
+        "grpo": lambda: grpo.train_grpo(splits, policy, ckpt, scorer, preset.rl, preset.grpo, seed, backend),
+        "grpo_cirm": lambda: grpo.train_grpo(splits, policy, ckpt, scorer, preset.rl, preset.grpo, seed, backend),
+        "dpo": lambda: dpo.train_dpo(splits, policy, ckpt, preset.rl, preset.dpo, preset.pairs, seed=seed,
+                                     backend=backend, score_fn=scorer),
+        "ppo": lambda: ppo.train_ppo(splits, policy, ckpt, scorer, preset.rl, preset.ppo, seed, backend),
+    }[name]
+    return run_stage(out, name, train, force, every_rank=True, identity=identity_hash)
+
+
+def evaluate_policy_file(out: Path, name: str, splits, max_examples) -> dict:
+    """A policy's metrics as results.json keeps them (three samples), here or in a worker."""
+    from nanobias.evaluate import evaluate_checkpoint
+
+    metrics = evaluate_checkpoint(out / ("policy.pt" if name == "base" else f"{name}.pt"), splits, max_examples, name)
+    return {**{k: v for k, v in metrics.items() if k != "samples"}, "samples": metrics["samples"][:3]}
 
 
 def budget(preset) -> dict:

@@ -1,8 +1,11 @@
 import os
 
-# Triton reads this when a kernel module is first imported, so it must be set before any test
-# imports `nanobias.kernels`: on CPU every kernel then runs through Triton's interpreter.
-os.environ.setdefault("TRITON_INTERPRET", "1")
+# NANOBIAS_TEST_DEVICE=cuda (scripts/gpu_check.sh) runs the kernel tests compiled on the GPU.
+# Otherwise Triton's interpreter runs them on the CPU: Triton reads TRITON_INTERPRET when a kernel
+# module is first imported, so it is set before any test imports `nanobias.kernels`.
+TEST_DEVICE = os.environ.get("NANOBIAS_TEST_DEVICE", "cpu")
+if TEST_DEVICE == "cpu":
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 import pytest  # noqa: E402  (after TRITON_INTERPRET, which must come first)
@@ -46,7 +49,7 @@ def sampled_oracle_reward():
 @pytest.fixture
 def poison_outputs(monkeypatch):
     """Kernel output buffers start as NaN, so an element a kernel forgets to write fails the test
-    (the kernel test modules use it for every test)."""
+    (the kernel test modules use it for every test); their tensors are made on TEST_DEVICE."""
     import torch
 
     from nanobias.kernels import dispatch
@@ -55,6 +58,9 @@ def poison_outputs(monkeypatch):
         return torch.full(shape, float("nan"), dtype=dtype, device=device)
 
     monkeypatch.setattr(dispatch, "empty_output", nan_filled)
+    torch.set_default_device(TEST_DEVICE)
+    yield
+    torch.set_default_device("cpu")
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,7 @@ def gelu_tanh(x: float) -> float:
 
 
 def make_case(shape, dtype, seed):
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator(torch.get_default_device()).manual_seed(seed)
     H = shape[-1]
     x = (torch.randn(shape, generator=g, dtype=torch.float64) * 3).to(dtype)
     mask = torch.rand(H, generator=g) < 0.3

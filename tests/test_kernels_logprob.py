@@ -18,12 +18,12 @@ pytestmark = pytest.mark.usefixtures("poison_outputs")
 
 
 def make_logits(shape, dtype, seed, scale=3.0):
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator(torch.get_default_device()).manual_seed(seed)
     return (torch.randn(shape, generator=g, dtype=torch.float64) * scale).to(dtype)
 
 
 def make_targets(shape, V, seed):
-    return torch.randint(0, V, shape, generator=torch.Generator().manual_seed(seed))
+    return torch.randint(0, V, shape, generator=torch.Generator(torch.get_default_device()).manual_seed(seed))
 
 
 def grads(fn, logits, weights=None):
@@ -89,7 +89,7 @@ def test_token_logprobs_accepts_strided_and_2d_logits(backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_token_logprobs_extreme_logits_stay_finite(backend):
     V = 300
-    g = torch.Generator().manual_seed(5)
+    g = torch.Generator(torch.get_default_device()).manual_seed(5)
     logits = torch.where(torch.rand(2, 3, V, generator=g) < 0.5, -1e4, 1e4)
     logits[0, 0] = 1e4  # all equal: log(1/V)
     targets = make_targets((2, 3), V, seed=6)
@@ -120,7 +120,7 @@ def grpo_case(N, T, V, dtype, seed):
     """A batch of N = 2 groups of N/2 with padded tails, one fully masked row, one equal-reward group."""
     logits = make_logits((N, T, V), dtype, seed)
     targets = make_targets((N, T), V, seed + 1)
-    lengths = torch.randint(1, T + 1, (N,), generator=torch.Generator().manual_seed(seed + 2))
+    lengths = torch.randint(1, T + 1, (N,), generator=torch.Generator(torch.get_default_device()).manual_seed(seed + 2))
     lengths[1] = 0
     mask = torch.arange(T)[None, :] < lengths[:, None]  # [N, T] completion tokens, then padding
     rewards = make_logits((N,), torch.float32, seed + 3, scale=1.0)

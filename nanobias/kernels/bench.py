@@ -1,12 +1,12 @@
-"""Benchmark the kernels against PyTorch: `python -m nanobias.kernels.bench [--quick] [--out runs/bench]`.
-
-One shape: `--rows 16x128 --vocab 50257` (GRPO only).
+"""Benchmark the kernels against PyTorch: `python -m nanobias.kernels.bench [--quick] [--out runs/bench]`;
+one shape: `--rows 16x128 --vocab 50257` (GRPO only).
 
 Ops: the GRPO loss (logits [N, T, V], with logp_old, logp_ref and beta > 0, so every term runs)
 and the masked GELU (x [M, H], a third of the neurons clamped). Providers:
 - "eager": the readable definitions in PyTorch eager mode: nanobias.grpo.grpo_loss with backend
   "reference" (materialises the fp32 [N*T, V] log-softmax) and `reference.masked_gelu`,
 - "compile": `torch.compile` of the same (CUDA only),
+- "liger": Liger-Kernel's `triton_grpo_loss`, when it is installed (CUDA only; `liger_provider`),
 - "triton": the Triton kernels (`fused_grpo_loss`, `masked_gelu`; CUDA only: the interpreter
   would measure Python, not the kernel),
 - "torch": grpo_loss with the chunked log-probs (log-prob ops only; for the GELU it *is* the
@@ -31,6 +31,7 @@ Writes bench.csv and bench.png (time and memory over the V sweep) to --out, and 
 
 import argparse
 import csv
+import io
 import json
 import math
 import os
@@ -41,6 +42,7 @@ from dataclasses import dataclass
 
 import torch
 
+from nanobias.checkpoint import write_atomic
 from nanobias.grpo import grpo_loss
 
 from . import dispatch, masked_gelu, reference
@@ -82,7 +84,7 @@ def providers(op: str, device: torch.device) -> dict:
                  "torch_inplace": call(grpo_loss, backend="torch", inplace_backward=True)}
         if device.type == "cuda":
             table |= {"compile": call(torch.compile(grpo_loss), backend="reference"),
-                      "triton": call(grpo_loss, backend="triton")}
+                      "triton": call(grpo_loss, backend="triton")} | liger_provider()
         return table
     table = {"eager": lambda i: reference.masked_gelu(i["leaf"], i["mask"], i["value"])}
     if device.type == "cuda":
@@ -90,6 +92,26 @@ def providers(op: str, device: torch.device) -> dict:
         table |= {"compile": lambda i: compiled(i["leaf"], i["mask"], i["value"]),
                   "triton": lambda i: masked_gelu(i["leaf"], i["mask"], i["value"], backend="triton")}
     return table
+
+
+def liger_provider() -> dict:
+    """Liger-Kernel's fused GRPO loss when installed (CUDA). It reads logits [N, T+1, V], so on our leaf it
+    scores T - 1 tokens (the same work to 1/T), and writes dlogits into the logits, as torch_inplace does."""
+    try:
+        from liger_kernel.transformers.grpo_loss import triton_grpo_loss
+    except ImportError:
+        return {}
+    from nanobias.grpo import group_advantages
+
+    def liger(i):
+        mask = i["mask"][:, 1:]
+        out = triton_grpo_loss(i["leaf"], i["logp_old"][:, 1:], i["logp_ref"][:, 1:], i["targets"][:, 1:],
+                               group_advantages(i["rewards"], i["group_size"]), mask, temperature=1.0, beta=0.04,
+                               eps_low=0.2, eps_high=0.2)
+        loss = out[0] if isinstance(out, tuple) else out
+        return (loss * mask).sum() / mask.sum() if loss.dim() else loss
+
+    return {"liger": liger}
 
 
 def step(fn, inputs: dict, mode: str) -> None:
@@ -162,10 +184,7 @@ def copy_gbps(device: torch.device) -> float:
 
 
 def min_bytes(case: Case, mode: str) -> int:
-    elements = 1
-    for size in case.shape:
-        elements *= size
-    per_pass = elements * torch.empty((), dtype=case.dtype).element_size()
+    per_pass = math.prod(case.shape) * torch.empty((), dtype=case.dtype).element_size()
     passes = {("grpo_loss", "fwd"): 1, ("grpo_loss", "fwd+bwd"): 3, ("masked_gelu", "fwd"): 2, ("masked_gelu", "fwd+bwd"): 5}
     return passes[case.op, mode] * per_pass
 
@@ -223,20 +242,16 @@ def print_table(results: list[dict]) -> None:
 
 
 def write_csv(results: list[dict], path: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(results)
-    os.replace(tmp, path)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows(results)
+    write_atomic(path, text.getvalue().encode())
 
 
 def plot(results: list[dict], path: str) -> None:
     """Time and peak memory of the GRPO loss (fwd+bwd) against V, one line per provider."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from nanobias.plots import plt, save_figure  # plots.py picks the Agg backend before pyplot loads
 
     rows = [r for r in results if r["op"] == "grpo_loss" and r["mode"] == "fwd+bwd"]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
@@ -249,11 +264,7 @@ def plot(results: list[dict], path: str) -> None:
         ax.set(xscale="log", yscale="log", xlabel="vocabulary size V", ylabel=label)
         ax.legend()
     fig.suptitle(f"GRPO loss forward+backward, {rows[0]['shape'].rsplit('x', 1)[0]} rows, {rows[0]['dtype']}")
-    fig.tight_layout()
-    tmp = path + ".tmp"
-    fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,34 @@
+"""Single-thread worker processes: results in job order, one thread each, errors reach the caller."""
+
+import os
+
+import pytest
+
+from nanobias.errors import UserError
+from nanobias.workers import run_jobs
+
+
+def threads_and_square(x):
+    import torch
+
+    return torch.get_num_threads(), x * x, os.getpid()
+
+
+def fails(message):
+    raise UserError(message)
+
+
+def test_jobs_run_in_worker_processes_at_one_thread_and_return_in_order():
+    results = run_jobs([(threads_and_square, x) for x in (3, 1, 2)], workers=2)
+    assert [square for _, square, _ in results] == [9, 1, 4]
+    assert {threads for threads, _, _ in results} == {1}
+    assert os.getpid() not in {pid for _, _, pid in results}
+
+
+def test_one_worker_runs_in_this_process():
+    assert {pid for _, _, pid in run_jobs([(threads_and_square, 1), (threads_and_square, 2)], workers=1)} == {os.getpid()}
+
+
+def test_a_workers_error_reaches_the_caller_with_its_message():
+    with pytest.raises(UserError, match="bad flag --x"):
+        run_jobs([(threads_and_square, 1), (fails, "bad flag --x")], workers=2)
