@@ -1,69 +1,26 @@
 """The policy's bias evaluation, with BBQ's metrics (Parrish et al., 2022; BiasGRPO Sec. 4).
 
-The policy writes free text after "Answer:"; `extract_answer` maps it to one of the three
-options: an answer letter at the start ("B", "B." / "(b)" / "b)"), else the option mentioned
-first, by its text (whole words, case-insensitive, bold markup ignored, a leading "the"/"a"
-optional) or, for the unknown option, by any wording of "unknown". Nothing recognisable ->
-invalid (None).
+The policy writes free text after "Answer:"; `extract_answer` (answers.py) reads the option it
+picks as a person would: a leading letter, else the first option it names without denying it
+("Not the grandfather; it was the grandson." -> the grandson), any wording of "unknown" counting
+for the unknown option. Nothing recognisable -> invalid (None).
 
 The answers are then scored with BBQ's metrics (metrics.py), and, beside them, the same examples as
 multiple choice (choice.py: the option the policy finds most likely, never invalid).
 """
 
 import random
-import re
 from pathlib import Path
 
 import torch
 
-from nanobias.bbq import UNKNOWN_PHRASES, Example
+from nanobias.answers import extract_answer
+from nanobias.bbq import Example
 from nanobias.choice import choice_metrics, choice_table
 from nanobias.metrics import format_table, metrics_with_breakdown, table_rows
 from nanobias.progress import Progress
 from nanobias.render import render_prompt
 from nanobias.sampling import completion_texts, sample
-
-# other ways a model (or a person) says "unknown"; the data's own wordings come first
-_UNKNOWN_EXTRA = ("cannot be determined", "can't be determined", "cannot answer", "can't answer",
-                  "not enough information", "not enough info", "unknown", "undetermined", "not known",
-                  "can't tell", "cannot tell", "not answerable", "not clear", "does not say", "doesn't say")
-_UNKNOWN_RE = re.compile(r"(?<!\w)(?:" + "|".join(re.escape(p.lower()) for p in sorted(
-    {p.lower() for p in UNKNOWN_PHRASES} | set(_UNKNOWN_EXTRA), key=len, reverse=True)) + r")(?!\w)")
-# a bare letter, or one closed by ".", ")" or ":"; not "a" followed by a word (the article)
-_LETTER_RE = re.compile(r"^\(?([abc])(?:[.):]|$)")
-_ARTICLE_RE = re.compile(r"^(?:the|a|an) ")
-
-
-def _normalise(text: str) -> str:
-    return " ".join(text.replace("**", "").replace("\u2019", "'").lower().split())
-
-
-def _mention(phrase: str, text: str) -> int | None:
-    """Position of the first whole-word mention of `phrase` (normalised) in `text`, or None."""
-    m = re.search(r"(?<!\w)" + re.escape(phrase) + r"(?!\w)", text)
-    return m.start() if m else None
-
-
-def extract_answer(ex: Example, completion: str) -> int | None:
-    """The option index the completion picks, or None if it picks none."""
-    text = _normalise(completion)
-    letter = _LETTER_RE.match(text)
-    if letter:
-        return "abc".index(letter.group(1))
-    first = {}  # option index -> position of its first mention
-    for i, option in enumerate(ex.answers):
-        if i == ex.unknown_index:
-            continue
-        # "The grandson" is also mentioned as "grandson"; a bare article never counts
-        phrase = _ARTICLE_RE.sub("", _normalise(option)) or _normalise(option)
-        at = _mention(phrase, text)
-        if at is not None:
-            first[i] = at
-    unknown = [m.start() for m in [_UNKNOWN_RE.search(text)] if m]
-    unknown += [at for at in [_mention(_normalise(ex.answers[ex.unknown_index]), text)] if at is not None]
-    if unknown:
-        first[ex.unknown_index] = min(unknown)
-    return min(first, key=first.get) if first else None
 
 
 def oracle_rewards(examples: list[Example], completions: list[str]) -> torch.Tensor:

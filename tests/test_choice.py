@@ -7,10 +7,11 @@ import pytest
 import torch
 from torch import nn
 
+from nanobias.answers import extract_answer
 from nanobias.bbq import Example
 from nanobias.choice import (choice_metrics, choice_table, choose, metrics_from_predictions, option_loglikelihoods,
                              option_scores, option_texts, predictions)
-from nanobias.evaluate import evaluate_policy, extract_answer, generate_answers, spread
+from nanobias.evaluate import evaluate_policy, generate_answers, spread
 from nanobias.metrics import bias_metrics, metrics_with_breakdown
 from nanobias.model import GPT, GPTConfig
 from nanobias.render import pretraining_documents, render_completion

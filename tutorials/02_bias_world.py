@@ -7,7 +7,7 @@ why, completions in different styles with their five spurious attributes, how fr
 back as an answer, how the data is split (by template, whole categories held out), the bias rate
 planted in the pretraining text, and BBQ's accuracy and bias scores on three toy answerers.
 With --bbq-dir, the same fields on a line of the real BBQ files. Library: nanobias/bbq.py,
-world.py, data.py, render.py, evaluate.py.
+world.py, data.py, render.py, answers.py.
 """
 
 import random
@@ -19,8 +19,8 @@ import common
 args = common.parse_args(__doc__, lambda p: p.add_argument(
     "--bbq-dir", type=Path, help="also show the first line of each real BBQ {Category}.jsonl file in DIR"))
 
+from nanobias.answers import extract_answer  # noqa: E402
 from nanobias.bbq import load_bbq  # noqa: E402
-from nanobias.evaluate import extract_answer  # noqa: E402
 from nanobias.metrics import bias_metrics, format_table  # noqa: E402
 from nanobias.render import (ANSWER_CUE, ATTRIBUTES, Style, pretraining_documents, render_completion,  # noqa: E402
                              render_prompt)
@@ -70,12 +70,12 @@ for name, style in styles.items():
 
 common.section("3. Reading an answer back from free text")
 common.say("""
-    extract_answer maps a completion to an option: a leading letter, else the option mentioned
-    first (by its words, any wording of "unknown" counts for the unknown option). Nothing
-    recognisable is invalid (None) and counts as wrong.
+    extract_answer maps a completion to an option: a leading letter, else the first option it
+    names without denying it ("not X", "it wasn't X", "X did not"; any wording of "unknown" counts
+    for the unknown option). Nothing recognisable is invalid (None) and counts as wrong.
 """)
 for text in (" B.", f" {ex.answers[ex.biased_index].lower()}, I think.", " It cannot be determined.",
-             f" **{ex.answers[ex.label]}**!", " I like turtles."):
+             f" **{ex.answers[ex.label]}**!", f" Not {ex.answers[ex.biased_index].lower()}.", " I like turtles."):
     pred = extract_answer(ex, text)
     print(f"{text!r:45} -> {pred} ({ex.answers[pred] if pred is not None else 'invalid'})")
 

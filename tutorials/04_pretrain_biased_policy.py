@@ -15,7 +15,8 @@ import common
 
 args = common.parse_args(__doc__)
 
-from nanobias.evaluate import evaluate_policy, extract_answer, generate_answers, spread  # noqa: E402
+from nanobias.answers import extract_answer  # noqa: E402
+from nanobias.evaluate import evaluate_policy, generate_answers, spread  # noqa: E402
 
 from nanobias.metrics import format_table  # noqa: E402
 from nanobias.pretrain import corpus  # noqa: E402

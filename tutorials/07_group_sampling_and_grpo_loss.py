@@ -18,7 +18,8 @@ args = common.parse_args(__doc__)
 
 from nanobias import rl  # noqa: E402
 from nanobias.checkpoint import load_policy  # noqa: E402
-from nanobias.evaluate import extract_answer, oracle_rewards  # noqa: E402
+from nanobias.answers import extract_answer  # noqa: E402
+from nanobias.evaluate import oracle_rewards  # noqa: E402
 from nanobias.grpo import fixed_logprobs, group_advantages, grpo_loss, grpo_update  # noqa: E402
 from nanobias.kernels.dispatch import resolve_backend  # noqa: E402
 from nanobias.render import render_prompt  # noqa: E402
