@@ -1,7 +1,7 @@
 import torch
 
 from nanobias.model import GPT, GPTConfig
-from nanobias.sampling import left_pad, next_token, sample
+from nanobias.sampling import completion_logprobs, left_pad, next_token, sample
 
 EOT = 60
 
@@ -91,3 +91,12 @@ def test_next_token_leaves_the_callers_logits_alone():
     for top_k, top_p in ((5, None), (None, 0.5), (5, 0.5)):
         next_token(logits, 1.0, top_k, top_p, torch.Generator().manual_seed(0))
     assert torch.equal(logits, before)
+
+
+def test_samples_can_be_trained_on():
+    """sample() runs in inference mode; what it returns must still enter autograd (the trainers' forward)."""
+    model = tiny_model().train()
+    s = sample(model, PROMPTS, EOT, group_size=2, max_new_tokens=4, seed=0)
+    assert model.training and not any(t.is_inference() for t in vars(s).values())
+    completion_logprobs(model, s).sum().backward()
+    assert model.lm_head.weight.grad is not None
