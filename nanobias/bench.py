@@ -5,8 +5,9 @@
   without; the end-of-text id is one the model never samples, so every row runs all 64;
 - against Hugging Face (bench_hf.py, when transformers is installed): GPT2LMHeadModel with the
   same config and inputs; a ratio is nanobias / HF;
-- two at once: two copies of this benchmark (same arguments and `--no-compare`) run at the same
-  time, each one's rate as a share of the solo rate (an even split of what one copy uses is 50%);
+- two at once: two copies of this benchmark (same arguments and `--no-compare`: training and
+  KV-cache sampling only) run at the same time, each one's rate as a share of the solo rate (an
+  even split of what one copy uses is 50%);
 - the stage times of a run folder (`--run DIR`: the "seconds" of each DIR/stages/<stage>.json).
 
 Rates that are compared are measured interleaved, a slice of each in turn for `ROUNDS` rounds, so
@@ -85,8 +86,9 @@ def nanobias_workloads(model: GPT, preset, x: torch.Tensor, prompts: list[list[i
 
 
 def bench_model(preset, seconds: float = 10.0, device: str | None = None, compare: bool = True) -> dict:
-    """Rates of nanobias's GPT and, with `compare` and transformers installed, of HF's GPT-2 of the same
-    config, all interleaved. `preset`: a presets.Preset (the CLI's, with --set applied) or a name."""
+    """Rates of nanobias's GPT and, with `compare`, its rate without the KV cache and (transformers
+    installed) HF's GPT-2 of the same config, all interleaved. `preset`: a presets.Preset (the CLI's,
+    with --set applied) or a name."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     preset = get_preset(preset) if isinstance(preset, str) else preset
     config = replace(preset.model, vocab_size=preset.pretrain.vocab_size, dropout=0.0)
@@ -94,6 +96,8 @@ def bench_model(preset, seconds: float = 10.0, device: str | None = None, compar
     model = GPT(config).to(device)
     x, prompts = bench_inputs(preset, device)
     ours = nanobias_workloads(model, preset, x, prompts)
+    if not compare:  # the two headline rates only (what each copy of the two-at-once run measures)
+        del ours["sample_tok_s_no_cache"]
     theirs = hf_workloads(config, preset.pretrain, x, prompts, NEW_TOKENS) if compare and hf_available() else {}
     work = {}
     for key, w in ours.items():  # in turn: ours, theirs, ours, ...
@@ -130,14 +134,16 @@ def two_at_once(argv: list[str]) -> list[dict]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
     with tempfile.TemporaryDirectory() as tmp:
         files = [Path(tmp) / f"copy{i}.json" for i in range(2)]
+        logs = [open(f.with_suffix(".err"), "w+") for f in files]  # files, not pipes: a full pipe would stall a copy
         procs = [subprocess.Popen([sys.executable, "-m", "nanobias", "bench", *copy_argv(argv), "--no-compare",
-                                   "--json", str(f)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                  text=True) for f in files]
-        errors = [p.communicate()[1] for p in procs]
-        for p, err in zip(procs, errors):
-            if p.returncode:
-                last = (err.strip().splitlines() or ["(no message)"])[-1]
-                raise RuntimeError(f"bench: a copy of the two-at-once run failed (exit {p.returncode}): {last}")
+                                   "--json", str(f)], env=env, stdout=subprocess.DEVNULL, stderr=log)
+                 for f, log in zip(files, logs)]
+        for code, log in zip([p.wait() for p in procs], logs):
+            log.seek(0)
+            last = (log.read().strip().splitlines() or ["(no message)"])[-1]
+            log.close()
+            if code:
+                raise RuntimeError(f"bench: a copy of the two-at-once run failed (exit {code}): {last}")
         return [json.loads(f.read_text()) for f in files]
 
 
@@ -172,8 +178,8 @@ def print_results(results: dict, run: Path | None) -> None:
           f"{PROMPT_LEN} tokens + {NEW_TOKENS} new")
     hf = results.get("hf")
     print(f"  {'':20} {'nanobias':>14}" + (f" {'Hugging Face':>14} {'nanobias/HF':>12}" if hf else ""))
-    for key, label in ROWS.items():
-        line = f"  {label:20} {results['nanobias'][key]:>8,.0f} tok/s"
+    for key, rate in results["nanobias"].items():
+        line = f"  {ROWS[key]:20} {rate:>8,.0f} tok/s"
         if hf and key in hf:
             line += f" {hf[key]:>8,.0f} tok/s {results['nanobias_over_hf'][key]:>11.2f}x"
         print(line)
@@ -181,9 +187,9 @@ def print_results(results: dict, run: Path | None) -> None:
         print(f"  (Hugging Face rows skipped: transformers is not installed; {INSTALL})")
     if "share_of_solo" in results:
         print("  two at once, each copy's rate as a share of solo (an even split is 50%):")
-        for key, label in ROWS.items():
+        for key in results["share_of_solo"][0]:
             shares = [s[key] for s in results["share_of_solo"]]
-            print(f"  {label:20} " + " + ".join(f"{s:.0%}" for s in shares) + f" = {sum(shares):.0%}")
+            print(f"  {ROWS[key]:20} " + " + ".join(f"{s:.0%}" for s in shares) + f" = {sum(shares):.0%}")
     if "stages" in results:
         stages = results["stages"]
         print(f"  stage times of {run}: " + ", ".join(f"{k} {format_seconds(s)}" for k, s in stages.items())

@@ -203,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=seconds, default=10.0, help="time per measurement")
     p.add_argument("--run", type=Path, help="a `nanobias reproduce` folder: also print its stage times")
     p.add_argument("--json", type=Path, help="also write every number to this JSON file")
-    p.add_argument("--no-compare", action="store_true", help="nanobias alone: no Hugging Face rows, no two-at-once run")
+    p.add_argument("--no-compare", action="store_true", help="training and KV-cache sampling alone, nothing to compare")
     p.set_defaults(func=cmd_bench, check=lambda parser, a: None, parser=p)
 
     p = command("grpo", help="debias a policy with GRPO against a reward model (BiasGRPO)")
