@@ -39,7 +39,8 @@ from nanobias.train import make_optimizer
 
 ROUNDS = 5
 SEQ_LEN, PROMPTS, PROMPT_LEN, NEW_TOKENS = 128, 16, 64, 64
-ROWS = {"train_tok_s": "training", "sample_tok_s_cache": "sampling, KV cache", "sample_tok_s_no_cache": "sampling, no cache"}
+ROWS = {"train_tok_s": "training", "sample_tok_s_cache": "sampling, KV cache",
+        "sample_tok_s_no_cache": "sampling, no cache"}
 
 
 def interleaved_rates(work: dict, seconds: float, rounds: int = ROUNDS) -> dict[str, float]:

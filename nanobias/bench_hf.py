@@ -65,4 +65,5 @@ def hf_workloads(config: GPTConfig, optim: OptimConfig, x: torch.Tensor, prompts
         assert out.shape == (ids.shape[0], ids.shape[1] + new_tokens), out.shape
         model.train()
 
-    return {"train_tok_s": (train_step, x[:, :-1].numel()), "sample_tok_s_cache": (sample_step, len(prompts) * new_tokens)}
+    return {"train_tok_s": (train_step, x[:, :-1].numel()),
+            "sample_tok_s_cache": (sample_step, len(prompts) * new_tokens)}

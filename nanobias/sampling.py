@@ -83,7 +83,8 @@ def sample(model: GPT, prompts: list[list[int]], eot_id: int, group_size: int = 
     # inference mode skips autograd's bookkeeping on every op, a tenth of a small model's decode step;
     # tensors made in it cannot enter autograd, so the trainers get copies
     with torch.inference_mode():
-        samples = _sample(model, prompts, eot_id, group_size, max_new_tokens, temperature, top_k, top_p, seed, use_cache)
+        samples = _sample(model, prompts, eot_id, group_size, max_new_tokens, temperature, top_k, top_p, seed,
+                          use_cache)
     return Samples(**{name: t.clone() for name, t in vars(samples).items()})
 
 
