@@ -153,7 +153,11 @@ def stage_times(run: Path) -> dict[str, float]:
     markers = sorted((run / "stages").glob("*.json"), key=lambda p: p.stat().st_mtime)
     if not markers:
         raise UserError(f"--run {run}: no stages/<stage>.json there (a folder `nanobias reproduce` wrote?)")
-    return {p.stem: float(json.loads(p.read_text())["seconds"]) for p in markers}
+    times = {p.stem: json.loads(p.read_text()).get("seconds") for p in markers}
+    for stage, seconds in times.items():
+        if not isinstance(seconds, (int, float)):
+            raise UserError(f"--run {run}: stages/{stage}.json has no \"seconds\" number")
+    return times
 
 
 def run_bench(preset, seconds: float, argv: list[str], compare: bool = True, run: Path | None = None,

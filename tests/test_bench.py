@@ -9,9 +9,12 @@ from dataclasses import replace
 from itertools import groupby
 from pathlib import Path
 
-from nanobias.bench import ROWS, copy_argv, interleaved_rates
+import pytest
+
+from nanobias.bench import ROWS, copy_argv, interleaved_rates, stage_times
 from nanobias.bench_hf import INSTALL, hf_available, hf_model
 from nanobias.cli import main
+from nanobias.errors import UserError
 from nanobias.model import GPT
 from nanobias.presets import get_preset
 
@@ -70,3 +73,12 @@ def test_the_library_never_imports_transformers():
             "assert 'transformers' not in sys.modules")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, check=True, timeout=300)
+
+
+def test_a_run_folder_without_stage_times_is_one_clear_error(tmp_path):
+    with pytest.raises(UserError, match="no stages"):
+        stage_times(tmp_path)
+    (tmp_path / "stages").mkdir()
+    (tmp_path / "stages" / "pretrain.json").write_text('{"result": {}}')
+    with pytest.raises(UserError, match="pretrain.json has no"):
+        stage_times(tmp_path)
