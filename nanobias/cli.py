@@ -54,9 +54,9 @@ def cmd_sample(args) -> None:
 
 
 def cmd_bench(args) -> None:
-    from nanobias.bench import bench_model
+    from nanobias.bench import run_bench
 
-    bench_model(args.config, seconds=args.seconds)
+    run_bench(args.config, args.seconds, args.argv, compare=not args.no_compare, run=args.run, json_path=args.json)
 
 
 def cmd_online_rl(args) -> None:
@@ -197,9 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=seed, default=0, help="sampling seed")
     p.set_defaults(func=cmd_sample, parser=p, check=check_sample_args)
 
-    p = command("bench", help="training and sampling throughput of a preset's model")
+    p = command("bench", help="training and sampling tokens/s of a preset's model, beside Hugging Face's and two at once")
     add_preset_args(p)
     p.add_argument("--seconds", type=seconds, default=10.0, help="time per measurement")
+    p.add_argument("--run", type=Path, help="a `nanobias reproduce` folder: also print its stage times")
+    p.add_argument("--json", type=Path, help="also write every number to this JSON file")
+    p.add_argument("--no-compare", action="store_true", help="training and KV-cache sampling alone, nothing to compare")
     p.set_defaults(func=cmd_bench, check=lambda parser, a: None, parser=p)
 
     p = command("grpo", help="debias a policy with GRPO against a reward model (BiasGRPO)")

@@ -59,7 +59,7 @@ class GPTConfig:
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [B, H, T, D], cos and sin [B, 1, T, D/2] -> x with each pair (x_{2i}, x_{2i+1}) rotated."""
+    """x [..., B, H, T, D], cos and sin [B, 1, T, D/2] -> x with each pair (x_{2i}, x_{2i+1}) rotated."""
     x1, x2 = x[..., 0::2], x[..., 1::2]  # [B, H, T, D/2]; bf16 * fp32 tables computes in fp32
     out = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)  # [B, H, T, D/2, 2]
     return out.flatten(-2).type_as(x)  # interleaved back to [B, H, T, D]
@@ -99,10 +99,10 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x, attn_mask=None, cache=None, layer=0, rope=None):
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # [B, H, T, D]
+        qkv = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)  # [3, B, H, T, D]
+        q, k, v = qkv.unbind(0)  # [B, H, T, D] each
         if rope is not None:  # (cos, sin) at the new tokens' positions: cached keys were rotated at theirs
-            q, k = rotate(q, *rope), rotate(k, *rope)
+            q, k = rotate(qkv[:2], *rope).unbind(0)  # both in one call
         if cache is not None:
             start = cache.length
             cache.k[layer, :, :, start:start + T] = k
@@ -220,12 +220,20 @@ class GPT(nn.Module):
         attn_mask = None
         if attention_mask is not None:
             key_real = attention_mask.bool()  # [B, S]
-            pos = (key_real.long().cumsum(1) - 1).clamp(min=0)[:, past:]  # [B, T]
-            q_abs = torch.arange(past, past + T, device=idx.device)[:, None]  # [T, 1]
-            k_abs = torch.arange(past + T, device=idx.device)[None, :]  # [1, S]
             # a query sees real keys up to itself, and always itself, so that padding rows stay finite
-            attn_mask = ((k_abs <= q_abs) & key_real[:, None, :]) | (k_abs == q_abs)  # [B, T, S]
-            attn_mask = attn_mask[:, None]  # [B, 1, T, S], broadcast over heads
+            if T == 1:  # a decode step: every key is up to the query, and the last one is itself
+                pos = (key_real.sum(1, keepdim=True) - 1).clamp(min=0)  # [B, 1]
+                sees = key_real.clone()
+                sees[:, -1] = True
+                sees = sees[:, None]  # [B, 1, S]
+            else:
+                pos = (key_real.long().cumsum(1) - 1).clamp(min=0)[:, past:]  # [B, T]
+                q_abs = torch.arange(past, past + T, device=idx.device)[:, None]  # [T, 1]
+                k_abs = torch.arange(past + T, device=idx.device)[None, :]  # [1, S]
+                sees = ((k_abs <= q_abs) & key_real[:, None, :]) | (k_abs == q_abs)  # [B, T, S]
+            # additive, built once for every layer (SDPA would turn a boolean mask into this in each)
+            attn_mask = torch.zeros(sees.shape, device=idx.device, dtype=self.transformer.wte.weight.dtype)
+            attn_mask = attn_mask.masked_fill_(~sees, float("-inf"))[:, None]  # [B, 1, T, S], broadcast over heads
         else:
             pos = torch.arange(past, past + T, device=idx.device)[None, :].expand(B, T)
             if cache is not None and T > 1:

@@ -47,34 +47,48 @@ def next_token(logits: torch.Tensor, temperature: float, top_k: int | None, top_
                generator: torch.Generator | list[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor]:
     """logits [R, V] -> (token [R], its log-prob under softmax(logits / temperature)) [R].
 
-    With a list of n generators the R rows are n equal blocks (groups), each drawn with its own."""
+    The draw is the exponential race: token = argmax_i p_i / E_i with E_i ~ Exp(1), which picks i
+    with probability p_i (torch.multinomial's own method for one sample, so the same generator gives
+    the same tokens). With a list of n generators the R rows are n equal blocks (groups), and block
+    j's noise comes from generator j; the argmax then runs once over every row."""
     logits = logits.float()
     if temperature == 0:
         token = logits.argmax(-1)
         return token, torch.log_softmax(logits, -1).gather(-1, token[:, None])[:, 0]
-    scaled = logits / temperature
+    scaled = logits / temperature if temperature != 1 else logits  # x / 1 == x: skip the op
     logp = torch.log_softmax(scaled, -1)  # [R, V]
-    cut = scaled.clone()
+    cut = scaled  # never written in place: it may be the caller's logits
     if top_k is not None and top_k < cut.size(-1):
         kth = torch.topk(cut, top_k, dim=-1).values[:, -1:]
-        cut[cut < kth] = float("-inf")
+        cut = cut.masked_fill(cut < kth, float("-inf"))
     if top_p is not None and top_p < 1.0:
         sorted_logits, order = torch.sort(cut, descending=True, dim=-1)
         cum = torch.softmax(sorted_logits, -1).cumsum(-1)
         drop = cum - torch.softmax(sorted_logits, -1) >= top_p  # keep tokens until the mass reaches top_p
-        cut.scatter_(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+        cut = cut.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
+    probs = torch.softmax(cut, -1)  # [R, V]
     generators = generator if isinstance(generator, list) else [generator]
-    probs = torch.softmax(cut, -1).chunk(len(generators))  # n x [R/n, V]
-    token = torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, generators)])[:, 0]
+    noise = torch.empty_like(probs)
+    for block, g in zip(noise.chunk(len(generators)), generators):
+        block.exponential_(generator=g)
+    token = (probs / noise).argmax(-1)  # [R]
     return token, logp.gather(-1, token[:, None])[:, 0]
 
 
-@torch.no_grad()
 def sample(model: GPT, prompts: list[list[int]], eot_id: int, group_size: int = 1, max_new_tokens: int = 32,
            temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
            seed: int | list[int] = 0, use_cache: bool = True) -> Samples:
     """Sample `group_size` completions for each prompt (token lists). Same seed, same samples;
     `seed` is one int, or a list with one seed per prompt (see the module docstring)."""
+    # inference mode skips autograd's bookkeeping on every op, a tenth of a small model's decode step;
+    # tensors made in it cannot enter autograd, so the trainers get copies
+    with torch.inference_mode():
+        samples = _sample(model, prompts, eot_id, group_size, max_new_tokens, temperature, top_k, top_p, seed,
+                          use_cache)
+    return Samples(**{name: t.clone() for name, t in vars(samples).items()})
+
+
+def _sample(model, prompts, eot_id, group_size, max_new_tokens, temperature, top_k, top_p, seed, use_cache) -> Samples:
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     if isinstance(seed, list) and len(seed) != len(prompts):
@@ -107,22 +121,26 @@ def sample(model: GPT, prompts: list[list[int]], eot_id: int, group_size: int = 
     out_mask = torch.zeros((R, max_new_tokens), dtype=torch.long, device=device)
     logprobs = torch.zeros((R, max_new_tokens), device=device)
     done = torch.zeros(R, dtype=torch.bool, device=device)
-    full_mask = mask
+    full_mask = torch.ones((R, P + max_new_tokens), dtype=torch.bool, device=device)  # step t reads [:, :P + t + 1]
+    full_mask[:, :P] = mask.bool()
+    # whether every row has stopped is read on the host; on an accelerator that waits for the queued
+    # steps, so it is asked every few steps there (the steps in between only write end-of-text)
+    check_every = 1 if device.type == "cpu" else 8
     for t in range(max_new_tokens):
         token, logp = next_token(logits, temperature, top_k, top_p, generator)
         live = ~done
         token = torch.where(live, token, eot_id)  # finished rows keep feeding end-of-text
-        tokens[live, t] = token[live]
-        out_mask[live, t] = 1
-        logprobs[live, t] = logp[live]
+        tokens[:, t] = token
+        out_mask[:, t] = live
+        logprobs[:, t] = torch.where(live, logp, 0.0)
         done |= token == eot_id
-        if done.all() or t == max_new_tokens - 1:
+        if t == max_new_tokens - 1 or ((t + 1) % check_every == 0 and done.all()):
             break
-        full_mask = torch.cat([full_mask, torch.ones((R, 1), dtype=torch.long, device=device)], 1)
+        step_mask = full_mask[:, :P + t + 1]  # [R, P + t + 1]
         if use_cache:
-            logits = model(token[:, None], attention_mask=full_mask, cache=cache)[:, -1]
+            logits = model(token[:, None], attention_mask=step_mask, cache=cache)[:, -1]
         else:
-            logits = model(torch.cat([ids, tokens[:, :t + 1]], 1), attention_mask=full_mask)[:, -1]
+            logits = model(torch.cat([ids, tokens[:, :t + 1]], 1), attention_mask=step_mask)[:, -1]
     model.train(was_training)
     return Samples(ids, mask, tokens, out_mask, logprobs)
 

@@ -155,6 +155,22 @@ def test_left_padded_batch_with_cache_matches_each_row_alone(position):
 
 
 @BOTH
+def test_a_decode_step_masks_like_a_full_forward_even_for_a_padding_query(position):
+    """A decode step (T == 1) builds its mask its own way; it must agree with the full forward's,
+    including a new token marked as padding, which still sees itself and stays finite."""
+    model = tiny_model(position=position)
+    idx = torch.randint(0, 61, (3, 8), generator=torch.Generator().manual_seed(9))
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1, 1, 0], [0, 1, 1, 0, 1, 1, 1, 1]])
+    with torch.no_grad():
+        full = model(idx, attention_mask=mask)[:, -1]  # [3, V]
+        cache = KVCache(model.config, 3, 8)
+        model(idx[:, :-1], attention_mask=mask[:, :-1], cache=cache)
+        step = model(idx[:, -1:], attention_mask=mask, cache=cache)[:, 0]
+    assert torch.isfinite(step).all()
+    torch.testing.assert_close(step, full, atol=1e-5, rtol=0)
+
+
+@BOTH
 def test_repeat_interleave_cache_shares_a_prefill(position):
     model = tiny_model(position=position)
     idx = torch.randint(0, 61, (2, 6), generator=torch.Generator().manual_seed(3))

@@ -200,7 +200,7 @@ def test_cli_set_reaches_the_benchmark(monkeypatch):
     import nanobias.bench
 
     seen = {}
-    monkeypatch.setattr(nanobias.bench, "bench_model", lambda preset, seconds: seen.update(preset=preset))
+    monkeypatch.setattr(nanobias.bench, "run_bench", lambda preset, *a, **kw: seen.update(preset=preset))
     main(["bench", "--preset", "smoke", "--set", "model.n_layer=1", "--seconds", "1"])
     assert seen["preset"] == get_preset("smoke", {"model.n_layer": 1})
 

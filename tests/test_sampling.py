@@ -1,7 +1,7 @@
 import torch
 
 from nanobias.model import GPT, GPTConfig
-from nanobias.sampling import left_pad, next_token, sample
+from nanobias.sampling import completion_logprobs, left_pad, next_token, sample
 
 EOT = 60
 
@@ -68,3 +68,35 @@ def test_top_k_and_top_p_only_draw_allowed_tokens():
     assert p[0] < 0.8 < p[0] + p[1]
     tok, _ = next_token(logits, 1.0, None, 0.8, g)
     assert set(tok.tolist()) == {0, 1}
+
+
+def test_the_draw_is_torch_multinomials_own_for_one_generator_or_one_per_group():
+    """next_token draws argmax p / Exp(1) noise, the method torch.multinomial uses for one sample, so
+    a seed gives the same tokens as sampling with torch.multinomial did."""
+    logits = torch.randn(12, 61, generator=torch.Generator().manual_seed(0)) * 3
+    probs = torch.softmax(logits / 0.8, -1)
+    for n in (1, 3):  # one generator for the batch, or one per block of 12 / n rows
+        ours = [torch.Generator().manual_seed(10 + i) for i in range(n)]
+        theirs = [torch.Generator().manual_seed(10 + i) for i in range(n)]
+        for _ in range(5):  # the generators advance alike, step after step
+            token, logp = next_token(logits, 0.8, None, None, ours if n > 1 else ours[0])
+            expected = torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs.chunk(n), theirs)])[:, 0]
+            assert torch.equal(token, expected)
+            torch.testing.assert_close(logp, torch.log_softmax(logits / 0.8, -1).gather(-1, token[:, None])[:, 0])
+
+
+def test_next_token_leaves_the_callers_logits_alone():
+    logits = torch.randn(4, 61, generator=torch.Generator().manual_seed(1))
+    before = logits.clone()
+    for top_k, top_p in ((5, None), (None, 0.5), (5, 0.5)):
+        next_token(logits, 1.0, top_k, top_p, torch.Generator().manual_seed(0))
+    assert torch.equal(logits, before)
+
+
+def test_samples_can_be_trained_on():
+    """sample() runs in inference mode; what it returns must still enter autograd (the trainers' forward)."""
+    model = tiny_model().train()
+    s = sample(model, PROMPTS, EOT, group_size=2, max_new_tokens=4, seed=0)
+    assert model.training and not any(t.is_inference() for t in vars(s).values())
+    completion_logprobs(model, s).sum().backward()
+    assert model.lm_head.weight.grad is not None
