@@ -47,10 +47,11 @@ def next_token(logits: torch.Tensor, temperature: float, top_k: int | None, top_
                generator: torch.Generator | list[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor]:
     """logits [R, V] -> (token [R], its log-prob under softmax(logits / temperature)) [R].
 
-    The draw is the exponential race: token = argmax_i p_i / E_i with E_i ~ Exp(1), which picks i
-    with probability p_i (torch.multinomial's own method for one sample, so the same generator gives
-    the same tokens). With a list of n generators the R rows are n equal blocks (groups), and block
-    j's noise comes from generator j; the argmax then runs once over every row."""
+    The draw inverts the cumulative distribution: token = the first i with p_1 + ... + p_i > u * sum(p),
+    u ~ U[0, 1), one uniform per row. torch.multinomial draws V exponentials per row instead (the
+    race argmax p_i / E_i): at V = 1024 on CPU they are 0.26 of the 0.31 ms a 16-row draw took.
+    With a list of n generators the R rows are n equal blocks (groups), and block j's uniforms come
+    from generator j, so a group's tokens do not depend on the other groups in the batch."""
     logits = logits.float()
     if temperature == 0:
         token = logits.argmax(-1)
@@ -66,12 +67,15 @@ def next_token(logits: torch.Tensor, temperature: float, top_k: int | None, top_
         cum = torch.softmax(sorted_logits, -1).cumsum(-1)
         drop = cum - torch.softmax(sorted_logits, -1) >= top_p  # keep tokens until the mass reaches top_p
         cut = cut.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
-    probs = torch.softmax(cut, -1)  # [R, V]
+    # fp64 sums: the last cumulative value is the total to one part in 1e16, whatever V
+    cdf = torch.softmax(cut, -1).double().cumsum(-1)  # [R, V]
     generators = generator if isinstance(generator, list) else [generator]
-    noise = torch.empty_like(probs)
-    for block, g in zip(noise.chunk(len(generators)), generators):
-        block.exponential_(generator=g)
-    token = (probs / noise).argmax(-1)  # [R]
+    u = torch.empty((cdf.size(0), 1), dtype=torch.float64, device=cdf.device)
+    for block, g in zip(u.chunk(len(generators)), generators):
+        block.uniform_(generator=g)
+    # right=True: "> u", so a token of probability 0 (cut by top-k/top-p) repeats its left
+    # neighbour's value and is never the first to pass
+    token = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)[:, 0].clamp(max=cdf.size(1) - 1)  # [R]
     return token, logp.gather(-1, token[:, None])[:, 0]
 
 
