@@ -154,12 +154,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error (also NANOBIAS_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def command(name: str, help: str) -> argparse.ArgumentParser:
+    def command(name: str, func, check=lambda parser, args: None, help: str = "") -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         p.add_argument("--threads", type=positive_int, help="CPU threads (default: nanobias/threads.py's policy)")
+        p.set_defaults(func=func, check=check, parser=p)
         return p
 
-    p = command("reproduce", help="the whole pipeline: pretrain, reward model, intervention, GRPO/DPO/PPO, report")
+    p = command("reproduce", cmd_reproduce, check_pretrain_args,
+                help="the whole pipeline: pretrain, reward model, intervention, GRPO/DPO/PPO, report")
     add_preset_args(p)
     add_data_args(p)
     p.add_argument("--out", type=Path, help="output folder (default runs/<preset>-<data>-<seed>)")
@@ -168,9 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="log-prob / GRPO-loss kernels (auto: Triton on CUDA, chunked PyTorch on CPU)")
     add_init_args(p)
     add_compile_arg(p)
-    p.set_defaults(func=cmd_reproduce, check=check_pretrain_args, parser=p)
 
-    p = command("pretrain", help="train the tokenizer and a GPT policy with a planted bias")
+    p = command("pretrain", cmd_pretrain, check_pretrain_args,
+                help="train the tokenizer and a GPT policy with a planted bias")
     add_preset_args(p)
     add_data_args(p)
     p.add_argument("--out", required=True, help="output folder (tokenizer.json, policy.pt, metrics)")
@@ -185,9 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from OUT/policy.pt")
     add_init_args(p)
     add_compile_arg(p)
-    p.set_defaults(func=cmd_pretrain, check=check_pretrain_args, parser=p)
 
-    p = command("sample", help="print completions of a prompt from a policy checkpoint")
+    p = command("sample", cmd_sample, check_sample_args, help="print completions of a prompt from a policy checkpoint")
     p.add_argument("--ckpt", required=True, type=Path, help="policy checkpoint (policy.pt, grpo.pt, ...)")
     p.add_argument("--prompt", required=True, help="prompt text (\\n for newlines)")
     p.add_argument("--n", type=positive_int, default=4, help="number of completions")
@@ -195,17 +196,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=nonnegative_float, default=0.8, help="sampling temperature (0: greedy)")
     p.add_argument("--top-k", type=positive_int, help="sample from the k most likely tokens only")
     p.add_argument("--seed", type=seed, default=0, help="sampling seed")
-    p.set_defaults(func=cmd_sample, parser=p, check=check_sample_args)
 
-    p = command("bench", help="training and sampling tokens/s of a preset's model, beside Hugging Face's and two at once")
+    p = command("bench", cmd_bench,
+                help="training and sampling tokens/s of a preset's model, beside Hugging Face's and two at once")
     add_preset_args(p)
     p.add_argument("--seconds", type=seconds, default=10.0, help="time per measurement")
     p.add_argument("--run", type=Path, help="a `nanobias reproduce` folder: also print its stage times")
     p.add_argument("--json", type=Path, help="also write every number to this JSON file")
     p.add_argument("--no-compare", action="store_true", help="training and KV-cache sampling alone, nothing to compare")
-    p.set_defaults(func=cmd_bench, check=lambda parser, a: None, parser=p)
 
-    p = command("grpo", help="debias a policy with GRPO against a reward model (BiasGRPO)")
+    p = command("grpo", cmd_online_rl, check_rl_args,
+                help="debias a policy with GRPO against a reward model (BiasGRPO)")
     add_rl_args(p)
     p.add_argument("--beta", type=nonnegative_float, help="override the preset's KL weight (grpo.beta)")
     p.add_argument("--lr", type=positive_float, help="override the preset's GRPO learning rate (grpo.lr)")
@@ -213,27 +214,26 @@ def build_parser() -> argparse.ArgumentParser:
                    "batch (by the batch's), none (Dr. GRPO: do not divide)")
     p.add_argument("--agg", help="loss aggregation over tokens: grpo | dapo | dr_grpo")
     p.set_defaults(shorthands={"--beta": "grpo.beta", "--lr": "grpo.lr", "--scale": "grpo.scale", "--agg": "grpo.agg"})
-    p.set_defaults(func=cmd_online_rl, check=check_rl_args, parser=p)
 
-    p = command("dpo", help="DPO/IPO baseline on offline preference pairs, as many as GRPO's reward-model "
+    p = command("dpo", cmd_dpo, check_rl_args,
+                help="DPO/IPO baseline on offline preference pairs, as many as GRPO's reward-model "
                        "calls (the reward only scores DPO's samples, for the stability curve)")
     add_rl_args(p)
     p.add_argument("--loss", choices=["dpo", "ipo"], default="dpo", help="DPO's -log sigmoid or IPO's squared loss")
-    p.set_defaults(func=cmd_dpo, check=check_rl_args, parser=p)
 
-    p = command("ppo", help="PPO baseline with a value head, GAE and a per-token KL penalty, at GRPO's budget")
+    p = command("ppo", cmd_online_rl, check_rl_args,
+                help="PPO baseline with a value head, GAE and a per-token KL penalty, at GRPO's budget")
     add_rl_args(p)
-    p.set_defaults(func=cmd_online_rl, check=check_rl_args, parser=p)
 
-    p = command("eval", help="a policy's BBQ accuracy and bias scores on the test (and held-out) prompts")
+    p = command("eval", cmd_eval, check_eval_args,
+                help="a policy's BBQ accuracy and bias scores on the test (and held-out) prompts")
     add_preset_args(p, help="the preset the policy's data was made with (synthetic world size)")
     add_data_args(p)
     p.add_argument("--policy", required=True, type=Path, help="policy checkpoint")
     p.add_argument("--out", type=Path, help="folder for <policy stem>.eval.json")
     p.add_argument("--eval-examples", type=positive_int,
                    help="test (and held-out) prompts to evaluate, drawn at random (default: the preset's, as reproduce)")
-    p.set_defaults(func=cmd_eval, parser=p, check=check_eval_args)
-    p = command("reward", help="train the reward model on planted-bias preference pairs")
+    p = command("reward", cmd_reward, check_reward_args, help="train the reward model on planted-bias preference pairs")
     add_preset_args(p)
     add_data_args(p)
     p.add_argument("--out", required=True, type=Path, help="output folder (reward.pt, reward_eval.json, plots)")
@@ -247,15 +247,14 @@ def build_parser() -> argparse.ArgumentParser:
                                "--loss": "reward.loss"})
     p.add_argument("--resume", action="store_true", help="continue from OUT/reward.pt")
     add_compile_arg(p)
-    p.set_defaults(func=cmd_reward, check=check_reward_args, parser=p)
 
-    p = command("intervene", help="find the reward model's bias neurons and clamp them to their medians")
+    p = command("intervene", cmd_intervene, check_reward_args,
+                help="find the reward model's bias neurons and clamp them to their medians")
     add_preset_args(p)
     add_data_args(p)
     p.add_argument("--out", required=True, type=Path, help="output folder (reward_eval.json, plots)")
     p.add_argument("--reward", type=Path, help="reward model checkpoint (default: OUT/reward.pt); "
                    "intervention.json is written next to it")
-    p.set_defaults(func=cmd_intervene, check=check_reward_args, parser=p)
     return parser
 
 
@@ -291,13 +290,9 @@ def run(argv: list[str]) -> None:
     if hasattr(args, "preset"):
         args.config = preset_from_args(args.parser, args)
         device.configure(fast=args.config.cuda_fast, compile=getattr(args, "compile", False))
-    args.threads = threads.configure(args.threads, threads.model_params(args.config) if hasattr(args, "config") else None)
+    args.threads = threads.configure(args.threads, threads.model_params(args.config) if "config" in args else None)
     distributed.init()  # a no-op unless launched by torchrun
     try:
         args.func(args)
     finally:
         distributed.cleanup()
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])
