@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 
 # NANOBIAS_TEST_DEVICE=cuda (scripts/gpu_check.sh) runs the kernel tests compiled on the GPU.
 # Otherwise Triton's interpreter runs them on the CPU: Triton reads TRITON_INTERPRET when a kernel
@@ -6,9 +8,28 @@ import os
 TEST_DEVICE = os.environ.get("NANOBIAS_TEST_DEVICE", "cpu")
 if TEST_DEVICE == "cpu":
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# One thread for torch here and in every subprocess a test starts (they inherit it): nano models gain
+# nothing from a second thread, and the other core is busy with another test or another job.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 import pytest  # noqa: E402  (after TRITON_INTERPRET, which must come first)
+
+# the environment of a user's `nanobias` command: no TRITON_INTERPRET, so the CLI runs its CPU path
+CLI_ENV = {**{k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}, "NANOBIAS_DEBUG": "0"}
+# the smoke reproduction that test_reproduce and test_faults share; SES held out, so held-out metrics exist
+SMOKE_REPRODUCE = ["reproduce", "--preset", "smoke", "--eval-categories", "SES"]
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """The folder of one finished `nanobias reproduce` smoke run, run once as a user runs it (a
+    subprocess with CLI_ENV). Read it only: a test that writes into a run folder copies it first."""
+    out = tmp_path_factory.mktemp("smoke_run") / "run"
+    proc = subprocess.run([sys.executable, "-m", "nanobias", *SMOKE_REPRODUCE, "--out", str(out)], cwd=out.parent,
+                          env=CLI_ENV, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-2000:])
+    return out
 
 
 @pytest.fixture(scope="session")

@@ -2,8 +2,8 @@
 
 The interpreter runs kernels as NumPy and lets through what the GPU compiler rejects (a global
 that is not a constexpr, a type that changes inside a loop), so this test compiles each kernel,
-in every constexpr branch, down to a cubin with the ptxas that ships with Triton on Linux. It
-runs in a subprocess because this test session has TRITON_INTERPRET=1 set.
+through each side of every constexpr branch, down to a cubin with the ptxas that ships with Triton
+on Linux. It runs in a subprocess because this test session has TRITON_INTERPRET=1 set.
 """
 
 import os
@@ -13,7 +13,6 @@ import textwrap
 from pathlib import Path
 
 COMPILE_ALL = textwrap.dedent("""
-    import itertools
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -27,9 +26,10 @@ COMPILE_ALL = textwrap.dedent("""
                activation_triton.masked_gelu_fwd_kernel, activation_triton.masked_gelu_bwd_kernel]
     for kernel in kernels:
         flags = [p.name for p in kernel.params if p.is_constexpr and p.name not in BLOCKS]
-        # every constexpr branch in fp32; bf16 (the GPU training dtype) with every flag on
-        variants = [("fp32", v) for v in itertools.product([True, False], repeat=len(flags))]
-        for dtype, values in variants + [("bf16", (True,) * len(flags))]:
+        # each flag guards an `if` of its own that no other flag's branch reads, so every flag on and every
+        # flag off compile each side of every branch: in fp32, and bf16 (the GPU training dtype) with every flag on
+        variants = [("fp32", (True,) * len(flags)), ("fp32", (False,) * len(flags)), ("bf16", (True,) * len(flags))]
+        for dtype, values in dict.fromkeys(variants):  # a kernel without flags: fp32 and bf16 once each
             constexprs = {**{n: BLOCKS[n] for n in kernel.arg_names if n in BLOCKS}, **dict(zip(flags, values))}
             signature = {
                 p.name: "constexpr" if p.is_constexpr

@@ -1,20 +1,16 @@
+"""`nanobias reproduce` on conftest's shared smoke run (smoke_run): the results contract, the report
+and plots, and what a re-run in this process does (on a copy of the folder)."""
+
 import json
 import shutil
 
 import pytest
+from conftest import SMOKE_REPRODUCE
 
 from nanobias.cli import main
 from nanobias.reproduce import POLICIES
 
 METRICS = {"acc_ambig", "acc_disambig", "s_amb", "s_dis", "invalid_rate", "mean_len", "heldout", "per_category"}
-
-
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    # backend torch: conftest sets TRITON_INTERPRET=1, under which "auto" would interpret every kernel
-    main(["reproduce", "--preset", "smoke", "--eval-categories", "SES", "--backend", "torch", "--out", str(out)])
-    return out
 
 
 def test_reproduce_writes_the_results_contract_report_and_plots(smoke_run):
@@ -35,7 +31,7 @@ def test_reproduce_writes_the_results_contract_report_and_plots(smoke_run):
         assert set(results["stability"][name]) == {"reward_fluctuation", "final_reward_mean"}
     assert {"pretrain", "reward", "grpo", "eval", "total"} <= set(results["seconds"])
     report = (smoke_run / "report.md").read_text()
-    assert "nanobias reproduce --preset smoke --eval-categories SES --backend torch" in report and "| grpo_cirm |" in report
+    assert f"nanobias {' '.join(SMOKE_REPRODUCE)} --out {smoke_run}" in report and "| grpo_cirm |" in report
     assert "Multiple-choice scoring (log-likelihood of each option)" in report and "| grpo_cirm | norm |" in report
     for png in ("reward_curves", "policy_metrics", "completion_length", "neurons_per_layer",
                 "reward_biased_unbiased"):
@@ -43,13 +39,15 @@ def test_reproduce_writes_the_results_contract_report_and_plots(smoke_run):
     assert not list(smoke_run.glob("**/*.tmp"))
 
 
-def test_a_rerun_skips_finished_stages(smoke_run, capsys):
-    before = (smoke_run / "grpo.pt").stat().st_mtime_ns
-    main(["reproduce", "--preset", "smoke", "--eval-categories", "SES", "--backend", "torch", "--out", str(smoke_run)])
+def test_a_rerun_skips_finished_stages(smoke_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(smoke_run, run)  # copy2: modification times kept
+    before = (run / "grpo.pt").stat().st_mtime_ns
+    main([*SMOKE_REPRODUCE, "--out", str(run)])
     printed = capsys.readouterr().out
     assert printed.count("already done") == 9 and "[grpo] start" not in printed  # pretrain .. eval
     assert "[pretrain] already done" in printed
-    assert (smoke_run / "grpo.pt").stat().st_mtime_ns == before
+    assert (run / "grpo.pt").stat().st_mtime_ns == before
 
 
 def test_an_empty_intervention_reuses_grpo_as_grpo_cirm(smoke_run, tmp_path, capsys):
@@ -59,11 +57,26 @@ def test_an_empty_intervention_reuses_grpo_as_grpo_cirm(smoke_run, tmp_path, cap
     (run / "intervention.json").write_text(json.dumps({**chosen, "neurons": [], "medians": []}))
     (run / "stages" / "grpo_cirm.json").unlink()
     (run / "grpo_cirm.pt").unlink()
-    main(["reproduce", "--preset", "smoke", "--eval-categories", "SES", "--backend", "torch", "--out", str(run)])
+    main([*SMOKE_REPRODUCE, "--out", str(run)])
     assert "GRPO+CIRM is GRPO's run, copied" in capsys.readouterr().out
     assert (run / "grpo_cirm.pt").read_bytes() == (run / "grpo.pt").read_bytes()
     stage = {name: json.loads((run / "stages" / f"{name}.json").read_text())["result"] for name in ("grpo", "grpo_cirm")}
     assert stage["grpo_cirm"] == stage["grpo"]
+
+
+def test_a_report_without_held_out_categories_has_no_held_out_table(smoke_run, tmp_path):
+    from nanobias.report import write_report
+
+    assert "Held-out categories (SES), never trained on:" in (smoke_run / "report.md").read_text()
+    results = json.loads((smoke_run / "results.json").read_text())
+    stages = {name: json.loads((smoke_run / "stages" / f"{name}.json").read_text())["result"]
+              for name in (*POLICIES[1:], "eval")}
+    for metrics in (*results["policy"].values(), *stages["eval"].values()):
+        metrics["heldout"] = {}
+    results["eval_categories"] = []
+    write_report(tmp_path, results, {name: stages[name]["history"] for name in POLICIES[1:]}, stages["eval"])
+    report = (tmp_path / "report.md").read_text()
+    assert "Held-out categories" not in report and "| grpo_cirm |" in report and "| grpo_cirm | norm |" in report
 
 
 @pytest.mark.parametrize("argv, message", [
