@@ -102,3 +102,16 @@ def test_training_seed_keeps_the_world_and_its_split():
         return [[(ex.category, ex.question_index, ex.context) for ex in part] for part in (splits.train, splits.test)]
 
     assert split_ids("0") == split_ids("3")
+
+
+def test_rl_stages_on_two_workers_give_the_results_of_one_process(smoke_run, tmp_path):
+    """The RL stages and evaluations as single-thread worker processes (--threads 2) compute what
+    the same stages compute in this process at one thread (the shared smoke run's)."""
+    run = tmp_path / "run"
+    shutil.copytree(smoke_run, run)
+    for stage in ("grpo", "grpo_cirm", "dpo", "ppo", "eval"):
+        (run / "stages" / f"{stage}.json").unlink()
+    main([*SMOKE_REPRODUCE, "--out", str(run), "--threads", "2"])
+    one, two = (json.loads((folder / "results.json").read_text()) for folder in (smoke_run, run))
+    assert one["threads"] == {"training": 1, "workers": 1} and two["threads"]["workers"] == 2
+    assert two["policy"] == one["policy"] and two["stability"] == one["stability"]
