@@ -81,5 +81,5 @@ def configure(requested: int | None, n_params: int | None, say=print) -> int:
     threads, why = choose(requested, n_params)
     torch.set_num_threads(threads)
     pinned = why in ("--threads", "OMP_NUM_THREADS")
-    say(f"threads: {threads} ({'from ' + why if pinned else why + '; --threads N pins it'})")
+    say(f"threads: {threads} ({'from ' + why if pinned else why + '; --threads N or OMP_NUM_THREADS=N pins it'})")
     return threads

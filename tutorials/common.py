@@ -84,7 +84,16 @@ def finish() -> None:
 # ---------------------------------------------------------------- run sizes
 
 def tutorial_preset(tiny: bool):
-    """The library preset this tutorial runs at: `smoke` cut to seconds, or `cpu` cut to under 2 minutes."""
+    """The library preset this tutorial runs at: `smoke` cut to seconds, or `cpu` cut to under 2 minutes.
+    Sets torch's threads for it as the CLI does (nanobias/threads.py: OMP_NUM_THREADS wins)."""
+    from nanobias import threads
+
+    preset = _preset(tiny)
+    threads.configure(None, threads.model_params(preset))
+    return preset
+
+
+def _preset(tiny: bool):
     from nanobias.presets import get_preset
 
     if tiny:
