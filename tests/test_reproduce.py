@@ -3,9 +3,11 @@ and plots, and what a re-run in this process does (on a copy of the folder)."""
 
 import json
 import shutil
+import subprocess
+import sys
 
 import pytest
-from conftest import SMOKE_REPRODUCE
+from conftest import CLI_ENV, SMOKE_REPRODUCE
 
 from nanobias.cli import main
 from nanobias.reproduce import POLICIES
@@ -111,7 +113,9 @@ def test_rl_stages_on_two_workers_give_the_results_of_one_process(smoke_run, tmp
     shutil.copytree(smoke_run, run)
     for stage in ("grpo", "grpo_cirm", "dpo", "ppo", "eval"):
         (run / "stages" / f"{stage}.json").unlink()
-    main([*SMOKE_REPRODUCE, "--out", str(run), "--threads", "2"])
+    # as a user runs it: without the tests' TRITON_INTERPRET, which the workers would inherit
+    subprocess.run([sys.executable, "-m", "nanobias", *SMOKE_REPRODUCE, "--out", str(run), "--threads", "2"],
+                   env=CLI_ENV, check=True, capture_output=True, timeout=900)
     one, two = (json.loads((folder / "results.json").read_text()) for folder in (smoke_run, run))
     assert one["threads"] == {"training": 1, "workers": 1} and two["threads"]["workers"] == 2
     assert two["policy"] == one["policy"] and two["stability"] == one["stability"]
