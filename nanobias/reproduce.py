@@ -203,9 +203,12 @@ def rl_stage(name, out: Path, splits, preset, seed, backend, force, identity_has
 
     policy, ckpt = out / "policy.pt", out / f"{name}.pt"
     scorer = rl.make_scorer(out / "reward.pt", out / "intervention.json" if name == "grpo_cirm" else None)
+    def train_grpo():  # GRPO and GRPO+CIRM: the same trainer; the scorer applies the intervention
+        return grpo.train_grpo(splits, policy, ckpt, scorer, preset.rl, preset.grpo, seed, backend)
+
     train = {
-        "grpo": lambda: grpo.train_grpo(splits, policy, ckpt, scorer, preset.rl, preset.grpo, seed, backend),
-        "grpo_cirm": lambda: grpo.train_grpo(splits, policy, ckpt, scorer, preset.rl, preset.grpo, seed, backend),
+        "grpo": train_grpo,
+        "grpo_cirm": train_grpo,
         "dpo": lambda: dpo.train_dpo(splits, policy, ckpt, preset.rl, preset.dpo, preset.pairs, seed=seed,
                                      backend=backend, score_fn=scorer),
         "ppo": lambda: ppo.train_ppo(splits, policy, ckpt, scorer, preset.rl, preset.ppo, seed, backend),
