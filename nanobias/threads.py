@@ -4,13 +4,13 @@ A nano model's ops are microseconds of work each, so threads pay only while each
 of its own. Measured on the 2-core development CPU (cpu preset model, `nanobias bench`, 2026-12-02):
 
     alone, 2 threads vs 1:                          training 1.8x, KV-cache sampling 1.2x
-    two 2-thread processes at once, libgomp default: each at 21% of solo training, 16% of sampling
-    the same with a short OpenMP spin (see below):   each at 48% and 46% (a fair share is 50%)
+    two 2-thread processes at once, libgomp default: each at 14-17% of solo training, 2-3% of sampling
+    the same with a short OpenMP spin (see below):   each at 48% of training, 28-29% of sampling
 
 The collapse is OpenMP's: after a parallel region a thread spins (busy-waits) up to
 GOMP_SPINCOUNT = 300,000 iterations for the next one, and a spinning thread burns the core its
-descheduled partner needs. `nanobias/__init__.py` shortens that spin before torch loads, which
-costs a solo run nothing measurable and makes oversubscription degrade gracefully.
+descheduled partner needs. `nanobias/__init__.py` shortens that spin to 1,000 before torch loads;
+alone, that costs pretraining up to a tenth of its speed (10.9-12.4 against 12.5-12.8 steps/s).
 
 The policy, in order (the first that applies wins):
 

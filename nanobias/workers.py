@@ -1,11 +1,11 @@
 """Independent stages as single-thread worker processes, one per thread the run may use.
 
 Given the base policy and the reward model, the RL stages (GRPO, GRPO+CIRM, DPO, PPO) and the
-evaluations read only files, so they can run at once. For a nano model one single-thread process
-per core beats one process with every thread: on the 2-core development CPU two 1-thread
-processes together train at 113% and sample at 150% of one 2-thread process (cpu preset model,
-`nanobias bench`), because a decode step's ops are too small to split. And a single-thread
-worker's numbers do not depend on how many run beside it.
+evaluations read only files, so they can run at once. A single-thread worker's numbers do not
+depend on how many run beside it or on what else the machine does, and single-thread processes
+share a busy machine without the stalls of oversubscribed OpenMP threads (threads.py). On an idle
+2-core CPU two workers do about the work of one 2-thread process: the cpu preset's four RL
+stages took 2m15s on two workers against 2m25s one after another at 2 threads (2026-12-02).
 
 Workers are spawned, not forked (a forked child inherits torch's thread pool in whatever state the
 parent left it), and on Linux die with the process that started them, so a killed run leaves no
