@@ -198,4 +198,4 @@ def print_results(results: dict, run: Path | None) -> None:
     if "stages" in results:
         stages = results["stages"]
         print(f"  stage times of {run}: " + ", ".join(f"{k} {format_seconds(s)}" for k, s in stages.items())
-              + f"; total {format_seconds(sum(stages.values()))}")
+              + f"; summed {format_seconds(sum(stages.values()))} (stages on workers overlap)")

@@ -65,7 +65,7 @@ def test_bench_reports_rates_ratios_shares_and_stage_times(tmp_path, capsys):
         for key, rate in copy.items():
             assert rate > 0 and abs(share[key] - rate / r["nanobias"][key]) < 1e-9 * share[key]
     assert r["stages"] == {"pretrain": 125.0, "reward": 3.0}
-    assert "two at once" in printed and "pretrain 2m05s" in printed and "total 2m08s" in printed
+    assert "two at once" in printed and "pretrain 2m05s" in printed and "summed 2m08s" in printed
 
 
 def test_the_library_never_imports_transformers():
