@@ -202,17 +202,17 @@ def rl_stage(name, out: Path, splits, preset, seed, backend, force, identity_has
     from nanobias import dpo, grpo, ppo, rl
 
     policy, ckpt = out / "policy.pt", out / f"{name}.pt"
-    scorer = rl.make_scorer(out / "reward.pt", out / "intervention.json" if name == "grpo_cirm" else None)
-    def train_grpo():  # GRPO and GRPO+CIRM: the same trainer; the scorer applies the intervention
+
+    def train():  # the reward model is loaded only when the stage runs, not when it is skipped
+        scorer = rl.make_scorer(out / "reward.pt", out / "intervention.json" if name == "grpo_cirm" else None)
+        if name == "dpo":
+            return dpo.train_dpo(splits, policy, ckpt, preset.rl, preset.dpo, preset.pairs, seed=seed,
+                                 backend=backend, score_fn=scorer)
+        if name == "ppo":
+            return ppo.train_ppo(splits, policy, ckpt, scorer, preset.rl, preset.ppo, seed, backend)
+        # grpo and grpo_cirm: the same trainer; the scorer applies the intervention
         return grpo.train_grpo(splits, policy, ckpt, scorer, preset.rl, preset.grpo, seed, backend)
 
-    train = {
-        "grpo": train_grpo,
-        "grpo_cirm": train_grpo,
-        "dpo": lambda: dpo.train_dpo(splits, policy, ckpt, preset.rl, preset.dpo, preset.pairs, seed=seed,
-                                     backend=backend, score_fn=scorer),
-        "ppo": lambda: ppo.train_ppo(splits, policy, ckpt, scorer, preset.rl, preset.ppo, seed, backend),
-    }[name]
     return run_stage(out, name, train, force, every_rank=True, identity=identity_hash)
 
 

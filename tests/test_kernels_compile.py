@@ -6,11 +6,12 @@ through each side of every constexpr branch, down to a cubin with the ptxas that
 on Linux. It runs in a subprocess because this test session has TRITON_INTERPRET=1 set.
 """
 
-import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+
+from conftest import CLI_ENV
 
 COMPILE_ALL = textwrap.dedent("""
     import triton
@@ -45,7 +46,7 @@ COMPILE_ALL = textwrap.dedent("""
 
 
 def test_every_kernel_compiles_for_sm90(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env = dict(CLI_ENV)  # Triton's real compiler, not the interpreter
     env["TRITON_CACHE_DIR"] = str(tmp_path)  # a cold cache: really compile
     env["TRITON_DEFAULT_FP_FUSION"] = "1"
     repo = Path(__file__).resolve().parents[1]

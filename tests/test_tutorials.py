@@ -7,12 +7,12 @@ shared by the whole module: tutorials 05-08 then reuse the policy and reward mod
 another order) finds nothing to reuse and builds what it needs, which checks that path too.
 """
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import CLI_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -59,9 +59,8 @@ def shared_out(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("script", list(TUTORIALS))
 def test_tutorial_tiny(script, shared_out):
     lines, files = TUTORIALS[script]
-    # one thread each, since CI's two cores are shared with other jobs
-    env = {**{k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}, "OMP_NUM_THREADS": "1",
-           **({"TRITON_INTERPRET": "1"} if script in INTERPRETED else {})}
+    # one thread each (conftest), since CI's two cores are shared with other jobs
+    env = {**CLI_ENV, "OMP_NUM_THREADS": "1", **({"TRITON_INTERPRET": "1"} if script in INTERPRETED else {})}
     proc = subprocess.run([sys.executable, str(REPO / "tutorials" / script), "--tiny", "--out", str(shared_out)],
                           cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=900)  # a guard against a hang, not a speed requirement
