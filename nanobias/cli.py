@@ -149,6 +149,12 @@ def cmd_reproduce(args) -> None:
               backend=args.backend, command=command, init_dir=args.init_dir, workers=args.threads)
 
 
+def cmd_positions(args) -> None:
+    from nanobias.positions import run_positions
+
+    run_positions(args.config, args.out, seeds=args.seeds, seed=args.seed, workers=args.threads, force=args.force)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nanobias", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error (also NANOBIAS_DEBUG=1)")
@@ -170,6 +176,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="log-prob / GRPO-loss kernels (auto: Triton on CUDA, chunked PyTorch on CPU)")
     add_init_args(p)
     add_compile_arg(p)
+
+    p = command("positions", cmd_positions, help="the reward model and the intervention under learned and rotary "
+                "positions (synthetic data; one policy per scheme, a reward model per seed)")
+    add_preset_args(p)
+    p.add_argument("--seeds", type=positive_int, default=3, help="reward-model seeds: --seed, --seed + 1, ...")
+    p.add_argument("--seed", type=seed, default=0, help="the policies' seed and the first reward-model seed")
+    p.add_argument("--out", type=Path, default=Path("runs/positions"), help="output folder")
+    p.add_argument("--force", action="store_true", help="redo every job, even those already done")
 
     p = command("pretrain", cmd_pretrain, check_pretrain_args,
                 help="train the tokenizer and a GPT policy with a planted bias")

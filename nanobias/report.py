@@ -91,7 +91,7 @@ def write_report(out: Path, results: dict, histories: dict[str, list[dict]], pol
         "deviation (0 = a is ignored).",
         "cirm: the neuron intervention at the last token; cirm_all: at every position; all_neurons: every",
         "MLP neuron clamped at the last token, the most any last-token neuron edit could remove (what it",
-        "leaves reaches the reward head through attention and the position embedding).",
+        "leaves reaches the reward head through attention and, with learned positions, the position table).",
         "",
         format_reward_table(rm),
         "![neurons per layer](neurons_per_layer.png) ![biased vs unbiased](reward_biased_unbiased.png)",

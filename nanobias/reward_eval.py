@@ -234,6 +234,7 @@ def evaluate_reward_models(splits, reward_ckpt, intervention_path, out_dir, cfg:
     from_position = length_from_position(rm, enc, [test[i % len(test)].prompt for i, _ in items["length"]],
                                          [texts[i] for i, _ in items["length"]], [t for _, t in items["length"]])
     results["length_from_position"] = float(from_position.mean() / r_base[:2 * len(test)].std())
+    results["position"] = rm.gpt.config.position  # rotary: the split above is 0 by construction
     results["length_penalty"]["alpha"] = alpha
     if intervention is not None:
         per_layer = intervention.per_layer()
@@ -269,6 +270,9 @@ def format_reward_table(results: dict) -> str:
     tail_position = (f"base length sensitivity {total:+.3f} = {position:+.3f} from the positions alone (the same text "
                      f"read where the longer one ends) {total - position:+.3f} from the added words\n"
                      if position is not None and total is not None else "")
+    if results.get("position") == "rotary" and total is not None:
+        tail_position = (f"base length sensitivity {total:+.3f}, all of it computed from the words: rotary positions "
+                         "are relative, so where the text ends adds nothing\n")
     neurons = results.get("neurons")
     tail = (f"neurons edited: {neurons['edited']} of {neurons['total']} "
             f"({100 * neurons['edited'] / neurons['total']:.2f}%), per layer {neurons['per_layer']}, k {neurons['k']}\n"
