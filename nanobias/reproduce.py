@@ -177,7 +177,8 @@ def reproduce(preset, data: str = "synthetic", bbq_dir=None, seed: int = 0, out=
             for s in rl_seeds]
     args = (out, splits, preset, seed, backend, force, identity_hash)
     for (name, s), (result, took) in zip(jobs, run_jobs([(rl_stage, name, s, *args) for name, s in jobs], workers)):
-        results[name + folders[s][1]], seconds[name + folders[s][1]] = result, took
+        label = name + folders[s][1]
+        results[label], seconds[label] = result, took
     if empty:
         # an empty intervention scores exactly as the base reward model, so GRPO+CIRM would repeat
         # GRPO's run step for step (same seed): reuse it rather than spend the time again
@@ -187,7 +188,7 @@ def reproduce(preset, data: str = "synthetic", bbq_dir=None, seed: int = 0, out=
                 for path in (Path("grpo.pt"), rl.metrics_path("grpo.pt"), rl.reward_curve_path("grpo.pt")):
                     shutil.copyfile(folder / path, folder / str(path).replace("grpo", "grpo_cirm", 1))
             return results["grpo" + tag]
-        for folder, tag in folders.values():
+        for folder, tag in folders.values():  # stage() calls its fn at once, with this folder and tag
             stage("grpo_cirm" + tag, lambda: copy_grpo(folder, tag), every_rank=True)
     training = {name: [results[name + tag] for _, tag in folders.values()]
                 for name in ("grpo", "grpo_cirm", "dpo", "ppo")}
