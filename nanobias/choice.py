@@ -111,13 +111,18 @@ def choice_metrics(model, enc, examples: list[Example], batch_size: int = 64) ->
     return {s: metrics_from_predictions(list(examples), preds[s]) for s in SCORINGS}
 
 
-def choice_table(rows: dict[str, dict]) -> str:
+def choice_table(rows: dict[str, dict], std: dict[str, dict] | None = None) -> str:
     """{name: metrics with a "choice" key} -> a title and a markdown table of TABLE_KEYS, raw and norm
-    per name (names without "choice", from an older run, are left out; "" if none has it)."""
+    per name (names without "choice", from an older run, are left out; "" if none has it); a name in
+    `std` ({name: metrics' std over seeds}) gets "mean ± std" cells."""
+    spread = {name: m["choice"] for name, m in (std or {}).items() if m.get("choice")}
     rows = {name: m["choice"] for name, m in rows.items() if m.get("choice")}
     if not rows:
         return ""
+
+    def cell(name, s, k):
+        return f"{rows[name][s][k]:.3f}" + (f" ± {spread[name][s][k]:.3f}" if name in spread else "")
     head = ("Multiple-choice scoring (log-likelihood of each option); raw: summed, norm: per character:\n\n"
             "| | scoring | " + " | ".join(TABLE_KEYS) + " |\n|---|---|" + "---|" * len(TABLE_KEYS) + "\n")
-    return head + "".join(f"| {name} | {s} | " + " | ".join(f"{c[s][k]:.3f}" for k in TABLE_KEYS) + " |\n"
-                          for name, c in rows.items() for s in SCORINGS)
+    return head + "".join(f"| {name} | {s} | " + " | ".join(cell(name, s, k) for k in TABLE_KEYS) + " |\n"
+                          for name in rows for s in SCORINGS)

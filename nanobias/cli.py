@@ -168,8 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("reproduce", cmd_reproduce, check_pretrain_args,
                 help="the whole pipeline: pretrain, reward model, intervention, GRPO/DPO/PPO, report")
-    add_preset_args(p)
+    add_preset_args(p, {"--seeds": "seeds"})
     add_data_args(p)
+    p.add_argument("--seeds", type=positive_int, help="RL seeds --seed, --seed + 1, ... trained from the one base "
+                   "policy and reward model, reported as mean ± std (default: the preset's; same as --set seeds=N)")
     p.add_argument("--out", type=Path, help="output folder (default runs/<preset>-<data>-<seed>)")
     p.add_argument("--force", action="store_true", help="redo every stage, even those already done")
     p.add_argument("--backend", default="auto", choices=["auto", "triton", "torch", "reference"],

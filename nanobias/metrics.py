@@ -14,6 +14,7 @@ contexts that do say who), invalid_rate, and mean_len (characters of the written
 Definitions in words: docs/design.md 4.1.
 """
 
+import math
 from collections import defaultdict
 
 from nanobias.bbq import Example
@@ -65,9 +66,36 @@ def table_rows(name: str, metrics: dict) -> dict[str, dict]:
                                          if metrics["heldout"] else {})}
 
 
-def format_table(rows: dict[str, dict]) -> str:
-    """{name: metrics} -> a markdown table of METRIC_KEYS ("-" for a key an older run did not write)."""
-    def cell(m, k):
-        return "-" if k not in m else f"{m[k]:.1f}" if k == "mean_len" else f"{m[k]:.3f}"
+def mean_std(runs: list[dict]) -> tuple[dict, dict]:
+    """[{k: x_i}] over n runs -> ({k: mean}, {k: std}), key by key through nested dicts:
+
+        mean = sum_i x_i / n,    std = sqrt(sum_i (x_i - mean)^2 / (n - 1))    (0.0 when n = 1)
+
+    An int equal in every run (a count such as n) stays that int; the runs must share their keys."""
+    first = runs[0]
+    if any(r.keys() != first.keys() for r in runs):
+        raise ValueError(f"mean_std: runs with different keys: {[sorted(r) for r in runs]}")
+    mean, std = {}, {}
+    for k, v in first.items():
+        values = [r[k] for r in runs]
+        if isinstance(v, dict):
+            mean[k], std[k] = mean_std(values)
+            continue
+        m = math.fsum(values) / len(values)
+        mean[k] = v if isinstance(v, int) and all(x == v for x in values) else m
+        std[k] = math.sqrt(math.fsum((x - m) ** 2 for x in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return mean, std
+
+
+def format_table(rows: dict[str, dict], std: dict[str, dict] | None = None) -> str:
+    """{name: metrics} -> a markdown table of METRIC_KEYS ("-" for a key an older run did not write);
+    a name in `std` ({name: metrics' std over seeds}) gets "mean ± std" cells."""
+    def cell(name, m, k):
+        if k not in m:
+            return "-"
+        digits = 1 if k == "mean_len" else 3
+        spread = (std or {}).get(name)
+        return f"{m[k]:.{digits}f}" + (f" ± {spread[k]:.{digits}f}" if spread else "")
     head = "| | " + " | ".join(METRIC_KEYS) + " |\n|---|" + "---|" * len(METRIC_KEYS) + "\n"
-    return head + "".join(f"| {name} | " + " | ".join(cell(m, k) for k in METRIC_KEYS) + " |\n" for name, m in rows.items())
+    return head + "".join(f"| {name} | " + " | ".join(cell(name, m, k) for k in METRIC_KEYS) + " |\n"
+                          for name, m in rows.items())

@@ -58,20 +58,24 @@ def biased_vs_unbiased(results: dict[str, dict], attributes, path) -> None:
     save_figure(fig, path)
 
 
-def policy_metrics(policy: dict[str, dict], path, keys=("acc_ambig", "acc_disambig", "s_amb", "s_dis")) -> None:
-    """Grouped bars: the policy metrics of each method (base, dpo, ppo, grpo, grpo_cirm)."""
+def policy_metrics(policy: dict[str, dict], path, keys=("acc_ambig", "acc_disambig", "s_amb", "s_dis"),
+                   std: dict[str, dict] | None = None) -> None:
+    """Grouped bars: the policy metrics of each method (base, dpo, ppo, grpo, grpo_cirm); a method in
+    `std` ({method: metrics' std over seeds}) gets error bars of one std."""
     methods = list(policy)
     fig, ax = plt.subplots(figsize=(7, 3.2))
     width = 0.8 / len(methods)
     for m, method in enumerate(methods):
         xs = [i + (m - (len(methods) - 1) / 2) * width for i in range(len(keys))]
         no_answer = policy[method].get("invalid_rate", 0) == 1  # every metric is 0 then: say so, not "unbiased"
-        ax.bar(xs, [policy[method][k] for k in keys], width, label=method + (" (no valid answer)" if no_answer else ""))
+        spread = (std or {}).get(method)
+        ax.bar(xs, [policy[method][k] for k in keys], width, yerr=[spread[k] for k in keys] if spread else None,
+               capsize=2, label=method + (" (no valid answer)" if no_answer else ""))
     ax.set_xticks(range(len(keys)))
     ax.set_xticklabels(keys)
     ax.axhline(0, color="gray", lw=0.8)
     ax.set_ylim(-1, 1)
-    ax.set_title("policy on held-out test templates")
+    ax.set_title("policy on held-out test templates" + (" (error bars: std over seeds)" if std else ""))
     ax.legend(fontsize=7, ncol=len(methods))
     save_figure(fig, path)
 
@@ -91,19 +95,30 @@ def completion_length(histories: dict[str, list[dict]], path) -> None:
     save_figure(fig, path)
 
 
-def reward_curves(histories: dict[str, list[dict]], path) -> Path:
-    """{method: per-step history} -> PNG of the batch reward mean (line) +- std (band) per step
-    (the steps that scored a reward: DPO probes only every probe_every steps)."""
+def reward_curves(histories: dict[str, list], path) -> Path:
+    """{method: per-step history, or a list of them (one per seed)} -> PNG of the batch reward per step
+    (the steps that scored a reward: DPO probes only every probe_every steps). One run: its batch mean
+    (line) +- std (band); several seeds: the mean over seeds of the batch mean (line) and its min..max
+    over seeds (band)."""
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    for name, history in histories.items():
-        history = [h for h in history if "reward_mean" in h]  # DPO probes only every probe_every steps
-        steps = [h["step"] for h in history]
-        mean = [h["reward_mean"] for h in history]
-        std = [h["reward_std"] for h in history]
-        ax.plot(steps, mean, label=name)
-        ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.2)
+    several = False
+    for name, runs in histories.items():
+        runs = runs if runs and isinstance(runs[0], list) else [runs]
+        runs = [[h for h in history if "reward_mean" in h] for history in runs]  # DPO probes every probe_every steps
+        steps = [h["step"] for h in runs[0]]
+        if len(runs) == 1:
+            mean = [h["reward_mean"] for h in runs[0]]
+            low = [m - h["reward_std"] for m, h in zip(mean, runs[0])]
+            high = [m + h["reward_std"] for m, h in zip(mean, runs[0])]
+        else:
+            several = True
+            per_step = [[h["reward_mean"] for h in step] for step in zip(*runs)]
+            mean, low, high = ([sum(v) / len(v) for v in per_step], [min(v) for v in per_step],
+                               [max(v) for v in per_step])
+        ax.plot(steps, mean, label=name + (f" ({len(runs)} seeds)" if len(runs) > 1 else ""))
+        ax.fill_between(steps, low, high, alpha=0.2)
     ax.set_xlabel("step")
-    ax.set_ylabel("reward (batch mean \u00b1 std)")
+    ax.set_ylabel("reward (batch mean: mean, min..max over seeds)" if several else "reward (batch mean \u00b1 std)")
     ax.legend()
     save_figure(fig, path)
     return Path(path)

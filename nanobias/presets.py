@@ -5,6 +5,7 @@ A key is `section.field`: the section is the small config of the module that use
 below says which), and a field a preset does not name keeps that config's default. Keys without
 a section describe the run itself. The same keys override a value, one way everywhere: the CLI's
 `--set grpo.beta=0.5`, the tutorials and the tests all call `get_preset(name, {"grpo.beta": 0.5})`.
+`seeds` is how many RL seeds `reproduce` trains from the one base policy and reward model.
 """
 
 import json
@@ -42,6 +43,7 @@ class Preset:
     variants_per_template: int  # synthetic examples per template = this many variants x 4 conditions
     eval_examples: int | None  # test (and held-out) prompts each policy is evaluated on; None: all
     cuda_fast: bool  # on CUDA: bf16 autocast and TF32 (device.py); ignored on CPU
+    seeds: int  # RL seeds seed, seed + 1, ..., each training DPO, PPO, GRPO and GRPO+CIRM (reproduce.py)
     model: GPTConfig
     pretrain: PretrainConfig
     pairs: PairConfig
@@ -56,7 +58,7 @@ class Preset:
 
 PRESETS = {
     "smoke": {
-        "variants_per_template": 2, "eval_examples": 64, "cuda_fast": False,
+        "variants_per_template": 2, "eval_examples": 64, "cuda_fast": False, "seeds": 1,
         "model.block_size": 256, "model.n_layer": 2, "model.n_head": 2, "model.n_embd": 64,
         "pretrain.vocab_size": 512, "pretrain.bias_rate": 0.8, "pretrain.long_rate": 0.3,
         "pretrain.steps": 40, "pretrain.batch_size": 8, "pretrain.lr": 3e-3, "pretrain.warmup": 5,
@@ -71,7 +73,7 @@ PRESETS = {
         "dpo.lr": 1e-4, "dpo.warmup": 3, "dpo.beta": 0.1,
     },
     "cpu": {
-        "variants_per_template": 32, "eval_examples": 576, "cuda_fast": False,
+        "variants_per_template": 32, "eval_examples": 576, "cuda_fast": False, "seeds": 3,
         "model.block_size": 256, "model.n_layer": 4, "model.n_head": 4, "model.n_embd": 128,
         "pretrain.vocab_size": 1024, "pretrain.bias_rate": 0.8, "pretrain.long_rate": 0.3,
         # reading a disambiguated context is learned in late, sudden jumps: README, "Results of a real cpu run"
@@ -88,7 +90,7 @@ PRESETS = {
         "dpo.lr": 1e-4, "dpo.beta": 0.1,
     },
     "gpu": {
-        "variants_per_template": 200, "eval_examples": 2000, "cuda_fast": True,
+        "variants_per_template": 200, "eval_examples": 2000, "cuda_fast": True, "seeds": 1,
         "model.block_size": 512, "model.n_layer": 12, "model.n_head": 12, "model.n_embd": 768,
         "pretrain.vocab_size": 4096, "pretrain.bias_rate": 0.8, "pretrain.long_rate": 0.3,
         "pretrain.steps": 4000, "pretrain.batch_size": 64, "pretrain.lr": 6e-4, "pretrain.warmup": 200,
@@ -104,7 +106,7 @@ PRESETS = {
         "dpo.lr": 1e-5, "dpo.beta": 0.1,
     },
 }
-RUN_KEYS = ("variants_per_template", "eval_examples", "cuda_fast")
+RUN_KEYS = ("variants_per_template", "eval_examples", "cuda_fast", "seeds")
 
 
 def known_keys() -> list[str]:
@@ -126,6 +128,8 @@ def get_preset(name: str, overrides: dict | None = None) -> Preset:
             sections[section][field] = value
         else:
             raise ValueError(f"unknown setting {key!r}; known: {', '.join(known_keys())}")
+    if run["seeds"] < 1:
+        raise ValueError(f"seeds: expected at least 1 RL seed, got {run['seeds']}")
     return Preset(name=name, **run, **{s: cls(**sections[s]) for s, cls in SECTIONS.items()})
 
 

@@ -34,16 +34,24 @@ def commit() -> str:
         return "unknown"
 
 
-def write_report(out: Path, results: dict, histories: dict[str, list[dict]], policy: dict) -> None:
-    """report.md and the plots, from results.json's content and the per-step training histories."""
+def write_report(out: Path, results: dict, histories: dict[str, list[list[dict]]], policy: dict) -> None:
+    """report.md and the plots, from results.json's content, the per-step training histories (one per RL
+    seed, the first of seed `seed`) and seed `seed`'s evaluations (`policy`, with samples)."""
     out = Path(out)
+    n = len(results["seeds"])
+    # a policy trained once per seed shows mean ± std; the base policy, evaluated once, its value
+    std = {m: s for m, s in results["policy_std"].items() if len(results["policy_seeds"][m]) > 1}
     plots.reward_curves({m: histories[m] for m in STABILITY_METHODS if histories.get(m)}, out / "reward_curves.png")
-    plots.policy_metrics(results["policy"], out / "policy_metrics.png")
-    plots.completion_length({m: histories[m] for m in ("grpo", "grpo_cirm")}, out / "completion_length.png")
+    plots.policy_metrics(results["policy"], out / "policy_metrics.png", std=std)
+    plots.completion_length({m: histories[m][0] for m in ("grpo", "grpo_cirm")}, out / "completion_length.png")
     rm = results["reward_model"]
     heldout = {m: v["heldout"] for m, v in results["policy"].items() if v.get("heldout")}
-    stability = results["stability"]
+    stability, stability_std = results["stability"], results["stability_std"] if n > 1 else None
     budget = results["budget"]
+    over = f"mean ± std over {n} RL seeds ({', '.join(map(str, results['seeds']))})" if n > 1 else ""
+
+    def stability_cell(m, k):
+        return f"{stability[m][k]:.4f}" + (f" ± {stability_std[m][k]:.4f}" if stability_std else "")
     lines = [
         f"# nanobias report: preset `{results['preset']}`, data `{results['data']}`, seed {results['seed']}",
         "",
@@ -54,23 +62,26 @@ def write_report(out: Path, results: dict, histories: dict[str, list[dict]], pol
         f"- machine: {machine()}",
         f"- commit: {commit()}, date: {date.today().isoformat()}",
         "",
-        "## Policy (held-out test templates; greedy decoding)",
+        f"## Policy (held-out test templates; greedy decoding{'; ' + over if over else ''})",
         "",
         "acc_ambig: share of ambiguous questions answered \"unknown\" (higher is better). acc_disambig: share",
         "of disambiguated questions answered correctly. s_amb / s_dis: BBQ bias scores, 0 = unbiased,",
         "+1 = always the biased answer (the stereotyped person for a negative question, the other one for",
         "a non-negative one). mean_len: completion length in characters.",
         "",
-        format_table(results["policy"]),
+        *([f"The base policy is evaluated once; every other row is the mean ± sample std of {n} RL runs from",
+           "it and the one reward model (results.json: policy_seeds holds each run's numbers).", ""] if n > 1 else []),
+        format_table(results["policy"], std),
     ]
     if heldout:
         lines += [f"Held-out categories ({', '.join(results['eval_categories'])}), never trained on:", "",
-                  format_table(heldout)]
+                  format_table(heldout, {m: s["heldout"] for m, s in std.items()})]
     if any(v.get("choice") for v in results["policy"].values()):
         lines += ["The same test examples as multiple choice, as BBQ is usually reported for language models:",
                   "the option the policy finds most likely after \"Answer:\" (never invalid).", "",
-                  choice_table(results["policy"])]
-    lines += ["![policy metrics](policy_metrics.png)", "", "Per category (acc_ambig / s_amb):", ""]
+                  choice_table(results["policy"], std)]
+    lines += ["![policy metrics](policy_metrics.png)", "",
+              f"Per category (acc_ambig / s_amb{', means over seeds' if n > 1 else ''}):", ""]
     cats = sorted(next(iter(results["policy"].values()))["per_category"])
     lines += ["| method | " + " | ".join(cats) + " |", "|---|" + "---|" * len(cats)]
     for m, v in results["policy"].items():
@@ -96,10 +107,10 @@ def write_report(out: Path, results: dict, histories: dict[str, list[dict]], pol
         format_reward_table(rm),
         "![neurons per layer](neurons_per_layer.png) ![biased vs unbiased](reward_biased_unbiased.png)",
         "",
-        "## Training stability and budget",
+        f"## Training stability and budget{' (' + over + ')' if over else ''}",
         "",
         "| method | reward_fluctuation | final_reward_mean |", "|---|---|---|",
-        *[f"| {m} | {stability[m]['reward_fluctuation']:.4f} | {stability[m]['final_reward_mean']:.4f} |"
+        *[f"| {m} | {stability_cell(m, 'reward_fluctuation')} | {stability_cell(m, 'final_reward_mean')} |"
           for m in STABILITY_METHODS if stability.get(m)],
         "",
         f"Budget: {budget['steps']} steps x {budget['prompts_per_step']} prompts x {budget['group_size']} "

@@ -13,6 +13,13 @@ Every stage writes its outputs atomically and then a marker `stages/<stage>.json
 result, wall time and the identity it was computed under. A re-run skips the stages whose marker
 has this run's identity, so an interrupted run resumes where it stopped; pretraining and
 reward-model training also resume from their last checkpoint inside the stage.
+
+The RL stages and their evaluation run once per RL seed `seed, seed + 1, ..., seed + seeds - 1`
+(preset key `seeds`), all from the one base policy and reward model. Seed `seed` keeps the files of a
+one-seed run (`grpo.pt`, `stages/grpo.json`, ...); seed S writes `seed-S/grpo.pt` and the marker
+`stages/grpo@seed-S.json`. `seeds` is not part of the identity, so a finished folder re-run with more
+seeds trains only the new ones. results.json keeps the mean over seeds (`policy`, `stability`), the
+sample std (`policy_std`, `stability_std`) and every seed's numbers (`policy_seeds`, `stability_seeds`).
 """
 
 import hashlib
@@ -28,6 +35,7 @@ from nanobias import distributed
 from nanobias.checkpoint import write_json
 from nanobias.data import load_splits
 from nanobias.errors import UserError
+from nanobias.metrics import mean_std
 from nanobias.progress import format_seconds
 from nanobias.workers import run_jobs
 
@@ -44,8 +52,10 @@ def code_version() -> str:
 
 
 def run_identity(preset, data, bbq_dir, seed, train_categories, eval_categories, backend, init_dir) -> dict:
-    """Every setting that changes a result, and the code version: what a run folder is made by."""
-    return {"preset": preset.name, "settings": json.loads(json.dumps(asdict(preset))), "data": data,
+    """Every setting that changes a result, and the code version: what a run folder is made by. Not
+    `seeds`: each RL seed's results are the same whatever the number of seeds beside it."""
+    settings = {k: v for k, v in json.loads(json.dumps(asdict(preset))).items() if k != "seeds"}
+    return {"preset": preset.name, "settings": settings, "data": data,
             "bbq_dir": str(Path(bbq_dir).resolve()) if bbq_dir is not None else None,
             "train_categories": list(train_categories) if train_categories else None,
             "eval_categories": list(eval_categories), "seed": seed, "backend": backend,
@@ -107,6 +117,12 @@ def run_stage(out: Path, name: str, fn, force: bool, every_rank: bool = False, i
     return distributed.from_main(lambda: result), seconds
 
 
+def seed_folder(out: Path, rl_seed: int, seed: int) -> tuple[Path, str]:
+    """(folder of an RL seed's files, suffix of its stage markers): seed `seed` where a one-seed run puts
+    them (out, ""), another in out/seed-S with markers stages/<stage>@seed-S.json."""
+    return (out, "") if rl_seed == seed else (out / f"seed-{rl_seed}", f"@seed-{rl_seed}")
+
+
 def reproduce(preset, data: str = "synthetic", bbq_dir=None, seed: int = 0, out="runs/cpu-synthetic-0",
               train_categories=None, eval_categories=(), force: bool = False, backend: str = "auto",
               command: str = "", init_dir=None, workers: int = 1) -> dict:
@@ -151,40 +167,53 @@ def reproduce(preset, data: str = "synthetic", bbq_dir=None, seed: int = 0, out=
         splits, out / "reward.pt", out / "intervention.json", out, preset.reward_eval, preset.pairs, seed=seed))
 
     # the RL stages read only the base policy and the reward model: single-thread workers run them
-    # at once, the longest first (workers.py)
+    # at once, the longest method first, its seeds one after another (workers.py)
     if distributed.world_size() > 1:
         workers = 1  # under torchrun every process trains every stage together instead
+    rl_seeds = list(range(seed, seed + preset.seeds))
+    folders = {s: seed_folder(out, s, seed) for s in rl_seeds}
     empty = not intervention.load_intervention(out / "intervention.json").neurons
-    jobs = [name for name in ("dpo", "ppo", "grpo", "grpo_cirm") if not (empty and name == "grpo_cirm")]
+    jobs = [(name, s) for name in ("dpo", "ppo", "grpo", "grpo_cirm") if not (empty and name == "grpo_cirm")
+            for s in rl_seeds]
     args = (out, splits, preset, seed, backend, force, identity_hash)
-    for name, (result, took) in zip(jobs, run_jobs([(rl_stage, name, *args) for name in jobs], workers)):
-        results[name], seconds[name] = result, took
+    for (name, s), (result, took) in zip(jobs, run_jobs([(rl_stage, name, s, *args) for name, s in jobs], workers)):
+        label = name + folders[s][1]
+        results[label], seconds[label] = result, took
     if empty:
         # an empty intervention scores exactly as the base reward model, so GRPO+CIRM would repeat
         # GRPO's run step for step (same seed): reuse it rather than spend the time again
-        def copy_grpo():
+        def copy_grpo(folder, tag):
             if distributed.is_main():
-                print("grpo_cirm: the intervention edits no neuron; GRPO+CIRM is GRPO's run, copied")
+                print(f"grpo_cirm{tag}: the intervention edits no neuron; GRPO+CIRM is GRPO's run, copied")
                 for path in (Path("grpo.pt"), rl.metrics_path("grpo.pt"), rl.reward_curve_path("grpo.pt")):
-                    shutil.copyfile(out / path, out / str(path).replace("grpo", "grpo_cirm", 1))
-            return results["grpo"]
-        stage("grpo_cirm", copy_grpo, every_rank=True)
-    training = {name: results[name] for name in ("grpo", "grpo_cirm", "dpo", "ppo")}
+                    shutil.copyfile(folder / path, folder / str(path).replace("grpo", "grpo_cirm", 1))
+            return results["grpo" + tag]
+        for folder, tag in folders.values():  # stage() calls its fn at once, with this folder and tag
+            stage("grpo_cirm" + tag, lambda: copy_grpo(folder, tag), every_rank=True)
+    training = {name: [results[name + tag] for _, tag in folders.values()]
+                for name in ("grpo", "grpo_cirm", "dpo", "ppo")}
 
-    def evaluate_all():
-        evaluated = run_jobs([(evaluate_policy_file, out, name, splits, preset.eval_examples) for name in POLICIES],
+    def evaluate(folder, names):
+        evaluated = run_jobs([(evaluate_policy_file, folder, name, splits, preset.eval_examples) for name in names],
                              workers)
-        return dict(zip(POLICIES, evaluated))
+        return dict(zip(names, evaluated))
 
-    policy = stage("eval", evaluate_all)
+    # greedy decoding is deterministic: the base policy is evaluated once, beside seed `seed`'s policies
+    evaluated = [stage("eval" + tag, lambda: evaluate(folder, POLICIES if tag == "" else POLICIES[1:]))
+                 for folder, tag in folders.values()]
+    policy_seeds = {name: [{k: v for k, v in e[name].items() if k != "samples"} for e in evaluated if name in e]
+                    for name in POLICIES}
+    stability_seeds = {name: [t["stability"] for t in training[name]] for name in ("grpo", "ppo", "dpo")}
+    policy_mean, policy_std = over_seeds(policy_seeds)
+    stability_mean, stability_std = over_seeds(stability_seeds)
     seconds["total"] = time.perf_counter() - total_start
     results_json = {
-        "preset": preset.name, "data": data, "seed": seed, "identity": identity, "seconds": seconds,
+        "preset": preset.name, "data": data, "seed": seed, "seeds": rl_seeds, "identity": identity, "seconds": seconds,
         # pretraining's and the reward model's numbers depend on the thread count; RL runs at one (workers.py)
         "threads": {"training": torch.get_num_threads(), "workers": workers},
-        "policy": {name: {k: v for k, v in m.items() if k != "samples"} for name, m in policy.items()},
+        "policy": policy_mean, "policy_std": policy_std, "policy_seeds": policy_seeds,
         "reward_model": reward_model,
-        "stability": {name: training[name]["stability"] for name in ("grpo", "ppo", "dpo")},
+        "stability": stability_mean, "stability_std": stability_std, "stability_seeds": stability_seeds,
         "budget": budget(preset),
         "command": command,
         "eval_categories": list(eval_categories),
@@ -192,28 +221,36 @@ def reproduce(preset, data: str = "synthetic", bbq_dir=None, seed: int = 0, out=
     write_json(out / "results.json", results_json)
     if not distributed.is_main():
         return results_json
-    write_report(out, results_json, {name: t["history"] for name, t in training.items()}, policy)
+    write_report(out, results_json, {name: [t["history"] for t in runs] for name, runs in training.items()},
+                 evaluated[0])
     print(f"wrote {out / 'results.json'}, {out / 'report.md'} and plots in {format_seconds(seconds['total'])}")
     return results_json
 
 
-def rl_stage(name, out: Path, splits, preset, seed, backend, force, identity_hash):
-    """One RL stage as reproduce runs it, here or in a worker: -> (result, seconds)."""
+def over_seeds(runs: dict[str, list[dict]]) -> tuple[dict, dict]:
+    """{name: [one dict per seed]} -> ({name: mean over seeds}, {name: std}) (metrics.mean_std)."""
+    both = {name: mean_std(dicts) for name, dicts in runs.items()}
+    return {name: m for name, (m, _) in both.items()}, {name: s for name, (_, s) in both.items()}
+
+
+def rl_stage(name, rl_seed, out: Path, splits, preset, seed, backend, force, identity_hash):
+    """One RL stage of RL seed `rl_seed` as reproduce runs it, here or in a worker: -> (result, seconds)."""
     from nanobias import dpo, grpo, ppo, rl
 
-    policy, ckpt = out / "policy.pt", out / f"{name}.pt"
+    folder, tag = seed_folder(out, rl_seed, seed)
+    policy, ckpt = out / "policy.pt", folder / f"{name}.pt"
 
     def train():  # the reward model is loaded only when the stage runs, not when it is skipped
         scorer = rl.make_scorer(out / "reward.pt", out / "intervention.json" if name == "grpo_cirm" else None)
         if name == "dpo":
-            return dpo.train_dpo(splits, policy, ckpt, preset.rl, preset.dpo, preset.pairs, seed=seed,
+            return dpo.train_dpo(splits, policy, ckpt, preset.rl, preset.dpo, preset.pairs, seed=rl_seed,
                                  backend=backend, score_fn=scorer)
         if name == "ppo":
-            return ppo.train_ppo(splits, policy, ckpt, scorer, preset.rl, preset.ppo, seed, backend)
+            return ppo.train_ppo(splits, policy, ckpt, scorer, preset.rl, preset.ppo, rl_seed, backend)
         # grpo and grpo_cirm: the same trainer; the scorer applies the intervention
-        return grpo.train_grpo(splits, policy, ckpt, scorer, preset.rl, preset.grpo, seed, backend)
+        return grpo.train_grpo(splits, policy, ckpt, scorer, preset.rl, preset.grpo, rl_seed, backend)
 
-    return run_stage(out, name, train, force, every_rank=True, identity=identity_hash)
+    return run_stage(out, name + tag, train, force, every_rank=True, identity=identity_hash)
 
 
 def evaluate_policy_file(out: Path, name: str, splits, max_examples) -> dict:

@@ -177,3 +177,6 @@ def test_choice_table():
     assert "| base | raw | 0.250 | 1.000 | 0.500 | -0.125 |" in table
     assert "| base | norm | 0.750 | 0.500 | 0.000 | 0.000 |" in table and "old run" not in table
     assert choice_table({"old run": {"acc_ambig": 0.1}}) == ""
+    spread = {"raw": dict.fromkeys(c["raw"], 0.01), "norm": dict.fromkeys(c["norm"], 0.02)}
+    table = choice_table({"base": {"choice": c}, "grpo": {"choice": c}}, {"grpo": {"choice": spread}})
+    assert "| base | raw | 0.250 | 1.000 |" in table and "| grpo | norm | 0.750 ± 0.020 | 0.500 ± 0.020 |" in table

@@ -1,8 +1,9 @@
+import numpy as np
 import pytest
 
 from test_evaluate import example
 
-from nanobias.metrics import bias_metrics, format_table, metrics_with_breakdown
+from nanobias.metrics import bias_metrics, format_table, mean_std, metrics_with_breakdown
 
 
 def test_bias_metrics_on_hand_made_predictions():
@@ -47,3 +48,27 @@ def test_breakdown_per_category_and_table():
     assert "| base | 0.333 |" in table and table.count("\n") == 3
     del out["unknown_disambig"]  # a metric an older run did not write shows as "-"
     assert "| - |" in format_table({"old": out})
+
+
+def test_mean_std_through_nested_dicts():
+    runs = [{"acc": 0.5, "n": 4, "per_category": {"Age": {"acc": 0.25, "n": 2}}, "heldout": {}},
+            {"acc": 0.75, "n": 4, "per_category": {"Age": {"acc": 1.0, "n": 3}}, "heldout": {}},
+            {"acc": 0.0, "n": 4, "per_category": {"Age": {"acc": 0.5, "n": 2}}, "heldout": {}}]
+    mean, std = mean_std(runs)
+    assert mean["acc"] == pytest.approx(np.mean([0.5, 0.75, 0.0])) and std["acc"] == pytest.approx(
+        np.std([0.5, 0.75, 0.0], ddof=1))
+    assert mean["n"] == 4 and type(mean["n"]) is int and std["n"] == 0.0  # an equal count stays an int
+    assert mean["per_category"]["Age"]["n"] == pytest.approx(7 / 3)  # counts that differ are averaged
+    assert std["per_category"]["Age"]["acc"] == pytest.approx(np.std([0.25, 1.0, 0.5], ddof=1))
+    assert mean["heldout"] == std["heldout"] == {}
+    assert mean_std(runs[:1]) == (runs[0], {"acc": 0.0, "n": 0.0, "per_category": {"Age": {"acc": 0.0, "n": 0.0}},
+                                            "heldout": {}})
+    with pytest.raises(ValueError, match="different keys"):
+        mean_std([{"acc": 0.5}, {"acc": 0.5, "n": 1}])
+
+
+def test_format_table_shows_mean_and_std_for_the_rows_given_one():
+    m = {k: 0.5 for k in ("acc_ambig", "acc_disambig", "s_amb", "s_dis", "unknown_disambig", "invalid_rate")}
+    table = format_table({"base": {**m, "mean_len": 20.0}, "grpo": {**m, "mean_len": 21.0}},
+                         {"grpo": {**dict.fromkeys(m, 0.031), "mean_len": 2.5}})
+    assert "| base | 0.500 | 0.500 |" in table and "| grpo | 0.500 ± 0.031 |" in table and "| 21.0 ± 2.5 |" in table

@@ -170,6 +170,18 @@ def test_shorthand_flags_and_set_reach_the_same_preset():
     assert cli_config(rew + ["--set", "reward.loss=regression", "--set", "pairs.test_pairs=8"]) == get_preset(
         "smoke", {"reward.loss": "regression", "pairs.test_pairs": 8})
     assert cli_config(["eval", "--policy", "p.pt"]) == get_preset("cpu")  # no --preset: cpu
+    rep = ["reproduce", "--preset", "smoke"]
+    assert cli_config(rep + ["--seeds", "3"]) == cli_config(rep + ["--set", "seeds=3"]) == get_preset("smoke", {"seeds": 3})
+
+
+def test_seeds_is_a_positive_run_key(capsys):
+    assert [get_preset(name).seeds for name in ("smoke", "cpu", "gpu")] == [1, 3, 1]
+    with pytest.raises(ValueError, match="seeds: expected at least 1 RL seed, got 0"):
+        get_preset("smoke", {"seeds": 0})
+    for flag in (["--seeds", "0"], ["--set", "seeds=0"]):
+        with pytest.raises(SystemExit):
+            cli_config(["reproduce", "--preset", "smoke", *flag])
+        assert "seeds" in capsys.readouterr().err
 
 
 def test_cli_set_reaches_the_evaluation(smoke_policy, tmp_path):

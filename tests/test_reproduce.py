@@ -2,15 +2,17 @@
 and plots, and what a re-run in this process does (on a copy of the folder)."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from conftest import CLI_ENV, SMOKE_REPRODUCE
 
 from nanobias.cli import main
-from nanobias.reproduce import POLICIES
+from nanobias.reproduce import POLICIES, flat
 
 METRICS = {"acc_ambig", "acc_disambig", "s_amb", "s_dis", "invalid_rate", "mean_len", "heldout", "per_category"}
 
@@ -18,7 +20,13 @@ METRICS = {"acc_ambig", "acc_disambig", "s_amb", "s_dis", "invalid_rate", "mean_
 def test_reproduce_writes_the_results_contract_report_and_plots(smoke_run):
     results = json.loads((smoke_run / "results.json").read_text())
     assert results["preset"] == "smoke" and results["data"] == "synthetic" and results["seed"] == 0
-    assert set(POLICIES) <= set(results["policy"])
+    assert results["seeds"] == [0] and set(POLICIES) <= set(results["policy"])
+    for name in POLICIES:  # one seed: the mean is that seed's numbers, the std 0
+        assert results["policy_seeds"][name] == [results["policy"][name]], name
+        assert set(flat(results["policy_std"][name]).values()) == {0.0}, name
+    for name in ("grpo", "ppo", "dpo"):
+        assert results["stability_seeds"][name] == [results["stability"][name]]
+        assert results["stability_std"][name] == {"reward_fluctuation": 0.0, "final_reward_mean": 0.0}
     for name in POLICIES:
         assert METRICS <= set(results["policy"][name]), name
         assert 0 <= results["policy"][name]["acc_ambig"] <= 1
@@ -34,6 +42,7 @@ def test_reproduce_writes_the_results_contract_report_and_plots(smoke_run):
     assert {"pretrain", "reward", "grpo", "eval", "total"} <= set(results["seconds"])
     report = (smoke_run / "report.md").read_text()
     assert f"nanobias {' '.join(SMOKE_REPRODUCE)} --out {smoke_run}" in report and "| grpo_cirm |" in report
+    assert "±" not in report and "RL seeds" not in report
     assert "Multiple-choice scoring (log-likelihood of each option)" in report and "| grpo_cirm | norm |" in report
     for png in ("reward_curves", "policy_metrics", "completion_length", "neurons_per_layer",
                 "reward_biased_unbiased"):
@@ -76,7 +85,7 @@ def test_a_report_without_held_out_categories_has_no_held_out_table(smoke_run, t
     for metrics in (*results["policy"].values(), *stages["eval"].values()):
         metrics["heldout"] = {}
     results["eval_categories"] = []
-    write_report(tmp_path, results, {name: stages[name]["history"] for name in POLICIES[1:]}, stages["eval"])
+    write_report(tmp_path, results, {name: [stages[name]["history"]] for name in POLICIES[1:]}, stages["eval"])
     report = (tmp_path / "report.md").read_text()
     assert "Held-out categories" not in report and "| grpo_cirm |" in report and "| grpo_cirm | norm |" in report
 
@@ -106,16 +115,40 @@ def test_training_seed_keeps_the_world_and_its_split():
     assert split_ids("0") == split_ids("3")
 
 
-def test_rl_stages_on_two_workers_give_the_results_of_one_process(smoke_run, tmp_path):
-    """The RL stages and evaluations as single-thread worker processes (--threads 2) compute what
-    the same stages compute in this process at one thread (the shared smoke run's)."""
+def test_more_seeds_on_two_workers_keep_seed_0_and_the_results_of_one_process(smoke_run, tmp_path):
+    """The shared smoke run re-run with --seeds 2 on two single-thread workers (--threads 2): the base
+    stages and a finished RL stage are skipped (seeds is not part of the identity); seed 0's RL stages,
+    redone on workers, compute what this process computed at one thread; results.json keeps the mean
+    and sample std over both seeds and each seed's numbers."""
     run = tmp_path / "run"
     shutil.copytree(smoke_run, run)
-    for stage in ("grpo", "grpo_cirm", "dpo", "ppo", "eval"):
+    for stage in ("grpo", "dpo", "ppo", "eval"):  # grpo_cirm's marker stays: a finished stage of seed 0
         (run / "stages" / f"{stage}.json").unlink()
     # as a user runs it: without the tests' TRITON_INTERPRET, which the workers would inherit
-    subprocess.run([sys.executable, "-m", "nanobias", *SMOKE_REPRODUCE, "--out", str(run), "--threads", "2"],
-                   env=CLI_ENV, check=True, capture_output=True, timeout=900)
+    printed = subprocess.run([sys.executable, "-m", "nanobias", *SMOKE_REPRODUCE, "--out", str(run), "--threads", "2",
+                              "--seeds", "2"], env=CLI_ENV, check=True, capture_output=True, text=True,
+                             timeout=900).stdout
+    for stage in ("pretrain", "reward", "intervene", "reward_eval", "grpo_cirm"):
+        assert f"[{stage}] already done" in printed, stage
+    for stage in ("grpo", "dpo", "ppo", "eval", *(f"{s}@seed-1" for s in ("grpo", "grpo_cirm", "dpo", "ppo", "eval"))):
+        assert f"[{stage}] start" in printed, stage
+    assert (run / "seed-1" / "grpo_cirm.pt").read_bytes() == (run / "seed-1" / "grpo.pt").read_bytes()
+    assert (run / "seed-1" / "grpo.pt").read_bytes() != (run / "grpo.pt").read_bytes()
     one, two = (json.loads((folder / "results.json").read_text()) for folder in (smoke_run, run))
     assert one["threads"] == {"training": 1, "workers": 1} and two["threads"]["workers"] == 2
-    assert two["policy"] == one["policy"] and two["stability"] == one["stability"]
+    assert two["seeds"] == [0, 1] and two["identity"] == one["identity"]
+    assert two["policy"]["base"] == one["policy"]["base"] and two["policy_seeds"]["base"] == [one["policy"]["base"]]
+    for name in POLICIES[1:]:
+        seeds = two["policy_seeds"][name]
+        assert len(seeds) == 2 and seeds[0] == one["policy"][name], name
+        mean, std = flat(two["policy"][name]), flat(two["policy_std"][name])
+        for key, value in flat(seeds[1]).items():
+            both = [flat(seeds[0])[key], value]
+            assert mean[key] == pytest.approx(np.mean(both)) and std[key] == pytest.approx(np.std(both, ddof=1)), key
+    for name in ("grpo", "ppo", "dpo"):
+        assert two["stability_seeds"][name][0] == one["stability"][name]
+        runs = [s["final_reward_mean"] for s in two["stability_seeds"][name]]
+        assert two["stability_std"][name]["final_reward_mean"] == pytest.approx(np.std(runs, ddof=1))
+    report = (run / "report.md").read_text()
+    assert "mean ± std over 2 RL seeds (0, 1)" in report and re.search(r"\| grpo \| -?\d\.\d{3} ± \d\.\d{3} \|", report)
+    assert re.search(r"\| base \| -?\d\.\d{3} \|", report)  # evaluated once: no std
