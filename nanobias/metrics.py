@@ -81,10 +81,15 @@ def mean_std(runs: list[dict]) -> tuple[dict, dict]:
         if isinstance(v, dict):
             mean[k], std[k] = mean_std(values)
             continue
-        m = math.fsum(values) / len(values)
+        m, std[k] = mean_and_std(values)
         mean[k] = v if isinstance(v, int) and all(x == v for x in values) else m
-        std[k] = math.sqrt(math.fsum((x - m) ** 2 for x in values) / (len(values) - 1)) if len(values) > 1 else 0.0
     return mean, std
+
+
+def mean_and_std(values: list[float]) -> tuple[float, float]:
+    """The formula of mean_std for one list of numbers."""
+    m = math.fsum(values) / len(values)
+    return m, math.sqrt(math.fsum((x - m) ** 2 for x in values) / (len(values) - 1)) if len(values) > 1 else 0.0
 
 
 def format_table(rows: dict[str, dict], std: dict[str, dict] | None = None) -> str:

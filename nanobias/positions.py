@@ -16,7 +16,7 @@ batches), not the pretraining's. Writes into `out`:
 
     <scheme>/                 tokenizer.json, policy.pt, policy.metrics.jsonl
     <scheme>/seed-<s>/        reward.pt, intervention.json, reward_eval.json and its plots
-    positions.json            per scheme: the policy's metrics, every seed's reward_eval, mean and std
+    positions.json            per scheme: the policy's metrics, every seed's reward_eval, the table's numbers
     positions.md, positions.png   the tables (mean ± std over n seeds) and the length sensitivities
 
 A job that finished under the same settings is skipped on a re-run (reproduce's stage markers in
@@ -32,6 +32,7 @@ import numpy as np
 
 from nanobias.checkpoint import write_atomic, write_json
 from nanobias.errors import UserError
+from nanobias.metrics import mean_and_std
 from nanobias.model import POSITIONS
 from nanobias.plots import plt, save_figure
 from nanobias.render import ATTRIBUTES
@@ -109,9 +110,7 @@ def run_positions(preset, out, seeds: int = 3, seed: int = 0, workers: int = 1, 
     for s, policy in zip(schemes, policies):
         per_seed = [r for (scheme, _), r in zip(grid, rewards) if scheme == s]
         results["schemes"][s] = {"policy": policy, "reward_eval": per_seed, "summary": summarise(per_seed)}
-    write_json(out / "positions.json", results)
-    write_atomic(out / "positions.md", report(results).encode())
-    plot_length_sensitivity(results, out / "positions.png")
+    write_outputs(out, results)
     print(report(results))
     return results
 
@@ -119,7 +118,8 @@ def run_positions(preset, out, seeds: int = 3, seed: int = 0, workers: int = 1, 
 # ---------------------------------------------------------------- numbers
 
 def summarise(per_seed: list[dict]) -> dict:
-    """The table's numbers for one scheme: {name: [value per seed]} (None where a seed has none)."""
+    """The table's numbers for one scheme: {name: [value per seed]}. The intervention's effects are
+    differences within a seed (edited minus base, same pairs), not differences of means."""
     values = {}
     for m in METHODS:
         values[f"{m}.acc"] = [r[m]["acc"] for r in per_seed]
@@ -127,27 +127,23 @@ def summarise(per_seed: list[dict]) -> dict:
         values[f"{m}.length_unbiased"] = [r[m]["acc_unbiased"]["length"] for r in per_seed]
         for a in ATTRIBUTES:
             values[f"{m}.sens.{a}"] = [r[m]["sensitivity"][a] for r in per_seed]
-    base = values["base.sens.length"]
     values["length_from_position"] = [r["length_from_position"] for r in per_seed]
-    # the share of the base model's length sensitivity that where the text ends explains
-    values["position_share"] = [p / b if b else None for p, b in zip(values["length_from_position"], base)]
-    for m in ("cirm", "all_neurons"):  # the part of the length sensitivity the edit removes
-        values[f"{m}_cut"] = [1 - c / b if b else None for c, b in zip(values[f"{m}.sens.length"], base)]
+    values["length_from_words"] = [b - p for b, p in zip(values["base.sens.length"], values["length_from_position"])]
+    for m in ("cirm", "all_neurons"):
+        values[f"{m}.delta_sens"] = [e - b for e, b in zip(values[f"{m}.sens.length"], values["base.sens.length"])]
+    values["cirm.delta_unbiased"] = [e - b for e, b in zip(values["cirm.length_unbiased"],
+                                                           values["base.length_unbiased"])]
     values["neurons_edited"] = [r["neurons"]["edited"] / r["neurons"]["total"] for r in per_seed]
     return values
 
 
-def mean_std(xs: list) -> tuple[float | None, float | None, int]:
-    """Mean, sample standard deviation (n - 1; 0 for one value) and n over the values that exist."""
-    xs = np.array([x for x in xs if x is not None], dtype=np.float64)
-    if not len(xs):
-        return None, None, 0
-    return float(xs.mean()), float(xs.std(ddof=1)) if len(xs) > 1 else 0.0, len(xs)
-
-
 def cell(xs: list, fmt: str = ".3f") -> str:
-    mean, std, n = mean_std(xs)
-    return "-" if mean is None else f"{mean:{fmt}} ± {std:{fmt.lstrip('+')}}" if n > 1 else format(mean, fmt)
+    """mean ± sample std (metrics.mean_and_std) over the values that exist; the plain value for one."""
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return "-"
+    mean, std = mean_and_std(xs)
+    return f"{mean:{fmt}} ± {std:{fmt.lstrip('+')}}" if len(xs) > 1 else format(mean, fmt)
 
 
 def report(results: dict) -> str:
@@ -155,19 +151,20 @@ def report(results: dict) -> str:
     n = len(results["seeds"])
     lines = [f"# Learned vs rotary positions: the reward model and the intervention (preset `{results['preset']}`)",
              "", f"Mean ± std over n = {n} reward-model seeds {results['seeds']}, one pretrained policy per scheme.", "",
-             "| scheme | policy acc_disambig | policy biased_ambig | RM acc | length sens | from positions "
-             "(share) | cirm cut | all_neurons cut | neurons edited |", "|---|" + "---|" * 8]
+             "| scheme | policy acc_disambig | policy biased_ambig | RM acc | length sens | from positions | "
+             "from words | cirm: Δ length sens | cirm: Δ length-unbiased acc | all_neurons: Δ length sens | "
+             "neurons edited |", "|---|" + "---|" * 10]
     for s, r in schemes.items():
         v = r["summary"]
         lines.append(f"| {s} | {r['policy']['acc_disambig']:.3f} | {r['policy']['biased_ambig']:.3f} | "
                      f"{cell(v['base.acc'])} | {cell(v['base.sens.length'], '+.3f')} | "
-                     f"{cell(v['length_from_position'], '+.3f')} ({cell(v['position_share'], '.2f')}) | "
-                     f"{cell(v['cirm_cut'], '.2f')} | {cell(v['all_neurons_cut'], '.2f')} | "
-                     f"{cell(v['neurons_edited'], '.4f')} |")
-    lines += ["", "length sens: the base reward's change when only the length grows, in reward std units. From "
-              "positions: the part of it that the same text read where the longer one ends gets (0 under rotary, by "
-              "construction). cirm / all_neurons cut: 1 - sens(edited) / sens(base). Neurons edited: share of all "
-              "MLP neurons.", "",
+                     f"{cell(v['length_from_position'], '+.3f')} | {cell(v['length_from_words'], '+.3f')} | "
+                     f"{cell(v['cirm.delta_sens'], '+.3f')} | {cell(v['cirm.delta_unbiased'], '+.3f')} | "
+                     f"{cell(v['all_neurons.delta_sens'], '+.3f')} | {cell(v['neurons_edited'], '.3f')} |")
+    lines += ["", "length sens: the base reward's change when only the length grows, in reward std units; from "
+              "positions: what the same text gains when read where the longer one ends (0 under rotary, by "
+              "construction); from words: the rest. Δ: the edited reward model minus the base one, seed by seed. "
+              "Neurons edited: share of all MLP neurons.", "",
               "| scheme | method | acc | length: biased | unbiased | " + " | ".join(f"sens {a}" for a in ATTRIBUTES)
               + " |", "|---|---|---|---|---|" + "---|" * len(ATTRIBUTES)]
     for s, r in schemes.items():
@@ -179,6 +176,13 @@ def report(results: dict) -> str:
     return "\n".join(lines + ["", "![length sensitivity](positions.png)", ""])
 
 
+def write_outputs(out: Path, results: dict) -> None:
+    """positions.json, positions.md and positions.png (the tables can be redrawn from the JSON alone)."""
+    write_json(out / "positions.json", results)
+    write_atomic(out / "positions.md", report(results).encode())
+    plot_length_sensitivity(results, out / "positions.png")
+
+
 def plot_length_sensitivity(results: dict, path) -> None:
     """Bars: each method's length sensitivity per scheme, mean with std error bars, seeds as dots."""
     schemes = list(results["schemes"])
@@ -187,12 +191,10 @@ def plot_length_sensitivity(results: dict, path) -> None:
     for k, s in enumerate(schemes):
         v = results["schemes"][s]["summary"]
         xs = np.arange(len(METHODS)) + (k - (len(schemes) - 1) / 2) * width
-        stats = [mean_std(v[f"{m}.sens.length"]) for m in METHODS]
-        ax.bar(xs, [m if m is not None else np.nan for m, _, _ in stats], width, yerr=[e or 0 for _, e, _ in stats],
-               capsize=3, label=s)
+        stats = [mean_and_std(v[f"{m}.sens.length"]) for m in METHODS]
+        ax.bar(xs, [m for m, _ in stats], width, yerr=[e for _, e in stats], capsize=3, label=s)
         for x, m in zip(xs, METHODS):
-            seeds = [y for y in v[f"{m}.sens.length"] if y is not None]
-            ax.plot([x] * len(seeds), seeds, "k.", ms=3)
+            ax.plot([x] * len(v[f"{m}.sens.length"]), v[f"{m}.sens.length"], "k.", ms=3)
     ax.set_xticks(range(len(METHODS)))
     ax.set_xticklabels(METHODS, rotation=15)
     ax.axhline(0, color="gray", lw=0.8)

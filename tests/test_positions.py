@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from nanobias.cli import main
-from nanobias.positions import cell, mean_std, summarise
+from nanobias.metrics import mean_and_std
+from nanobias.positions import cell, summarise
 from nanobias.render import ATTRIBUTES
 from nanobias.reward_eval import METHODS
 
@@ -14,12 +15,10 @@ TINY = ["--preset", "smoke", "--set", "pretrain.steps=6", "--set", "eval_example
         "--set", "reward_eval.sensitivity_completions=4", "--threads", "1"]
 
 
-def test_mean_std_is_the_sample_std_over_the_values_that_exist():
-    assert mean_std([0.5]) == (0.5, 0.0, 1)
-    mean, std, n = mean_std([1.0, None, 2.0, 4.0])
-    assert n == 3 and mean == pytest.approx(7 / 3) and std == pytest.approx(np.std([1, 2, 4], ddof=1))
-    assert mean_std([None]) == (None, None, 0)
-    assert cell([0.25]) == "0.250" and cell([0.2, 0.4], "+.3f") == "+0.300 ± 0.141" and cell([]) == "-"
+def test_cells_are_the_mean_and_sample_std_over_the_values_that_exist():
+    assert cell([0.25]) == "0.250" and cell([]) == "-" and cell([None]) == "-"
+    assert cell([0.2, None, 0.4], "+.3f") == f"+0.300 ± {np.std([0.2, 0.4], ddof=1):.3f}"
+    assert mean_and_std([1.0, 2.0, 4.0]) == (pytest.approx(7 / 3), pytest.approx(np.std([1, 2, 4], ddof=1)))
 
 
 def fake_eval(sens_base, sens_cirm, from_position):
@@ -31,11 +30,12 @@ def fake_eval(sens_base, sens_cirm, from_position):
     return {**out, "length_from_position": from_position, "neurons": {"edited": 8, "total": 2048}}
 
 
-def test_summarise_splits_the_length_sensitivity_and_measures_the_cut():
-    v = summarise([fake_eval(0.2, 0.05, 0.1), fake_eval(0.0, 0.0, 0.0)])
+def test_summarise_splits_the_length_sensitivity_and_pairs_the_edits_with_their_seed():
+    v = summarise([fake_eval(0.2, 0.05, 0.1), fake_eval(0.0, 0.1, 0.0)])
     assert v["base.sens.length"] == [0.2, 0.0]
-    assert v["position_share"] == [pytest.approx(0.5), None]  # no sensitivity: no share to speak of
-    assert v["cirm_cut"] == [pytest.approx(0.75), None] and v["all_neurons_cut"][0] == pytest.approx(0.75)
+    assert v["length_from_words"] == [pytest.approx(0.1), 0.0]
+    assert v["cirm.delta_sens"] == [pytest.approx(-0.15), pytest.approx(0.1)]
+    assert v["all_neurons.delta_sens"] == v["cirm.delta_sens"] and v["cirm.delta_unbiased"] == [0.0, 0.0]
     assert v["neurons_edited"] == [8 / 2048] * 2
 
 
