@@ -43,8 +43,9 @@ def identity(preset, seeds_from: int) -> dict:
     """What the experiment's results depend on; the number of seeds is not in it (a folder grows)."""
     from nanobias.reproduce import code_version
 
-    return {"experiment": "positions", "preset": preset.name, "settings": json.loads(json.dumps(asdict(preset))),
-            "first_seed": seeds_from, "code": code_version()}
+    settings = {k: v for k, v in json.loads(json.dumps(asdict(preset))).items() if k != "seeds"}  # reproduce's RL seeds
+    return {"experiment": "positions", "preset": preset.name, "settings": settings, "first_seed": seeds_from,
+            "code": code_version()}
 
 
 def scheme_preset(preset, scheme: str):
@@ -94,7 +95,7 @@ def run_positions(preset, out, seeds: int = 3, seed: int = 0, workers: int = 1, 
     from nanobias.reproduce import identity_problem
     from nanobias.workers import run_jobs
 
-    if preset.name == "smoke" and seeds > 1:
+    if preset.name == "smoke":
         print("positions: the smoke preset's models are untrained; its numbers check the plumbing only")
     out = Path(out)
     ident = identity(preset, seed)
