@@ -23,9 +23,7 @@ A job that finished under the same settings is skipped on a re-run (reproduce's 
 `out/stages/`); adding seeds runs only the new ones.
 """
 
-import hashlib
-import json
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -41,11 +39,10 @@ from nanobias.reward_eval import METHODS
 
 def identity(preset, seeds_from: int) -> dict:
     """What the experiment's results depend on; the number of seeds is not in it (a folder grows)."""
-    from nanobias.reproduce import code_version
+    from nanobias.reproduce import code_version, preset_settings
 
-    settings = {k: v for k, v in json.loads(json.dumps(asdict(preset))).items() if k != "seeds"}  # reproduce's RL seeds
-    return {"experiment": "positions", "preset": preset.name, "settings": settings, "first_seed": seeds_from,
-            "code": code_version()}
+    return {"experiment": "positions", "preset": preset.name, "settings": preset_settings(preset),
+            "first_seed": seeds_from, "code": code_version()}
 
 
 def scheme_preset(preset, scheme: str):
@@ -92,7 +89,7 @@ def reward_job(out: Path, scheme: str, preset, seed: int, identity_hash: str, fo
 def run_positions(preset, out, seeds: int = 3, seed: int = 0, workers: int = 1, force: bool = False,
                   schemes=POSITIONS) -> dict:
     """The whole experiment (module docstring); returns positions.json's content."""
-    from nanobias.reproduce import identity_problem
+    from nanobias.reproduce import identity_problem, run_hash
     from nanobias.workers import run_jobs
 
     if preset.name == "smoke":
@@ -102,7 +99,7 @@ def run_positions(preset, out, seeds: int = 3, seed: int = 0, workers: int = 1, 
     problem = identity_problem(out, ident, force)
     if problem:
         raise UserError(problem)
-    identity_hash = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+    identity_hash = run_hash(ident)
     presets = {s: scheme_preset(preset, s) for s in schemes}
     policies = run_jobs([(policy_job, out, s, presets[s], seed, identity_hash, force) for s in schemes], workers)
     grid = [(s, seed + i) for i in range(seeds) for s in schemes]

@@ -54,8 +54,7 @@ def code_version() -> str:
 def run_identity(preset, data, bbq_dir, seed, train_categories, eval_categories, backend, init_dir) -> dict:
     """Every setting that changes a result, and the code version: what a run folder is made by. Not
     `seeds`: each RL seed's results are the same whatever the number of seeds beside it."""
-    settings = {k: v for k, v in json.loads(json.dumps(asdict(preset))).items() if k != "seeds"}
-    return {"preset": preset.name, "settings": settings, "data": data,
+    return {"preset": preset.name, "settings": preset_settings(preset), "data": data,
             "bbq_dir": str(Path(bbq_dir).resolve()) if bbq_dir is not None else None,
             "train_categories": list(train_categories) if train_categories else None,
             "eval_categories": list(eval_categories), "seed": seed, "backend": backend,
@@ -68,6 +67,16 @@ def flat(d: dict, prefix: str = "") -> dict:
     for k, v in d.items():
         out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
     return out
+
+
+def preset_settings(preset) -> dict:
+    """The preset's values as JSON, less `seeds` (a folder grows by RL seeds under one identity)."""
+    return {k: v for k, v in json.loads(json.dumps(asdict(preset))).items() if k != "seeds"}
+
+
+def run_hash(identity: dict) -> str:
+    """The short hash a stage marker carries: the identity it was computed under."""
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def identity_problem(out: Path, identity: dict, force: bool) -> str | None:
@@ -141,7 +150,7 @@ def reproduce(preset, data: str = "synthetic", bbq_dir=None, seed: int = 0, out=
     problem = distributed.from_main(lambda: identity_problem(out, identity, force))
     if problem:
         raise UserError(problem)
-    identity_hash = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    identity_hash = run_hash(identity)
     if distributed.is_main():
         print(f"data: {data}, {len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test examples, "
               f"{len(splits.heldout)} in held-out categories {list(eval_categories) or '(none)'}")
