@@ -39,7 +39,7 @@ from nanobias.reward_eval import METHODS
 
 def identity(preset, seeds_from: int) -> dict:
     """What the experiment's results depend on; the number of seeds is not in it (a folder grows)."""
-    from nanobias.reproduce import code_version, preset_settings
+    from nanobias.stages import code_version, preset_settings
 
     return {"experiment": "positions", "preset": preset.name, "settings": preset_settings(preset),
             "first_seed": seeds_from, "code": code_version()}
@@ -54,7 +54,7 @@ def policy_job(out: Path, scheme: str, preset, seed: int, identity_hash: str, fo
     from nanobias.data import load_splits
     from nanobias.evaluate import evaluate_checkpoint
     from nanobias.pretrain import pretrain_policy
-    from nanobias.reproduce import run_stage
+    from nanobias.stages import run_stage
 
     def run():
         splits = load_splits("synthetic", variants_per_template=preset.variants_per_template)
@@ -70,7 +70,7 @@ def reward_job(out: Path, scheme: str, preset, seed: int, identity_hash: str, fo
     """Reward model, intervention and reward_eval for one (scheme, seed): -> reward_eval's results."""
     from nanobias.data import load_splits
     from nanobias.intervention import select_intervention
-    from nanobias.reproduce import run_stage
+    from nanobias.stages import run_stage
     from nanobias.reward import train_reward_model
     from nanobias.reward_eval import evaluate_reward_models
 
@@ -89,7 +89,7 @@ def reward_job(out: Path, scheme: str, preset, seed: int, identity_hash: str, fo
 def run_positions(preset, out, seeds: int = 3, seed: int = 0, workers: int = 1, force: bool = False,
                   schemes=POSITIONS) -> dict:
     """The whole experiment (module docstring); returns positions.json's content."""
-    from nanobias.reproduce import identity_problem, run_hash
+    from nanobias.stages import identity_problem, run_hash
     from nanobias.workers import run_jobs
 
     if preset.name == "smoke":

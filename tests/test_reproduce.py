@@ -12,7 +12,8 @@ import pytest
 from conftest import CLI_ENV, SMOKE_REPRODUCE
 
 from nanobias.cli import main
-from nanobias.reproduce import POLICIES, flat
+from nanobias.reproduce import POLICIES
+from nanobias.stages import flat
 
 METRICS = {"acc_ambig", "acc_disambig", "s_amb", "s_dis", "invalid_rate", "mean_len", "heldout", "per_category"}
 

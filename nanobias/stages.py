@@ -1,0 +1,101 @@
+"""Run folders that resume: an identity, and a marker per finished stage.
+
+A run folder is identified by what made it: `identity.json` records every setting that changes a
+result and a hash of the code (`code_version`). A re-run with the same identity resumes; one with
+another identity stops before any work and names each differing setting (`force` redoes every stage).
+
+Every stage writes its outputs atomically and then a marker `stages/<stage>.json` holding its result,
+wall time and the hash of the identity it was computed under (`run_stage`). A re-run skips the stages
+whose marker carries this run's hash, so an interrupted run resumes where it stopped. reproduce.py,
+positions.py and sweep.py build their folders this way.
+"""
+
+import hashlib
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from nanobias import distributed
+from nanobias.checkpoint import write_json
+from nanobias.progress import format_seconds
+
+
+def code_version() -> str:
+    """A hash of the package's source files: a run resumes only under the code that started it."""
+    package = Path(__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def flat(d: dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1}."""
+    out = {}
+    for k, v in d.items():
+        out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def preset_settings(preset) -> dict:
+    """The preset's values as JSON, less `seeds` (a folder grows by RL seeds under one identity)."""
+    return {k: v for k, v in json.loads(json.dumps(asdict(preset))).items() if k != "seeds"}
+
+
+def run_hash(identity: dict) -> str:
+    """The short hash a stage marker carries: the identity it was computed under."""
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def identity_problem(out: Path, identity: dict, force: bool) -> str | None:
+    """Why `out` cannot take a run of `identity` (None: it can; then identity.json records it)."""
+    path = out / "identity.json"
+    if not force and path.is_file():
+        try:
+            old = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            return f"{path}: not JSON ({e}); delete it, or pass --force to redo every stage"
+        if old != identity:
+            now, was = flat(identity), flat(old)
+            diff = [f"{k} {was.get(k, '(unset)')!r} -> {now.get(k, '(unset)')!r}"
+                    for k in sorted(set(now) | set(was)) if now.get(k) != was.get(k)]
+            return (f"{out} holds a run made with other settings: " + "; ".join(diff[:6])
+                    + (f"; and {len(diff) - 6} more" if len(diff) > 6 else "")
+                    + ". Use another --out, or --force to redo every stage here")
+    elif not force and list((out / "stages").glob("*.json")):
+        return (f"{out} holds stages of a run with no record of its settings (identity.json): use another --out, "
+                "or --force to redo every stage here")
+    write_json(path, identity)
+    return None
+
+
+def run_stage(out: Path, name: str, fn, force: bool, every_rank: bool = False, identity: str = ""):
+    """Run `fn()` unless `out/stages/<name>.json` says it finished under `identity`; return its JSON-able
+    result. `every_rank`: a training stage, which every torchrun process runs (distributed.py)."""
+    marker = out / "stages" / f"{name}.json"
+    say = print if distributed.is_main() else lambda *a, **k: None
+
+    def finished():
+        if force or not marker.is_file():
+            return None
+        done = json.loads(marker.read_text())
+        return done if done.get("identity") == identity else None
+
+    done = distributed.from_main(finished)
+    if done is not None:
+        say(f"[{name}] already done ({format_seconds(done['seconds'])}), skipped", flush=True)
+        return done["result"], done["seconds"]
+    say(f"[{name}] start", flush=True)
+    start = time.perf_counter()
+    result = fn() if every_rank or distributed.is_main() else None
+    seconds = time.perf_counter() - start
+    write_json(marker, {"seconds": seconds, "result": result, "identity": identity})
+    say(f"[{name}] done in {format_seconds(seconds)}", flush=True)
+    return distributed.from_main(lambda: result), seconds
+
+
+def seed_folder(out: Path, rl_seed: int, seed: int) -> tuple[Path, str]:
+    """(folder of an RL seed's files, suffix of its stage markers): seed `seed` where a one-seed run puts
+    them (out, ""), another in out/seed-S with markers stages/<stage>@seed-S.json."""
+    return (out, "") if rl_seed == seed else (out / f"seed-{rl_seed}", f"@seed-{rl_seed}")
