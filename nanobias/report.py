@@ -10,6 +10,7 @@ import torch
 
 from nanobias import plots
 from nanobias.checkpoint import write_atomic
+from nanobias.claims import claims_table, format_claims
 from nanobias.choice import choice_table
 from nanobias.metrics import format_table
 from nanobias.progress import format_seconds
@@ -120,6 +121,13 @@ def write_report(out: Path, results: dict, histories: dict[str, list[list[dict]]
         "",
         "![reward curves](reward_curves.png) ![completion length](completion_length.png)",
         "",
+        "## The papers' claims at this scale",
+        "",
+        "Each claim as a comparison a > b; a - b with its standard error (seeds for policies, held-out pairs",
+        "for the one reward model); reproduced / reversed when a - b clears twice its standard error in the",
+        "paper's / the other direction, else not reproduced (claims.py).",
+        "",
+        format_claims(claims_table(results)),
         "## Time per stage",
         "",
         "| stage | wall time |", "|---|---|",
