@@ -131,8 +131,8 @@ def annotate_stage(rl_seed: int, out: Path, splits, preset, seed: int, force: bo
         rewards = annotator_rewards(rm, enc, load_intervention(out / "intervention.json"),
                                     fit_length_baselines(val, r_val.numpy()), pool)
         keeps = {"true": np.ones(len(pool), bool), **{a: keep_labels(r) for a, r in rewards.items()}}
-        write_json(folder / LABELS_FILE, {"pool_seed": POOL_SEED_OFFSET + rl_seed,
-                                          "labels": {a: "".join("1" if k else "0" for k in keeps[a]) for a in ANNOTATORS}})
+        labels = {a: "".join("1" if k else "0" for k in keeps[a]) for a in ANNOTATORS}
+        write_json(folder / LABELS_FILE, {"pool_seed": POOL_SEED_OFFSET + rl_seed, "labels": labels})
         return {"counts": {a: label_counts(pool, keeps[a]) for a in ANNOTATORS}, "copies": sources(keeps)}
 
     return run_stage(out, "annotate" + tag, annotate, force, identity=identity_hash)
@@ -144,7 +144,8 @@ def annotated_pairs(folder: Path, policy: str, splits, preset, rl_seed: int) -> 
     if labels["pool_seed"] != POOL_SEED_OFFSET + rl_seed:
         raise ValueError(f"{folder / LABELS_FILE}: the pool of seed {labels['pool_seed']}, not of RL seed {rl_seed}")
     annotator = next(a for a, p in POLICY_OF.items() if p == policy)
-    return relabel(pool_pairs(splits, preset.rl, preset.pairs, rl_seed), [c == "1" for c in labels["labels"][annotator]])
+    keep = [c == "1" for c in labels["labels"][annotator]]
+    return relabel(pool_pairs(splits, preset.rl, preset.pairs, rl_seed), keep)
 
 
 def format_annotation_table(results: dict) -> str:

@@ -2,7 +2,8 @@
 
     tokenizer -> pretrain (planted bias) -> reward model (planted spurious cues)
       -> neuron intervention + baselines -> GRPO with the base and with the intervened reward model
-      -> DPO -> PPO -> evaluation -> report (results.json, report.md, PNG plots)
+      -> DPO -> PPO -> the reward models as annotators, DPO on each one's labels (annotate.py)
+      -> evaluation -> report (results.json, report.md, PNG plots)
 
 A run folder is identified by what made it (`run_identity`: the preset's values, data, categories,
 seed, backend, initialisation, and the code) and resumes stage by stage (stages.py); pretraining and
@@ -112,7 +113,8 @@ def reproduce(preset, data: str = "synthetic", bbq_dir=None, seed: int = 0, out=
 
     def copy_run(name, source, folder, tag):
         if distributed.is_main():
-            print(f"{name}{tag}: the same rewards or labels as {source}'s run, copied")
+            print(f"{name}{tag}: " + ("the intervention edits no neuron; GRPO+CIRM is GRPO's run" if name == "grpo_cirm"
+                                       else f"the same labels as {source}'s: its run") + ", copied")
             for path in (Path(f"{source}.pt"), rl.metrics_path(f"{source}.pt"), rl.reward_curve_path(f"{source}.pt")):
                 shutil.copyfile(folder / path, folder / path.name.replace(source, name, 1))
         return results[source + tag]

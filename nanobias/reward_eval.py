@@ -199,9 +199,8 @@ class LengthBaselines:
     val_reward: np.ndarray  # [2V] their base rewards: LOWESS's y
 
     def debiased(self, r: np.ndarray, lengths: np.ndarray) -> dict[str, np.ndarray]:
-        """Base rewards r [N] of completions of `lengths` [N] characters -> {"length_penalty", "lwr"}: [N] each."""
-        return {"length_penalty": r - self.alpha * lengths,
-                "lwr": r - lowess(self.val_length, self.val_reward, lengths)}
+        """Base rewards r [N] of completions `lengths` [N] characters long -> {"length_penalty", "lwr"}: [N] each."""
+        return {"length_penalty": r - self.alpha * lengths, "lwr": r - lowess(self.val_length, self.val_reward, lengths)}
 
 
 def validation_pairs(splits, pairs_cfg: PairConfig, seed: int):
@@ -210,8 +209,7 @@ def validation_pairs(splits, pairs_cfg: PairConfig, seed: int):
 
 
 def fit_length_baselines(val, r_val: np.ndarray) -> LengthBaselines:
-    """val: V validation pairs; r_val [2V]: their base rewards, chosen sides first."""
-    rv_c, rv_r = np.split(np.asarray(r_val, np.float64), 2)
+    rv_c, rv_r = np.split(np.asarray(r_val, np.float64), 2)  # r_val [2V]: the V pairs' base rewards, chosen first
     len_vc = np.array([p.chosen.attributes["length"] for p in val])
     len_vr = np.array([p.rejected.attributes["length"] for p in val])
     return LengthBaselines(fit_length_penalty(rv_c, rv_r, len_vc, len_vr), np.concatenate([len_vc, len_vr]),
