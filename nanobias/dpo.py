@@ -136,9 +136,11 @@ def probe(model, enc, examples, score_fn: rl.ScoreFn, rl_cfg: rl.RLConfig, seed:
 
 
 def train_dpo(splits, policy_ckpt, out_path, rl_cfg: rl.RLConfig, cfg: DPOConfig, pairs_cfg: PairConfig,
-              seed: int = 0, loss: str = "dpo", backend: str = "auto", score_fn: rl.ScoreFn | None = None) -> dict:
+              seed: int = 0, loss: str = "dpo", backend: str = "auto", score_fn: rl.ScoreFn | None = None,
+              pairs: list[Pair] | None = None) -> dict:
     """DPO (or IPO) from the policy at `policy_ckpt` on `rl_cfg.steps * B * G` pairs from `splits.train`,
-    made with the preference data's planted cues (`pairs_cfg`, as the reward model's training pairs).
+    made with the preference data's planted cues (`pairs_cfg`, as the reward model's training pairs),
+    or on the given `pairs` (as many, in training order: annotate.py's relabelled ones).
 
     Writes the policy to `out_path` and per-step metrics to `<stem>.metrics.jsonl`. With a
     `score_fn`, probes the reward every `cfg.probe_every` steps and writes the reward curve
@@ -147,7 +149,10 @@ def train_dpo(splits, policy_ckpt, out_path, rl_cfg: rl.RLConfig, cfg: DPOConfig
     if loss not in LOSSES:
         raise ValueError(f"train_dpo: loss must be one of {LOSSES}, got {loss!r}")
     per_step = rl_cfg.calls_per_step
-    pairs = make_pairs(splits.train, rl_cfg.steps * per_step, seed, pairs_cfg.planted, pairs_cfg.biased_reject_rate)
+    if pairs is None:
+        pairs = make_pairs(splits.train, rl_cfg.steps * per_step, seed, pairs_cfg.planted, pairs_cfg.biased_reject_rate)
+    elif len(pairs) != rl_cfg.steps * per_step:
+        raise ValueError(f"train_dpo: expected {rl_cfg.steps * per_step} pairs (rl.steps x B x G), got {len(pairs)}")
     run = rl.start_run(policy_ckpt, out_path, rl_cfg, cfg, loss, f"{rl_cfg.steps} steps x {per_step} pairs = "
                        f"{len(pairs)} pairs (the B*G reward-model calls per step of GRPO/PPO), {cfg}"
                        + ("" if score_fn else "; no score_fn: no reward probe"))

@@ -60,7 +60,7 @@ def biased_vs_unbiased(results: dict[str, dict], attributes, path) -> None:
 
 def policy_metrics(policy: dict[str, dict], path, keys=("acc_ambig", "acc_disambig", "s_amb", "s_dis"),
                    std: dict[str, dict] | None = None) -> None:
-    """Grouped bars: the policy metrics of each method (base, dpo, ppo, grpo, grpo_cirm); a method in
+    """Grouped bars: the policy metrics of each method (reproduce.POLICIES); a method in
     `std` ({method: metrics' std over seeds}) gets error bars of one std."""
     methods = list(policy)
     fig, ax = plt.subplots(figsize=(7, 3.2))
@@ -76,7 +76,8 @@ def policy_metrics(policy: dict[str, dict], path, keys=("acc_ambig", "acc_disamb
     ax.axhline(0, color="gray", lw=0.8)
     ax.set_ylim(-1, 1)
     ax.set_title("policy on held-out test templates" + (" (error bars: std over seeds)" if std else ""))
-    ax.legend(fontsize=7, ncol=len(methods))
+    # below the axes, three to a row: nine policies overflow one row and cover the bars inside
+    ax.legend(fontsize=7, ncol=min(len(methods), 3), loc="upper center", bbox_to_anchor=(0.5, -0.12))
     save_figure(fig, path)
 
 

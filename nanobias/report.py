@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from nanobias import plots
+from nanobias.annotate import format_annotation_table
 from nanobias.checkpoint import write_atomic
 from nanobias.claims import claims_table, format_claims
 from nanobias.choice import choice_table
@@ -108,6 +109,15 @@ def write_report(out: Path, results: dict, histories: dict[str, list[list[dict]]
         format_reward_table(rm),
         "![neurons per layer](neurons_per_layer.png) ![biased vs unbiased](reward_biased_unbiased.png)",
         "",
+        "## Reward models as annotators (CIRM's downstream use)",
+        "",
+        f"Each reward model labels a held-out pool of {budget['dpo_preference_pairs']} planted preference pairs per",
+        "RL seed (chosen = the higher reward; a tie counts against the true label). agreement: share of labels",
+        "equal to the true one; favours more a: share of labels whose chosen side has more of a (pairs tied in",
+        "a left out); the true labels show the cue planted in the pool. DPO then trains on each set (the",
+        "same pairs, only the labels differ; the true labels' row is `dpo`, on another draw of such pairs).",
+        "",
+        format_annotation_table(results),
         f"## Training stability and budget{' (' + over + ')' if over else ''}",
         "",
         "| method | reward_fluctuation | final_reward_mean |", "|---|---|---|",

@@ -2,7 +2,8 @@
 
     tokenizer -> pretrain (planted bias) -> reward model (planted spurious cues)
       -> neuron intervention + baselines -> GRPO with the base and with the intervened reward model
-      -> DPO -> PPO -> evaluation -> report (results.json, report.md, PNG plots)
+      -> DPO -> PPO -> the reward models as annotators, DPO on each one's labels (annotate.py)
+      -> evaluation -> report (results.json, report.md, PNG plots)
 
 A run folder is identified by what made it (`run_identity`: the preset's values, data, categories,
 seed, backend, initialisation, and the code) and resumes stage by stage (stages.py); pretraining and
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from nanobias import distributed
+from nanobias import annotate, distributed
 from nanobias.checkpoint import write_json
 from nanobias.data import load_splits
 from nanobias.errors import UserError
@@ -31,7 +32,7 @@ from nanobias.progress import format_seconds
 from nanobias.stages import code_version, identity_problem, preset_settings, run_hash, run_stage, seed_folder
 from nanobias.workers import run_jobs
 
-POLICIES = ("base", "dpo", "ppo", "grpo", "grpo_cirm")
+POLICIES = ("base", "dpo", "ppo", "grpo", "grpo_cirm", *annotate.POLICIES)
 
 
 def run_identity(preset, data, bbq_dir, seed, train_categories, eval_categories, backend, init_dir) -> dict:
@@ -94,23 +95,31 @@ def reproduce(preset, data: str = "synthetic", bbq_dir=None, seed: int = 0, out=
     rl_seeds = list(range(seed, seed + preset.seeds))
     folders = {s: seed_folder(out, s, seed) for s in rl_seeds}
     empty = not intervention.load_intervention(out / "intervention.json").neurons
-    jobs = [(name, s) for name in ("dpo", "ppo", "grpo", "grpo_cirm") if not (empty and name == "grpo_cirm")
-            for s in rl_seeds]
+    # each RL seed's pool of preference pairs, labelled by every annotator for the DPO policies (annotate.py)
+    annotated = run_jobs([(annotate.annotate_stage, s, out, splits, preset, seed, force, identity_hash)
+                          for s in rl_seeds], workers)
+    for s, (result, took) in zip(rl_seeds, annotated):
+        results["annotate" + folders[s][1]], seconds["annotate" + folders[s][1]] = result, took
+    # an empty intervention scores exactly as the base reward model, so GRPO+CIRM would repeat GRPO's
+    # run step for step (same seed), as DPO on two identical label sets would: reuse the first run
+    copies = {(name, s): source for s, (result, _) in zip(rl_seeds, annotated)
+              for name, source in {**result["copies"], **({"grpo_cirm": "grpo"} if empty else {})}.items() if source}
+    jobs = [(name, s) for name in ("dpo", *annotate.POLICIES, "ppo", "grpo", "grpo_cirm") for s in rl_seeds
+            if (name, s) not in copies]
     args = (out, splits, preset, seed, backend, force, identity_hash)
     for (name, s), (result, took) in zip(jobs, run_jobs([(rl_stage, name, s, *args) for name, s in jobs], workers)):
         label = name + folders[s][1]
         results[label], seconds[label] = result, took
-    if empty:
-        # an empty intervention scores exactly as the base reward model, so GRPO+CIRM would repeat
-        # GRPO's run step for step (same seed): reuse it rather than spend the time again
-        def copy_grpo(folder, tag):
-            if distributed.is_main():
-                print(f"grpo_cirm{tag}: the intervention edits no neuron; GRPO+CIRM is GRPO's run, copied")
-                for path in (Path("grpo.pt"), rl.metrics_path("grpo.pt"), rl.reward_curve_path("grpo.pt")):
-                    shutil.copyfile(folder / path, folder / str(path).replace("grpo", "grpo_cirm", 1))
-            return results["grpo" + tag]
-        for folder, tag in folders.values():  # stage() calls its fn at once, with this folder and tag
-            stage("grpo_cirm" + tag, lambda: copy_grpo(folder, tag), every_rank=True)
+
+    def copy_run(name, source, folder, tag):
+        if distributed.is_main():
+            print(f"{name}{tag}: " + ("the intervention edits no neuron; GRPO+CIRM is GRPO's run" if name == "grpo_cirm"
+                                       else f"the same labels as {source}'s: its run") + ", copied")
+            for path in (Path(f"{source}.pt"), rl.metrics_path(f"{source}.pt"), rl.reward_curve_path(f"{source}.pt")):
+                shutil.copyfile(folder / path, folder / path.name.replace(source, name, 1))
+        return results[source + tag]
+    for (name, s), source in copies.items():  # stage() calls its fn at once, with these values
+        stage(name + folders[s][1], lambda: copy_run(name, source, *folders[s]), every_rank=True)
     training = {name: [results[name + tag] for _, tag in folders.values()]
                 for name in ("grpo", "grpo_cirm", "dpo", "ppo")}
 
@@ -135,6 +144,7 @@ def reproduce(preset, data: str = "synthetic", bbq_dir=None, seed: int = 0, out=
         "policy": policy_mean, "policy_std": policy_std, "policy_seeds": policy_seeds,
         "reward_model": reward_model,
         "stability": stability_mean, "stability_std": stability_std, "stability_seeds": stability_seeds,
+        "annotation": {a: annotate.summarise([r["counts"][a] for r, _ in annotated]) for a in annotate.ANNOTATORS},
         "budget": budget(preset),
         "command": command,
         "eval_categories": list(eval_categories),
@@ -163,9 +173,10 @@ def rl_stage(name, rl_seed, out: Path, splits, preset, seed, backend, force, ide
 
     def train():  # the reward model is loaded only when the stage runs, not when it is skipped
         scorer = rl.make_scorer(out / "reward.pt", out / "intervention.json" if name == "grpo_cirm" else None)
-        if name == "dpo":
+        if name == "dpo" or name in annotate.POLICIES:  # the latter on an annotator's labels of its pool
+            pairs = annotate.annotated_pairs(folder, name, splits, preset, rl_seed) if name != "dpo" else None
             return dpo.train_dpo(splits, policy, ckpt, preset.rl, preset.dpo, preset.pairs, seed=rl_seed,
-                                 backend=backend, score_fn=scorer)
+                                 backend=backend, score_fn=scorer, pairs=pairs)
         if name == "ppo":
             return ppo.train_ppo(splits, policy, ckpt, scorer, preset.rl, preset.ppo, rl_seed, backend)
         # grpo and grpo_cirm: the same trainer; the scorer applies the intervention

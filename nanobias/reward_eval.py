@@ -191,6 +191,31 @@ def lowess(x_fit, y_fit, x_query, frac: float = 0.3) -> np.ndarray:
     return (t0 - slope * s1) / s0
 
 
+@dataclass(frozen=True)
+class LengthBaselines:
+    """The two length-only baselines, fitted on the base rewards of validation pairs."""
+    alpha: float  # the length penalty's weight (fit_length_penalty)
+    val_length: np.ndarray  # [2V] characters of the validation completions: LOWESS's x
+    val_reward: np.ndarray  # [2V] their base rewards: LOWESS's y
+
+    def debiased(self, r: np.ndarray, lengths: np.ndarray) -> dict[str, np.ndarray]:
+        """Base rewards r [N] of completions `lengths` [N] characters long -> {"length_penalty", "lwr"}: [N] each."""
+        return {"length_penalty": r - self.alpha * lengths, "lwr": r - lowess(self.val_length, self.val_reward, lengths)}
+
+
+def validation_pairs(splits, pairs_cfg: PairConfig, seed: int):
+    """The balanced validation pairs the baselines are fitted on (and the neuron search runs on)."""
+    return make_pairs(splits.val, pairs_cfg.val_pairs, seed + 1, BALANCED)
+
+
+def fit_length_baselines(val, r_val: np.ndarray) -> LengthBaselines:
+    rv_c, rv_r = np.split(np.asarray(r_val, np.float64), 2)  # r_val [2V]: the V pairs' base rewards, chosen first
+    len_vc = np.array([p.chosen.attributes["length"] for p in val])
+    len_vr = np.array([p.rejected.attributes["length"] for p in val])
+    return LengthBaselines(fit_length_penalty(rv_c, rv_r, len_vc, len_vr), np.concatenate([len_vc, len_vr]),
+                           np.concatenate([rv_c, rv_r]))
+
+
 # ---------------------------------------------------------------- the evaluation
 
 def evaluate_reward_models(splits, reward_ckpt, intervention_path, out_dir, cfg: RewardEvalConfig,
@@ -201,13 +226,9 @@ def evaluate_reward_models(splits, reward_ckpt, intervention_path, out_dir, cfg:
     rm, enc, _ = load_reward_model(reward_ckpt)
     out_dir = Path(out_dir)
 
-    val = make_pairs(splits.val, pairs_cfg.val_pairs, seed + 1, BALANCED)
+    val = validation_pairs(splits, pairs_cfg, seed)
     _, r_val, acts_val = capture_pairs(rm, enc, val)  # [2V], [2V, L, H]
-    rv_c, rv_r = np.split(r_val.numpy(), 2)
-    len_vc = np.array([p.chosen.attributes["length"] for p in val])
-    len_vr = np.array([p.rejected.attributes["length"] for p in val])
-    alpha = fit_length_penalty(rv_c, rv_r, len_vc, len_vr)
-    val_len, val_r = np.concatenate([len_vc, len_vr]), np.concatenate([rv_c, rv_r])
+    baselines = fit_length_baselines(val, r_val.numpy())
 
     test = make_pairs(splits.test, pairs_cfg.test_pairs, seed + 2, BALANCED)
     items = _sensitivity_items(test, cfg.sensitivity_completions)
@@ -217,8 +238,7 @@ def evaluate_reward_models(splits, reward_ckpt, intervention_path, out_dir, cfg:
     lengths = np.array([len(t) for t in texts], dtype=np.float64)
     batches = prefill(rm, enc, prompts, texts)
     r_base = last_token_rewards(rm, batches).numpy().astype(np.float64)
-    rewards = {"base": r_base, "length_penalty": r_base - alpha * lengths,
-               "lwr": r_base - lowess(val_len, val_r, lengths)}
+    rewards = {"base": r_base, **baselines.debiased(r_base, lengths)}
     intervention = load_intervention(intervention_path) if intervention_path is not None else None
     if intervention is not None:
         rewards["cirm"] = last_token_rewards(rm, batches, intervention).numpy().astype(np.float64)
@@ -235,7 +255,7 @@ def evaluate_reward_models(splits, reward_ckpt, intervention_path, out_dir, cfg:
                                          [texts[i] for i, _ in items["length"]], [t for _, t in items["length"]])
     results["length_from_position"] = float(from_position.mean() / r_base[:2 * len(test)].std())
     results["position"] = rm.gpt.config.position  # rotary: the split above is 0 by construction
-    results["length_penalty"]["alpha"] = alpha
+    results["length_penalty"]["alpha"] = baselines.alpha
     if intervention is not None:
         per_layer = intervention.per_layer()
         results["neurons"] = {"edited": len(intervention.neurons), "total": intervention.n_layer * intervention.n_neurons,

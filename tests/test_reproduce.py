@@ -57,7 +57,8 @@ def test_a_rerun_skips_finished_stages(smoke_run, tmp_path, capsys):
     before = (run / "grpo.pt").stat().st_mtime_ns
     main([*SMOKE_REPRODUCE, "--out", str(run)])
     printed = capsys.readouterr().out
-    assert printed.count("already done") == 9 and "[grpo] start" not in printed  # pretrain .. eval
+    # pretrain .. reward_eval, annotate, the eight RL stages (two of them copies), eval
+    assert printed.count("already done") == 14 and "[grpo] start" not in printed
     assert "[pretrain] already done" in printed
     assert (run / "grpo.pt").stat().st_mtime_ns == before
 
