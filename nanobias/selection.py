@@ -105,17 +105,22 @@ def single_feature_rewards(rm: RewardModel, batches, medians: torch.Tensor, site
     return out
 
 
-def feature_effects(rm: RewardModel, enc, pairs, medians: torch.Tensor, site: str, n_bumped: int) -> torch.Tensor:
+def feature_effects(rm: RewardModel, enc, pairs, medians: torch.Tensor, site: str, n_bumped: int,
+                    std: float) -> torch.Tensor:
     """e_{A,n} [A, L*W] (module docstring) on `pairs` (validation), n_bumped bumped completions per
-    attribute; 0 for an attribute that no completion could bump."""
+    attribute, in units of `std` (the base rewards' on the pairs); 0 for an attribute that no
+    completion could bump."""
     items, prompts, texts = sensitivity_texts(pairs, n_bumped)
-    batches = prefill(rm, enc, prompts, texts, batch_size=16)  # small batches: more copies per pass
-    base = last_token_rewards(rm, batches)[:, None]  # [N, 1]
-    clamped = single_feature_rewards(rm, batches, medians, site)  # [N, L*W]
+    # with the std given, only the bumped texts and their originals are read: a fraction of the rows
+    read = sorted({i for a in ATTRIBUTES for i, _ in items[a]} | set(range(2 * len(pairs), len(texts))))
+    # small batches, so that a pass holds more copies of each
+    batches = prefill(rm, enc, [prompts[i] for i in read], [texts[i] for i in read], batch_size=16)
+    r = np.zeros((len(texts), 1 + medians.numel()))  # [N, base + each feature]; rows not in `read` stay unread
+    r[read, 0] = last_token_rewards(rm, batches).double().numpy()
+    r[read, 1:] = single_feature_rewards(rm, batches, medians, site).double().numpy()  # [len(read), L*W]
     # in the base model's std: a clamp that flattens every reward must not look like one that removes A
-    r = torch.cat([base, clamped], 1).double().numpy()
-    sens = sensitivities(r, len(pairs), items, std=r[:2 * len(pairs), 0].std())
-    rows = [np.zeros(clamped.shape[1]) if s is None else np.abs(s[0]) - np.abs(s[1:]) for s in sens.values()]
+    sens = sensitivities(r, len(pairs), items, std=std)
+    rows = [np.zeros(medians.numel()) if s is None else np.abs(s[0]) - np.abs(s[1:]) for s in sens.values()]
     return torch.tensor(np.stack(rows))
 
 
@@ -185,7 +190,8 @@ def select_intervention(splits, reward_ckpt, out_path, cfg: InterventionConfig, 
         scores = attribute_correlations(acts, [p.chosen for p in pairs] + [p.rejected for p in pairs])  # [A, L*W]
     else:
         medians = column_medians(acts.flatten(1)).view(acts.shape[1:])  # [L, W]
-        scores = feature_effects(rm, enc, pairs, medians, cfg.site, cfg.effect_completions)
+        std = rewards.double().std(unbiased=False).item()  # [2n] base rewards: reward_eval's unit
+        scores = feature_effects(rm, enc, pairs, medians, cfg.site, cfg.effect_completions, std)
     score_seconds = time.perf_counter() - start
     total = acts.shape[1] * acts.shape[2]
 
@@ -202,8 +208,8 @@ def select_intervention(splits, reward_ckpt, out_path, cfg: InterventionConfig, 
     base_acc = (rewards[:n] > rewards[n:]).float().mean().item()
     val_acc = next(h["val_acc"] for h in history if h["k"] == k)
     print(f"intervene ({cfg.site}, {cfg.selection}): k grid {grid}; chose k = {k}: {len(intervention.neurons)} of "
-          f"{total} features (per layer {intervention.per_layer()}); validation accuracy {base_acc:.3f} -> {val_acc:.3f}; "
-          f"scoring took {score_seconds:.1f} s")
+          f"{total} features (per layer {intervention.per_layer()}); validation accuracy {base_acc:.3f} -> "
+          f"{val_acc:.3f}; scoring took {score_seconds:.1f} s")
     save_intervention(out_path, intervention, selection=cfg.selection, val_pairs=n, base_val_acc=base_acc,
                       val_acc=val_acc, max_abs_score={a: round(scores[j].abs().max().item(), 4)
                                                       for j, a in enumerate(ATTRIBUTES)},

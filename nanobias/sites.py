@@ -104,7 +104,8 @@ def run_sites(base, out, force: bool = False) -> dict:
         def fit_and_evaluate():
             cfg = replace(preset.intervention, site=site, selection=selection)
             path = select_intervention(splits, reward, folder / "intervention.json", cfg, preset.pairs, seed=seed)
-            evaluated = evaluate_reward_models(splits, reward, path, folder, preset.reward_eval, preset.pairs, seed=seed)
+            evaluated = evaluate_reward_models(splits, reward, path, folder, preset.reward_eval, preset.pairs,
+                                               seed=seed)
             search = json.loads(path.read_text())
             return {"val_acc": search["val_acc"], "base_val_acc": search["base_val_acc"], "reward_eval": evaluated}
 
@@ -143,10 +144,11 @@ def report(results: dict) -> str:
              + "/".join(ATTRIBUTES) + " | val acc | seconds |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows(results):
         share = f"{100 * r['edited'] / r['total']:.2f}" if r["total"] else "-"
+        edited = f"{r['edited']} of {r['total']}" if r["total"] else str(r["edited"])
         k = "/".join(str(r["k"][a]) for a in ATTRIBUTES) if r["k"] else "-"
         lines.append(f"| {r['name']} | {r['acc']:.3f} | {fmt(r['length_unbiased'], '.3f')} | "
-                     f"{fmt(r['length_sens'], '+.3f')} | {r['edited']}{'' if r['total'] is None else ' of ' + str(r['total'])} | "
-                     f"{share} | {k} | {fmt(r.get('val_acc'), '.3f')} | {fmt(r['seconds'], '.1f')} |")
+                     f"{fmt(r['length_sens'], '+.3f')} | {edited} | {share} | {k} | {fmt(r.get('val_acc'), '.3f')} | "
+                     f"{fmt(r['seconds'], '.1f')} |")
     lines += ["", "Test pairs of the base run; each variant clamps at the last token (reward_eval's `cirm`). "
               "mlp: the MLP's post-activation (the run's own intervention), up: its pre-activation, query: the "
               "attention query. spearman: top-k and bottom-k by rho (the paper's); effect: the 2k features whose "

@@ -13,7 +13,7 @@ from nanobias.intervention import (SITES, Intervention, column_medians, last_tok
 from nanobias.model import GPT, GPTConfig
 from nanobias.preferences import BALANCED, make_pairs
 from nanobias.reward import reward_model_from_policy
-from nanobias.selection import build_intervention, feature_effects, single_feature_rewards
+from nanobias.selection import build_intervention, feature_effects, search_k, single_feature_rewards
 from nanobias.sites import VARIANTS
 
 C, N_HEAD = 16, 2
@@ -142,7 +142,8 @@ def planted_length_model(enc):
         gpt.transformer.wte.weight.normal_(0, 1, generator=torch.Generator().manual_seed(3))
         gpt.transformer.wte.weight[:, :2] = 0
         gpt.transformer.wpe.weight.zero_()
-        gpt.transformer.wpe.weight[:, 0] = torch.linspace(-0.5, 0.5, 256)  # small beside the content: LayerNorm barely sees it
+        # small beside the content, so that LayerNorm barely sees it
+        gpt.transformer.wpe.weight[:, 0] = torch.linspace(-0.5, 0.5, 256)
         for block in gpt.transformer.h:
             block.attn.c_proj.weight.zero_()
             block.mlp.c_proj.weight[:2] = 0  # no other neuron writes dimensions 0 and 1
@@ -163,14 +164,24 @@ def test_effect_selection_finds_the_neuron_planted_to_carry_length(random_rm, ti
     pairs = make_pairs(tiny_splits.val, 12, 0, BALANCED)
     batches = prefill(rm, enc, [p.prompt for p in pairs] * 2, [p.chosen.text for p in pairs] +
                       [p.rejected.text for p in pairs])
-    _, acts = last_token_rewards(rm, batches, capture=True, site=site)
+    rewards, acts = last_token_rewards(rm, batches, capture=True, site=site)
     medians = column_medians(acts.flatten(1)).view(acts.shape[1:]).float()
-    effects = feature_effects(rm, enc, pairs, medians, site, n_bumped=10)  # [A, L*W]
+    effects = feature_effects(rm, enc, pairs, medians, site, 10, rewards.std(unbiased=False).item())  # [A, L*W]
     length = effects[0]
     assert length.argmax().item() == 5  # layer 0, neuron 5
     assert length[5] > 0.4 and length[5] > 100 * length[torch.arange(len(length)) != 5].abs().max()
     iv = build_intervention(effects, acts, {"length": 1}, site=site, selection="effect")
     assert (0, 5) in iv.neurons and len(iv.neurons) == 2  # the 2k features with the largest effect
+
+
+def test_search_k_chooses_each_k_given_the_others():
+    def accuracy(k):  # the best k_length is 2 while k_bold = 0, and 8 once k_bold = 4 (its own best)
+        best_length = 8 if k["bold"] == 4 else 2
+        return 1.0 - abs(k["length"] - best_length) / 100 - abs(k["bold"] - 4) / 10
+
+    k, history = search_k(accuracy, [0, 2, 4, 8])
+    assert k["length"] == 8 and k["bold"] == 4  # the second sweep re-chose length given bold
+    assert {"length": 2, "paragraphs": 0, "overlap": 0, "exclamations": 0, "bold": 0} in [h["k"] for h in history]
 
 
 # ---------------------------------------------------------------- the command
