@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from nanobias.commands import (cmd_bench, cmd_dpo, cmd_eval, cmd_intervene, cmd_online_rl, cmd_positions, cmd_pretrain,
-                               cmd_reproduce, cmd_reward, cmd_sample)
+                               cmd_reproduce, cmd_reward, cmd_sample, cmd_sites)
 from nanobias.errors import UserError
 from nanobias.flags import (add_compile_arg, add_data_args, add_init_args, add_preset_args, add_rl_args, check_eval_args,
                             check_pretrain_args, check_reward_args, check_rl_args, check_sample_args,
@@ -45,6 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=seed, default=0, help="the policies' seed and the first reward-model seed")
     p.add_argument("--out", type=Path, default=Path("runs/positions"), help="output folder")
     p.add_argument("--force", action="store_true", help="redo every job, even those already done")
+
+    p = command("sites", cmd_sites, help="on a finished reproduce run's reward model: the intervention at each "
+                "site (MLP post-activation, pre-activation, attention query) x selection (Spearman, effect)")
+    p.add_argument("--base", required=True, type=Path, help="a finished `nanobias reproduce` folder (only read)")
+    p.add_argument("--out", required=True, type=Path, help="output folder (sites.json, sites.md, sites.png)")
+    p.add_argument("--force", action="store_true", help="redo every variant, even those already done")
 
     p = command("pretrain", cmd_pretrain, check_pretrain_args,
                 help="train the tokenizer and a GPT policy with a planted bias")

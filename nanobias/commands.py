@@ -120,7 +120,7 @@ def cmd_reward(args) -> None:
 
 
 def cmd_intervene(args) -> None:
-    from nanobias.intervention import select_intervention
+    from nanobias.selection import select_intervention
     from nanobias.reward_eval import evaluate_reward_models
 
     preset = args.config
@@ -146,3 +146,9 @@ def cmd_positions(args) -> None:
     from nanobias.positions import run_positions
 
     run_positions(args.config, args.out, seeds=args.seeds, seed=args.seed, workers=args.threads, force=args.force)
+
+
+def cmd_sites(args) -> None:
+    from nanobias.sites import run_sites
+
+    run_sites(args.base, args.out, force=args.force)

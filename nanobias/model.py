@@ -24,6 +24,8 @@ place where the neuron intervention of Shinoda et al. (2026) acts: with `site.cl
 masked neurons output fixed values, a[:, t, mask] = value, at the last position t = T - 1 or at
 every t, and get no gradient (`masked_gelu`). With `clamp` None (the default) it is a plain GELU.
 Its activations are read with an ordinary forward hook (intervention.py records the last token's).
+The intervention's other sites, the MLP's pre-activation `mlp.c_fc(x)` and the attention query (the
+first n_embd outputs of `attn.c_attn`), are read and clamped by forward hooks on those Linear layers.
 """
 
 import math

@@ -69,7 +69,7 @@ def policy_job(out: Path, scheme: str, preset, seed: int, identity_hash: str, fo
 def reward_job(out: Path, scheme: str, preset, seed: int, identity_hash: str, force: bool) -> dict:
     """Reward model, intervention and reward_eval for one (scheme, seed): -> reward_eval's results."""
     from nanobias.data import load_splits
-    from nanobias.intervention import select_intervention
+    from nanobias.selection import select_intervention
     from nanobias.stages import run_stage
     from nanobias.reward import train_reward_model
     from nanobias.reward_eval import evaluate_reward_models

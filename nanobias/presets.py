@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields
 
 from nanobias.dpo import DPOConfig
 from nanobias.grpo import GRPOConfig
-from nanobias.intervention import InterventionConfig
+from nanobias.selection import InterventionConfig
 from nanobias.model import GPTConfig
 from nanobias.ppo import PPOConfig
 from nanobias.preferences import PairConfig

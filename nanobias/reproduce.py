@@ -51,7 +51,7 @@ def reproduce(preset, data: str = "synthetic", bbq_dir=None, seed: int = 0, out=
     """Run every stage into `out`; returns results.json's content (docs/design.md). With `init_dir` (a Hugging
     Face GPT-2 folder) pretraining starts from GPT-2's weights and its tiktoken `gpt2` encoding. `workers`:
     single-thread processes for the RL stages and the evaluations (1: in this process)."""
-    from nanobias import intervention, reward, reward_eval, rl
+    from nanobias import intervention, reward, reward_eval, rl, selection
     from nanobias.pretrain import pretrain_policy
     from nanobias.report import write_report
 
@@ -83,7 +83,7 @@ def reproduce(preset, data: str = "synthetic", bbq_dir=None, seed: int = 0, out=
     stage("reward", lambda: {"reward": str(reward.train_reward_model(
         splits, out / "policy.pt", out / "reward.pt", preset.reward, preset.pairs, seed=seed, resume=not force))},
           every_rank=True)
-    stage("intervene", lambda: {"intervention": str(intervention.select_intervention(
+    stage("intervene", lambda: {"intervention": str(selection.select_intervention(
         splits, out / "reward.pt", out / "intervention.json", preset.intervention, preset.pairs, seed=seed))})
     reward_model = stage("reward_eval", lambda: reward_eval.evaluate_reward_models(
         splits, out / "reward.pt", out / "intervention.json", out, preset.reward_eval, preset.pairs, seed=seed))

@@ -68,8 +68,8 @@ def pair_metrics(r_chosen, r_rejected, attrs_chosen: dict, attrs_rejected: dict,
     return out
 
 
-def _sensitivity_items(pairs, n: int) -> dict:
-    """attribute -> [(index of the original completion among the 2P test completions, bumped text)]."""
+def sensitivity_items(pairs, n: int) -> dict:
+    """attribute -> [(index of the original completion among the 2P completions, bumped text)]."""
     originals = [(j, p, p.chosen, p.chosen_style) for j, p in enumerate(pairs)]
     originals += [(len(pairs) + j, p, p.rejected, p.rejected_style) for j, p in enumerate(pairs)]
     originals.sort(key=lambda o: (o[0] % len(pairs), o[0]))  # chosen and rejected of the first pairs
@@ -139,12 +139,30 @@ def method_metrics(r: np.ndarray, n_pairs: int, pairs, items: dict) -> dict:
     attrs_c = {a: [p.chosen.attributes[a] for p in pairs] for a in ATTRIBUTES}
     attrs_r = {a: [p.rejected.attributes[a] for p in pairs] for a in ATTRIBUTES}
     out = pair_metrics(r[:n_pairs], r[n_pairs:2 * n_pairs], attrs_c, attrs_r, [pair_kind(p) for p in pairs])
-    std = r[:2 * n_pairs].std()
-    out["sensitivity"], start = {}, 2 * n_pairs
+    out["sensitivity"] = {a: None if s is None else float(s) for a, s in sensitivities(r, n_pairs, items).items()}
+    return out
+
+
+def sensitivity_texts(pairs, n: int):
+    """(items, prompts, texts): the 2P completions of `pairs` (chosen first), then up to n bumped texts
+    per attribute in `sensitivity_items` order, the layout `method_metrics` and `sensitivities` read."""
+    items = sensitivity_items(pairs, n)
+    prompts = [p.prompt for p in pairs] * 2 + [pairs[i % len(pairs)].prompt for a in ATTRIBUTES for i, _ in items[a]]
+    texts = ([p.chosen.text for p in pairs] + [p.rejected.text for p in pairs]
+             + [text for a in ATTRIBUTES for _, text in items[a]])
+    return items, prompts, texts
+
+
+def sensitivities(r: np.ndarray, n_pairs: int, items: dict, std=None) -> dict:
+    """r [N] or [N, M] (M reward models as columns), laid out as `sensitivity_texts` -> {attribute: sens_A
+    (a number, or [M]); None where nothing could be bumped}, in units of `std` (default: the std of each
+    column's rewards on the 2P completions)."""
+    std = r[:2 * n_pairs].std(0) if std is None else std
+    out, start = {}, 2 * n_pairs
     for a in ATTRIBUTES:
         index = np.array([i for i, _ in items[a]], dtype=np.int64)
         bumped = r[start:start + len(index)]
-        out["sensitivity"][a] = float((bumped - r[index]).mean() / std) if len(index) else None
+        out[a] = (bumped - r[index]).mean(0) / std if len(index) else None
         start += len(index)
     return out
 
@@ -231,10 +249,7 @@ def evaluate_reward_models(splits, reward_ckpt, intervention_path, out_dir, cfg:
     baselines = fit_length_baselines(val, r_val.numpy())
 
     test = make_pairs(splits.test, pairs_cfg.test_pairs, seed + 2, BALANCED)
-    items = _sensitivity_items(test, cfg.sensitivity_completions)
-    prompts = [p.prompt for p in test] * 2 + [test[i % len(test)].prompt for a in ATTRIBUTES for i, _ in items[a]]
-    texts = ([p.chosen.text for p in test] + [p.rejected.text for p in test]
-             + [text for a in ATTRIBUTES for _, text in items[a]])
+    items, prompts, texts = sensitivity_texts(test, cfg.sensitivity_completions)
     lengths = np.array([len(t) for t in texts], dtype=np.float64)
     batches = prefill(rm, enc, prompts, texts)
     r_base = last_token_rewards(rm, batches).numpy().astype(np.float64)

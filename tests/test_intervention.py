@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from nanobias.data import Splits
-from nanobias.intervention import (Intervention, InterventionConfig, build_intervention, column_medians, k_grid,
-                                   last_token_rewards, load_intervention, prefill, save_intervention, search_k,
-                                   select_intervention)
+from nanobias.intervention import (Intervention, column_medians, last_token_rewards, load_intervention, prefill,
+                                   save_intervention)
+from nanobias.selection import InterventionConfig, build_intervention, k_grid, search_k, select_intervention
 from nanobias.preferences import PairConfig, make_pairs
 from nanobias.render import ATTRIBUTES
 from nanobias.reward import score

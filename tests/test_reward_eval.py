@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from nanobias.data import load_splits
-from nanobias.intervention import InterventionConfig, select_intervention
+from nanobias.selection import InterventionConfig, select_intervention
 from nanobias.model import GPT, GPTConfig
 from nanobias.preferences import PairConfig, make_pairs
 from nanobias.render import ATTRIBUTES

@@ -8,7 +8,7 @@ rank-correlate each neuron with each spurious attribute (Spearman), pick the top
 neurons per attribute, and replace their activations by validation medians at inference. Then
 the full search (k chosen on validation accuracy, as `nanobias intervene` does) and the reward
 model evaluated with and without the intervention. Library: nanobias/intervention.py,
-nanobias/reward_eval.py, kernels.masked_gelu (which applies the clamp inside the MLP).
+nanobias/selection.py, nanobias/reward_eval.py, kernels.masked_gelu (which applies the clamp inside the MLP).
 """
 
 import common
@@ -16,8 +16,8 @@ import common
 args = common.parse_args(__doc__)
 
 from nanobias.render import ATTRIBUTES, Style, render_completion, render_prompt  # noqa: E402
-from nanobias.intervention import (attribute_correlations, build_intervention, capture_pairs, k_grid,  # noqa: E402
-                                   load_intervention, select_intervention)
+from nanobias.intervention import capture_pairs, load_intervention  # noqa: E402
+from nanobias.selection import attribute_correlations, build_intervention, k_grid, select_intervention  # noqa: E402
 from nanobias.preferences import BALANCED, bump, make_pairs, right_answer  # noqa: E402
 from nanobias.reward import load_reward_model, score  # noqa: E402
 from nanobias.reward_eval import evaluate_reward_models  # noqa: E402
