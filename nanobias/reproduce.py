@@ -50,7 +50,7 @@ def reproduce(preset, data: str = "synthetic", bbq_dir=None, seed: int = 0, out=
     """Run every stage into `out`; returns results.json's content (docs/design.md). With `init_dir` (a Hugging
     Face GPT-2 folder) pretraining starts from GPT-2's weights and its tiktoken `gpt2` encoding. `workers`:
     single-thread processes for the RL stages and the evaluations (1: in this process)."""
-    from nanobias import intervention, reward, reward_eval, rl
+    from nanobias import curves, intervention, reward, reward_eval, rl
     from nanobias.pretrain import pretrain_policy
     from nanobias.report import write_report
 
@@ -106,7 +106,8 @@ def reproduce(preset, data: str = "synthetic", bbq_dir=None, seed: int = 0, out=
         def copy_grpo(folder, tag):
             if distributed.is_main():
                 print(f"grpo_cirm{tag}: the intervention edits no neuron; GRPO+CIRM is GRPO's run, copied")
-                for path in (Path("grpo.pt"), rl.metrics_path("grpo.pt"), rl.reward_curve_path("grpo.pt")):
+                for path in (Path("grpo.pt"), rl.metrics_path("grpo.pt"), rl.reward_curve_path("grpo.pt"),
+                             curves.curve_path("grpo.pt")):
                     shutil.copyfile(folder / path, folder / str(path).replace("grpo", "grpo_cirm", 1))
             return results["grpo" + tag]
         for folder, tag in folders.values():  # stage() calls its fn at once, with this folder and tag
@@ -135,6 +136,7 @@ def reproduce(preset, data: str = "synthetic", bbq_dir=None, seed: int = 0, out=
         "policy": policy_mean, "policy_std": policy_std, "policy_seeds": policy_seeds,
         "reward_model": reward_model,
         "stability": stability_mean, "stability_std": stability_std, "stability_seeds": stability_seeds,
+        "curves": {name: [t["curve"] for t in training[name]] for name in POLICIES[1:]},  # curves.py, per seed
         "budget": budget(preset),
         "command": command,
         "eval_categories": list(eval_categories),
