@@ -148,8 +148,8 @@ def budget_curves(curves: dict[str, list[list[dict]]], path, keys=("acc_ambig", 
         ax.set_title(key)
         ax.set_xlabel("reward-model calls (DPO: preference pairs)")
         ax.set_ylim(-0.02, 1.02)
-    axes[0].set_ylabel("accuracy on the fixed test prompts" + (" (mean, min..max over seeds)"
-                                                              if any(len(r) > 1 for r in curves.values()) else ""))
+    several = any(len(runs) > 1 for runs in curves.values())
+    axes[0].set_ylabel("accuracy, fixed test prompts" + ("\n(mean; band: min..max over seeds)" if several else ""))
     axes[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
     save_figure(fig, path)
     return Path(path)
