@@ -144,8 +144,9 @@ def train_dpo(splits, policy_ckpt, out_path, rl_cfg: rl.RLConfig, cfg: DPOConfig
 
     Writes the policy to `out_path` and per-step metrics to `<stem>.metrics.jsonl`. With a
     `score_fn`, probes the reward every `cfg.probe_every` steps and writes the reward curve
-    to `<stem>.reward.png`. Returns {"stability": {"reward_fluctuation", "final_reward_mean"} (empty
-    without score_fn), "history": [per-step records], "pairs": number of training pairs}."""
+    to `<stem>.reward.png`; the budget curve (curves.py) to `<stem>.curve.json`. Returns {"stability":
+    {"reward_fluctuation", "final_reward_mean"} (empty without score_fn), "history": [per-step records],
+    "curve": [points], "pairs": number of training pairs}."""
     if loss not in LOSSES:
         raise ValueError(f"train_dpo: loss must be one of {LOSSES}, got {loss!r}")
     per_step = rl_cfg.calls_per_step
@@ -155,7 +156,7 @@ def train_dpo(splits, policy_ckpt, out_path, rl_cfg: rl.RLConfig, cfg: DPOConfig
         raise ValueError(f"train_dpo: expected {rl_cfg.steps * per_step} pairs (rl.steps x B x G), got {len(pairs)}")
     run = rl.start_run(policy_ckpt, out_path, rl_cfg, cfg, loss, f"{rl_cfg.steps} steps x {per_step} pairs = "
                        f"{len(pairs)} pairs (the B*G reward-model calls per step of GRPO/PPO), {cfg}"
-                       + ("" if score_fn else "; no score_fn: no reward probe"))
+                       + ("" if score_fn else "; no score_fn: no reward probe"), splits.test)
     mine = distributed.shard(per_step, "preference pairs")  # every pair in one process
     run.model.train()
     for step in range(rl_cfg.steps):

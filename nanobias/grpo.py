@@ -253,14 +253,15 @@ def train_grpo(splits, policy_ckpt, out_path, score_fn: rl.ScoreFn, rl_cfg: rl.R
                seed: int = 0, backend: str = "auto") -> dict:
     """GRPO from the policy at `policy_ckpt` on `splits.train` prompts, at the budget `rl_cfg`.
 
-    Writes the policy to `out_path`, per-step metrics to `<stem>.metrics.jsonl` and the reward
-    curve to `<stem>.reward.png`. Returns {"stability": {"reward_fluctuation", "final_reward_mean"},
-    "history": [per-step records]}."""
+    Writes the policy to `out_path`, per-step metrics to `<stem>.metrics.jsonl`, the reward curve to
+    `<stem>.reward.png` and the budget curve (curves.py) to `<stem>.curve.json`. Returns {"stability":
+    {"reward_fluctuation", "final_reward_mean"}, "history": [per-step records], "curve": [points]}."""
     if cfg.scale == "batch" and distributed.world_size() > 1:
         raise ValueError("grpo.scale='batch' divides by the std of every process's rewards, which one process's "
                          "loss does not see: use scale 'group' or 'none' under torchrun, or one process")
     run = rl.start_run(policy_ckpt, out_path, rl_cfg, cfg, "grpo", f"{rl_cfg.steps} steps x {rl_cfg.prompts_per_step} "
-                       f"prompts x {rl_cfg.group_size} completions (<= {rl_cfg.max_new_tokens} tokens), {cfg}")
+                       f"prompts x {rl_cfg.group_size} completions (<= {rl_cfg.max_new_tokens} tokens), {cfg}",
+                       splits.test)
     run.model.train()
     for step in range(rl_cfg.steps):
         lr = run.set_lr(step)

@@ -123,3 +123,34 @@ def reward_curves(histories: dict[str, list], path) -> Path:
     ax.legend()
     save_figure(fig, path)
     return Path(path)
+
+
+def budget_curves(curves: dict[str, list[list[dict]]], path, keys=("acc_ambig", "acc_disambig")) -> Path:
+    """{method: [one budget curve per seed: [{"calls", key: x, ...} per point]]} (curves.py) -> PNG, one
+    panel per key against reward-model calls (DPO: preference pairs): per method the mean over seeds
+    (line) and its min..max over seeds (band). A method whose curves equal another's (GRPO+CIRM
+    copied from GRPO) is dashed and says so."""
+    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.5), sharey=True)
+    drawn = {}
+    for name, runs in curves.items():
+        same = next((other for other, r in drawn.items() if r == runs), None)
+        drawn[name] = runs
+        calls = [p["calls"] for p in runs[0]]
+        label = (name + (f" (= {same}: the same run)" if same else "")
+                 + (f" ({len(runs)} seeds)" if len(runs) > 1 else ""))
+        for ax, key in zip(axes, keys):
+            per_point = [[p[key] for p in point] for point in zip(*runs)]  # [points][seeds]
+            line, = ax.plot(calls, [sum(v) / len(v) for v in per_point], marker="o", ms=3, ls="--" if same else "-",
+                            label=label)
+            if len(runs) > 1:
+                ax.fill_between(calls, [min(v) for v in per_point], [max(v) for v in per_point], alpha=0.2,
+                                color=line.get_color())
+    for ax, key in zip(axes, keys):
+        ax.set_title(key)
+        ax.set_xlabel("reward-model calls (DPO: preference pairs)")
+        ax.set_ylim(-0.02, 1.02)
+    several = any(len(runs) > 1 for runs in curves.values())
+    axes[0].set_ylabel("accuracy, fixed test prompts" + ("\n(mean; band: min..max over seeds)" if several else ""))
+    axes[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
+    save_figure(fig, path)
+    return Path(path)

@@ -68,6 +68,7 @@ PRESETS = {
         "reward.eval_every": 4, "reward.ckpt_every": 4,
         "reward_eval.sensitivity_completions": 8,
         "rl.steps": 10, "rl.prompts_per_step": 4, "rl.group_size": 8, "rl.max_new_tokens": 8,
+        "rl.eval_points": 3, "rl.eval_prompts": 16,
         "grpo.lr": 2e-3, "grpo.warmup": 3, "grpo.beta": 0.04,
         "ppo.lr": 1e-3, "ppo.warmup": 3, "ppo.beta": 0.04,
         "dpo.lr": 1e-4, "dpo.warmup": 3, "dpo.beta": 0.1,
@@ -84,6 +85,8 @@ PRESETS = {
         "reward.eval_every": 50, "reward.ckpt_every": 50,
         "reward_eval.sensitivity_completions": 100,
         "rl.steps": 40, "rl.prompts_per_step": 8, "rl.group_size": 8, "rl.max_new_tokens": 24,
+        # budget curves: every 5 steps (every 20 at a 4x budget, rl.steps=160); 96 prompts take 3-5 s
+        "rl.eval_points": 9, "rl.eval_prompts": 96,
         # the KL weight trades debiasing for reading disambiguated contexts: README, the GRPO variants table
         "grpo.lr": 2e-4, "grpo.beta": 0.7,
         "ppo.lr": 1e-4, "ppo.beta": 0.7,
@@ -100,6 +103,7 @@ PRESETS = {
         "reward.eval_every": 200, "reward.ckpt_every": 200,
         "reward_eval.sensitivity_completions": 500,
         "rl.steps": 200, "rl.prompts_per_step": 32, "rl.group_size": 8, "rl.max_new_tokens": 48,
+        "rl.eval_points": 9, "rl.eval_prompts": 256,
         # the KL weight the cpu runs settled on (0.04 lost disambiguated reading there); not yet measured on a GPU
         "grpo.lr": 1e-5, "grpo.beta": 0.7,
         "ppo.lr": 1e-5, "ppo.beta": 0.7,

@@ -13,7 +13,7 @@ from nanobias.annotate import format_annotation_table
 from nanobias.checkpoint import write_atomic
 from nanobias.claims import claims_table, format_claims
 from nanobias.choice import choice_table
-from nanobias.metrics import format_table
+from nanobias.metrics import format_table, mean_std
 from nanobias.progress import format_seconds
 from nanobias.reward_eval import format_reward_table
 
@@ -46,6 +46,9 @@ def write_report(out: Path, results: dict, histories: dict[str, list[list[dict]]
     plots.reward_curves({m: histories[m] for m in STABILITY_METHODS if histories.get(m)}, out / "reward_curves.png")
     plots.policy_metrics(results["policy"], out / "policy_metrics.png", std=std)
     plots.completion_length({m: histories[m][0] for m in ("grpo", "grpo_cirm")}, out / "completion_length.png")
+    curves = {m: runs for m, runs in results["curves"].items() if runs[0]}  # none with rl.eval_points=0
+    if curves:
+        plots.budget_curves(curves, out / "budget_curves.png")
     rm = results["reward_model"]
     heldout = {m: v["heldout"] for m, v in results["policy"].items() if v.get("heldout")}
     stability, stability_std = results["stability"], results["stability_std"] if n > 1 else None
@@ -131,6 +134,7 @@ def write_report(out: Path, results: dict, histories: dict[str, list[list[dict]]
         "",
         "![reward curves](reward_curves.png) ![completion length](completion_length.png)",
         "",
+        *(curve_section(curves) if curves else []),
         "## The papers' claims at this scale",
         "",
         "Each claim as a comparison a > b; a - b with its standard error (seeds for policies, held-out pairs",
@@ -145,3 +149,24 @@ def write_report(out: Path, results: dict, histories: dict[str, list[list[dict]]
         "",
     ]
     write_atomic(out / "report.md", "\n".join(lines).encode())
+
+
+def curve_section(curves: dict[str, list[list[dict]]]) -> list[str]:
+    """The budget curves' lines of report.md: what they are, acc_ambig / acc_disambig at each point (the
+    mean over seeds; the last point mean ± std with several seeds), the plot."""
+    first = next(iter(curves.values()))[0]
+    several = any(len(runs) > 1 for runs in curves.values())
+    lines = ["## Budget curves", "",
+             f"Every trained policy answered the same {first[0]['n']} test prompts greedily at {len(first)} evenly "
+             "spaced points of its", "training (step 0 is the base policy). Columns: reward-model calls spent so far "
+             "(DPO: preference pairs);", "cells: acc_ambig / acc_disambig"
+             + (", the mean over seeds (± the std at the last point)." if several else "."), "",
+             "| method | " + " | ".join(str(p["calls"]) for p in first) + " |", "|---|" + "---|" * len(first)]
+    for m, runs in curves.items():
+        means, stds = zip(*(mean_std(list(point)) for point in zip(*runs)))
+        cells = [f"{p['acc_ambig']:.2f} / {p['acc_disambig']:.2f}" for p in means]
+        if len(runs) > 1:
+            cells[-1] = (f"{means[-1]['acc_ambig']:.2f} ± {stds[-1]['acc_ambig']:.2f} / "
+                         f"{means[-1]['acc_disambig']:.2f} ± {stds[-1]['acc_disambig']:.2f}")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return lines + ["", "![budget curves](budget_curves.png)", ""]

@@ -19,6 +19,7 @@ sample std (`policy_std`, `stability_std`) and every seed's numbers (`policy_see
 
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -51,7 +52,7 @@ def reproduce(preset, data: str = "synthetic", bbq_dir=None, seed: int = 0, out=
     """Run every stage into `out`; returns results.json's content (docs/design.md). With `init_dir` (a Hugging
     Face GPT-2 folder) pretraining starts from GPT-2's weights and its tiktoken `gpt2` encoding. `workers`:
     single-thread processes for the RL stages and the evaluations (1: in this process)."""
-    from nanobias import intervention, reward, reward_eval, rl, selection
+    from nanobias import curves, intervention, reward, reward_eval, rl, selection
     from nanobias.pretrain import pretrain_policy
     from nanobias.report import write_report
 
@@ -115,8 +116,10 @@ def reproduce(preset, data: str = "synthetic", bbq_dir=None, seed: int = 0, out=
         if distributed.is_main():
             print(f"{name}{tag}: " + ("the intervention edits no neuron; GRPO+CIRM is GRPO's run" if name == "grpo_cirm"
                                        else f"the same labels as {source}'s: its run") + ", copied")
-            for path in (Path(f"{source}.pt"), rl.metrics_path(f"{source}.pt"), rl.reward_curve_path(f"{source}.pt")):
-                shutil.copyfile(folder / path, folder / path.name.replace(source, name, 1))
+            for path in (Path(f"{source}.pt"), rl.metrics_path(f"{source}.pt"), rl.reward_curve_path(f"{source}.pt"),
+                         curves.curve_path(f"{source}.pt")):
+                if (folder / path).exists():  # a run without reward probes drew no reward curve
+                    shutil.copyfile(folder / path, folder / path.name.replace(source, name, 1))
         return results[source + tag]
     for (name, s), source in copies.items():  # stage() calls its fn at once, with these values
         stage(name + folders[s][1], lambda: copy_run(name, source, *folders[s]), every_rank=True)
@@ -145,6 +148,7 @@ def reproduce(preset, data: str = "synthetic", bbq_dir=None, seed: int = 0, out=
         "reward_model": reward_model,
         "stability": stability_mean, "stability_std": stability_std, "stability_seeds": stability_seeds,
         "annotation": {a: annotate.summarise([r["counts"][a] for r, _ in annotated]) for a in annotate.ANNOTATORS},
+        "curves": {name: [t["curve"] for t in runs] for name, runs in training.items()},  # curves.py, per seed
         "budget": budget(preset),
         "command": command,
         "eval_categories": list(eval_categories),
@@ -173,10 +177,15 @@ def rl_stage(name, rl_seed, out: Path, splits, preset, seed, backend, force, ide
 
     def train():  # the reward model is loaded only when the stage runs, not when it is skipped
         scorer = rl.make_scorer(out / "reward.pt", out / "intervention.json" if name == "grpo_cirm" else None)
-        if name == "dpo" or name in annotate.POLICIES:  # the latter on an annotator's labels of its pool
-            pairs = annotate.annotated_pairs(folder, name, splits, preset, rl_seed) if name != "dpo" else None
+        if name == "dpo":
             return dpo.train_dpo(splits, policy, ckpt, preset.rl, preset.dpo, preset.pairs, seed=rl_seed,
-                                 backend=backend, score_fn=scorer, pairs=pairs)
+                                 backend=backend, score_fn=scorer)
+        if name in annotate.POLICIES:
+            # DPO on an annotator's labels of its pool: its policy is the result, so no reward probe
+            # (stability) and no budget curve, which would double the run's time
+            pairs = annotate.annotated_pairs(folder, name, splits, preset, rl_seed)
+            return dpo.train_dpo(splits, policy, ckpt, replace(preset.rl, eval_points=0), preset.dpo, preset.pairs,
+                                 seed=rl_seed, backend=backend, pairs=pairs)
         if name == "ppo":
             return ppo.train_ppo(splits, policy, ckpt, scorer, preset.rl, preset.ppo, rl_seed, backend)
         # grpo and grpo_cirm: the same trainer; the scorer applies the intervention

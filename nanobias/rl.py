@@ -14,8 +14,9 @@ number of preference pairs. The rest is plumbing each trainer would otherwise re
 - `reference_policy`: the frozen copy of the initial policy that the KL term is measured against.
 - per-step logs (reward mean and std, KL, clip fraction, completion length, entropy) as JSONL,
   training stability (the reward curve itself is drawn by plots.reward_curves).
-- `start_run`: the set-up every trainer repeats (policy on its device, reference, optimiser,
-  metrics log, progress line); `Run.finish`, the end (policy saved, reward curve drawn).
+- `start_run`: the set-up every trainer repeats (policy on its device, reference, optimiser, metrics
+  log, progress line, budget curve: curves.py); `Run.finish`, the end (policy and curve saved, reward
+  curve drawn).
 
 Stability (docs/design.md): `reward_fluctuation` = population std of the per-step batch-mean reward
 over the last half of training; `final_reward_mean` = the mean of those batch means.
@@ -32,9 +33,9 @@ from typing import Callable
 
 import torch
 
-from nanobias import device, distributed, plots
+from nanobias import curves, device, distributed, plots
 from nanobias.bbq import Example
-from nanobias.checkpoint import load_policy, save_policy
+from nanobias.checkpoint import load_policy, save_policy, write_json
 from nanobias.errors import TrainingDiverged
 from nanobias.progress import Progress
 from nanobias.render import render_prompt
@@ -52,12 +53,15 @@ class RLConfig:
     group_size: int = 8  # G: completions per prompt
     max_new_tokens: int = 24
     temperature: float = 1.0  # sampling temperature; log-probs in every loss use the same one
+    eval_points: int = 0  # budget-curve evaluations, step 0 and the last included (curves.py); 0: none
+    eval_prompts: int = 96  # the fixed test subset they answer
 
     def __post_init__(self):
         check(self, {"steps": self.steps >= 1, "prompts_per_step": self.prompts_per_step >= 1,
                      "group_size": self.group_size >= 1, "max_new_tokens": self.max_new_tokens >= 1,
-                     "temperature": self.temperature > 0},
-              "steps, prompts_per_step, group_size, max_new_tokens >= 1; temperature > 0")
+                     "temperature": self.temperature > 0, "eval_points": self.eval_points == 0 or self.eval_points >= 2,
+                     "eval_prompts": self.eval_prompts >= 1}, "steps, prompts_per_step, group_size, max_new_tokens, "
+              "eval_prompts >= 1; temperature > 0; eval_points 0 (no curve) or >= 2")
 
     @property
     def calls_per_step(self) -> int:
@@ -218,7 +222,7 @@ class MetricsLog:
 @dataclass
 class Run:
     """What every RL trainer sets up: the policy it trains (on this process's device), its frozen
-    reference, the tokenizer, the optimiser, its schedule, the log and the progress line."""
+    reference, the tokenizer, the optimiser, its schedule, the log, the progress line, the budget curve."""
     model: torch.nn.Module
     ref_model: torch.nn.Module
     enc: object
@@ -228,35 +232,40 @@ class Run:
     log: MetricsLog
     progress: Progress
     heads: dict  # modules trained beside the policy (PPO's value head), by name
+    curve: curves.Curve  # the policy evaluated at evenly spaced steps (curves.py)
 
     def set_lr(self, step: int) -> float:
         return set_lr(self.opt, step, self.steps, self.optim)
 
     def log_step(self, record: dict, shown: tuple[str, ...]) -> None:
-        """Append the step's record and show its `shown` fields on the progress line."""
+        """Append the step's record, show its `shown` fields on the progress line, add a curve point if due."""
         self.log.append(record)
         record = self.log.history[-1]
         if distributed.is_main():
             done = record["step"] + 1
             self.progress.update(done, force=done == self.progress.total, **{k: record[k] for k in shown if k in record})
+        self.curve.after(record["step"] + 1, self.model, self.enc)
 
     def finish(self, out_path, stage: str, **meta) -> dict:
-        """Save the trained policy (its `meta` beside it), draw the reward curve as `<stem>.reward.png`
-        (if any step scored a reward). Returns {"stability", "history"}."""
+        """Save the trained policy (its `meta` beside it), its budget curve as `<stem>.curve.json`, and draw
+        the reward curve as `<stem>.reward.png` (if any step scored a reward). Returns {"stability",
+        "history", "curve"}."""
         self.model.eval()
         save_policy(out_path, self.model, self.enc, stage=stage, **meta)
-        result = {"stability": stability(self.log.history), "history": self.log.history}
+        result = {"stability": stability(self.log.history), "history": self.log.history, "curve": self.curve.points}
+        write_json(curves.curve_path(out_path), self.curve.points)  # rank 0 alone writes
         if result["stability"] and distributed.is_main():
             plots.reward_curves({stage: self.log.history}, reward_curve_path(out_path))
         distributed.barrier()  # the policy file is written before any rank reads it
         return result
 
 
-def start_run(policy_ckpt, out_path, rl_cfg: RLConfig, optim: OptimConfig, desc: str, about: str,
+def start_run(policy_ckpt, out_path, rl_cfg: RLConfig, optim: OptimConfig, desc: str, about: str, test: list[Example],
               heads: Callable[[torch.nn.Module], dict] | None = None) -> Run:
     """Load the policy onto the device, freeze a reference copy, build the optimiser (over
     the policy and any `heads(policy)` trained with it, e.g. PPO's value head), start
-    `<out stem>.metrics.jsonl` and the progress line; print `about`."""
+    `<out stem>.metrics.jsonl`, the progress line and the budget curve on `test` prompts (its step-0
+    point: the starting policy); print `about`."""
     model, enc, _ = load_policy(policy_ckpt)
     ref_model = reference_policy(model).to(distributed.device())
     extra = heads(model) if heads else {}
@@ -265,8 +274,10 @@ def start_run(policy_ckpt, out_path, rl_cfg: RLConfig, optim: OptimConfig, desc:
     distributed.sync_parameters(trained)
     if distributed.is_main():
         print(f"{desc}: {about}" + (f" on {distributed.world_size()} processes" if distributed.world_size() > 1 else ""))
+    curve = curves.Curve(rl_cfg, test, desc)
+    curve.after(0, model, enc)
     return Run(model, ref_model, enc, make_optimizer(trained, optim), rl_cfg.steps, optim,
-               MetricsLog(metrics_path(out_path)), Progress(rl_cfg.steps, desc, unit="step"), extra)
+               MetricsLog(metrics_path(out_path)), Progress(rl_cfg.steps, desc, unit="step"), extra, curve)
 
 
 def metrics_path(ckpt_path) -> Path:

@@ -51,6 +51,28 @@ def test_reproduce_writes_the_results_contract_report_and_plots(smoke_run):
     assert not list(smoke_run.glob("**/*.tmp"))
 
 
+def test_reproduce_writes_budget_curves_of_every_method(smoke_run):
+    """results.json "curves": per RL method one curve per seed, at the smoke preset's evenly spaced steps, on
+    reward-model calls; every curve starts from the one base policy on the same prompts (curves.py)."""
+    from nanobias.curves import curve_path, curve_steps
+    from nanobias.presets import get_preset
+
+    results = json.loads((smoke_run / "results.json").read_text())
+    rl_cfg = get_preset("smoke").rl
+    steps = curve_steps(rl_cfg.steps, rl_cfg.eval_points)
+    assert list(results["curves"]) == list(POLICIES[1:]) and len(steps) == rl_cfg.eval_points == 3
+    for name, runs in results["curves"].items():
+        assert len(runs) == len(results["seeds"]) == 1, name
+        assert [p["step"] for p in runs[0]] == steps and [p["calls"] for p in runs[0]] == [
+            s * rl_cfg.prompts_per_step * rl_cfg.group_size for s in steps], name
+        assert runs[0][0] == results["curves"]["dpo"][0][0], name  # step 0: the base policy, the same prompts
+        assert json.loads(curve_path(smoke_run / f"{name}.pt").read_text()) == runs[0], name
+    assert (smoke_run / "budget_curves.png").read_bytes()[:4] == b"\x89PNG"
+    report = (smoke_run / "report.md").read_text()
+    assert "## Budget curves" in report and "![budget curves](budget_curves.png)" in report
+    assert "| method | " + " | ".join(str(p["calls"]) for p in results["curves"]["grpo"][0]) + " |" in report
+
+
 def test_a_rerun_skips_finished_stages(smoke_run, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(smoke_run, run)  # copy2: modification times kept
@@ -151,6 +173,7 @@ def test_more_seeds_on_two_workers_keep_seed_0_and_the_results_of_one_process(sm
         assert two["stability_seeds"][name][0] == one["stability"][name]
         runs = [s["final_reward_mean"] for s in two["stability_seeds"][name]]
         assert two["stability_std"][name]["final_reward_mean"] == pytest.approx(np.std(runs, ddof=1))
+    assert all(len(runs) == 2 and runs[0] == one["curves"][name][0] for name, runs in two["curves"].items())
     report = (run / "report.md").read_text()
     assert "mean ± std over 2 RL seeds (0, 1)" in report and re.search(r"\| grpo \| -?\d\.\d{3} ± \d\.\d{3} \|", report)
     assert re.search(r"\| base \| -?\d\.\d{3} \|", report)  # evaluated once: no std
