@@ -33,7 +33,8 @@ from nanobias.progress import format_seconds
 from nanobias.stages import code_version, identity_problem, preset_settings, run_hash, run_stage, seed_folder
 from nanobias.workers import run_jobs
 
-POLICIES = ("base", "dpo", "ppo", "grpo", "grpo_cirm", *annotate.POLICIES)
+RL_METHODS = ("dpo", "ppo", "grpo", "grpo_cirm")  # trained against the reward model; with budget curves
+POLICIES = ("base", *RL_METHODS, *annotate.POLICIES)
 
 
 def run_identity(preset, data, bbq_dir, seed, train_categories, eval_categories, backend, init_dir) -> dict:
@@ -105,7 +106,7 @@ def reproduce(preset, data: str = "synthetic", bbq_dir=None, seed: int = 0, out=
     # run step for step (same seed), as DPO on two identical label sets would: reuse the first run
     copies = {(name, s): source for s, (result, _) in zip(rl_seeds, annotated)
               for name, source in {**result["copies"], **({"grpo_cirm": "grpo"} if empty else {})}.items() if source}
-    jobs = [(name, s) for name in ("dpo", *annotate.POLICIES, "ppo", "grpo", "grpo_cirm") for s in rl_seeds
+    jobs = [(name, s) for name in (*RL_METHODS, *annotate.POLICIES) for s in rl_seeds
             if (name, s) not in copies]
     args = (out, splits, preset, seed, backend, force, identity_hash)
     for (name, s), (result, took) in zip(jobs, run_jobs([(rl_stage, name, s, *args) for name, s in jobs], workers)):
@@ -124,7 +125,7 @@ def reproduce(preset, data: str = "synthetic", bbq_dir=None, seed: int = 0, out=
     for (name, s), source in copies.items():  # stage() calls its fn at once, with these values
         stage(name + folders[s][1], lambda: copy_run(name, source, *folders[s]), every_rank=True)
     training = {name: [results[name + tag] for _, tag in folders.values()]
-                for name in ("grpo", "grpo_cirm", "dpo", "ppo")}
+                for name in RL_METHODS}
 
     def evaluate(folder, names):
         evaluated = run_jobs([(evaluate_policy_file, folder, name, splits, preset.eval_examples) for name in names],

@@ -12,7 +12,7 @@ import pytest
 from conftest import CLI_ENV, SMOKE_REPRODUCE
 
 from nanobias.cli import main
-from nanobias.reproduce import POLICIES
+from nanobias.reproduce import POLICIES, RL_METHODS
 from nanobias.stages import flat
 
 METRICS = {"acc_ambig", "acc_disambig", "s_amb", "s_dis", "invalid_rate", "mean_len", "heldout", "per_category"}
@@ -60,7 +60,7 @@ def test_reproduce_writes_budget_curves_of_every_method(smoke_run):
     results = json.loads((smoke_run / "results.json").read_text())
     rl_cfg = get_preset("smoke").rl
     steps = curve_steps(rl_cfg.steps, rl_cfg.eval_points)
-    assert list(results["curves"]) == list(POLICIES[1:]) and len(steps) == rl_cfg.eval_points == 3
+    assert list(results["curves"]) == list(RL_METHODS) and len(steps) == rl_cfg.eval_points == 3
     for name, runs in results["curves"].items():
         assert len(runs) == len(results["seeds"]) == 1, name
         assert [p["step"] for p in runs[0]] == steps and [p["calls"] for p in runs[0]] == [
