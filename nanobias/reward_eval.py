@@ -30,7 +30,7 @@ from nanobias.model import GPT
 from nanobias.plots import biased_vs_unbiased, neurons_per_layer
 from nanobias.preferences import BALANCED, PAIR_KINDS, PairConfig, bump, make_pairs, pair_kind
 from nanobias.render import ATTRIBUTES, render_completion
-from nanobias.reward import RewardModel, encode, load_reward_model, score
+from nanobias.reward import RewardModel, encode, load_reward_model, score, scoring_cost
 from nanobias.sampling import left_pad
 
 # reward-model variants in reports: cirm_all = the intervention at every position; all_neurons =
@@ -198,7 +198,7 @@ def evaluate_reward_models(splits, reward_ckpt, intervention_path, out_dir, cfg:
     """docs/design.md's `reward_model` section for base / cirm / length_penalty / lwr (and cirm_all, the
     intervention at every position). intervention_path None: base and baselines only. Writes
     reward_eval.json and PNGs into out_dir."""
-    rm, enc, _ = load_reward_model(reward_ckpt)
+    rm, enc, meta = load_reward_model(reward_ckpt)
     out_dir = Path(out_dir)
 
     val = make_pairs(splits.val, pairs_cfg.val_pairs, seed + 1, BALANCED)
@@ -217,6 +217,9 @@ def evaluate_reward_models(splits, reward_ckpt, intervention_path, out_dir, cfg:
     lengths = np.array([len(t) for t in texts], dtype=np.float64)
     batches = prefill(rm, enc, prompts, texts)
     r_base = last_token_rewards(rm, batches).numpy().astype(np.float64)
+    # which reward model this is, and what one call of it costs (as rl.make_scorer scores)
+    scorer = {"loss": meta.get("loss"), "of_layers": meta.get("policy_n_layer", rm.gpt.config.n_layer),
+              **scoring_cost(rm, enc, prompts, texts)}
     rewards = {"base": r_base, "length_penalty": r_base - alpha * lengths,
                "lwr": r_base - lowess(val_len, val_r, lengths)}
     intervention = load_intervention(intervention_path) if intervention_path is not None else None
@@ -242,6 +245,7 @@ def evaluate_reward_models(splits, reward_ckpt, intervention_path, out_dir, cfg:
                               "per_layer": per_layer, "k": intervention.k}
         neurons_per_layer(per_layer, intervention.n_neurons, out_dir / "neurons_per_layer.png")
     results["test_pairs"] = len(test)
+    results["scorer"] = scorer
     write_json(out_dir / "reward_eval.json", results)
     biased_vs_unbiased({m: results[m] for m in order}, ATTRIBUTES, out_dir / "reward_biased_unbiased.png")
     print(format_reward_table(results))
@@ -277,4 +281,8 @@ def format_reward_table(results: dict) -> str:
     tail = (f"neurons edited: {neurons['edited']} of {neurons['total']} "
             f"({100 * neurons['edited'] / neurons['total']:.2f}%), per layer {neurons['per_layer']}, k {neurons['k']}\n"
             if neurons else "")
+    scorer = results.get("scorer")
+    tail += (f"scoring: {scorer['seconds_per_1k_calls']:.2f} s per 1000 calls ({scorer['layers']} of "
+             f"{scorer['of_layers']} layers, loss {scorer['loss']}, {scorer['threads']} thread(s), "
+             f"{scorer['completions']} test completions)\n" if scorer else "")
     return head + rows + tail_position + tail
