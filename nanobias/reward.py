@@ -198,7 +198,8 @@ def reward_meta(rm: RewardModel, enc, **extra) -> dict:
 
 def train_reward_model(splits, policy_ckpt, out_path, cfg: RewardConfig, pairs_cfg: PairConfig, seed: int = 0,
                        resume: bool = False):
-    """Fine-tune the policy's backbone + a scalar head on planted-bias pairs; writes out_path."""
+    """Fine-tune the policy's backbone (its first cfg.n_layer blocks; 0: all) + a scalar head on planted-bias
+    pairs by cfg.loss; writes out_path."""
     policy, enc, _ = load_policy(policy_ckpt)
     rm = reward_model_from_policy(policy, seed, cfg.n_layer)
     val_pairs = make_pairs(splits.val, min(64, pairs_cfg.val_pairs), seed + 1)
