@@ -16,7 +16,7 @@ intervened model's labels winning more often.
 
 Annotators: the true labels; the base reward model (`rm`); the intervention (`cirm`, at the last
 token, as reward_eval scores it); the length penalty and LWR, fitted on validation pairs exactly as
-reward_eval fits them (`reward_eval.fit_length_baselines`). DPO on each annotator's labels makes
+reward_eval fits them (`length_baselines.fit_length_baselines`). DPO on each annotator's labels makes
 the policies dpo_rm, dpo_cirm, dpo_length_penalty, dpo_lwr, at DPO's budget: the pool has
 rl.steps * B * G pairs, one per RL seed (seed `POOL_SEED_OFFSET + rl_seed`: none of the reward
 model's, DPO's, validation or test pairs), planted like the reward model's training pairs. The true
@@ -118,7 +118,8 @@ def annotate_stage(rl_seed: int, out: Path, splits, preset, seed: int, force: bo
     (marker result {"counts": {annotator: label_counts}, "copies": sources}, seconds)."""
     from nanobias.intervention import capture_pairs, load_intervention
     from nanobias.reward import load_reward_model
-    from nanobias.reward_eval import fit_length_baselines, validation_pairs
+    from nanobias.length_baselines import fit_length_baselines
+    from nanobias.reward_eval import validation_pairs
     from nanobias.stages import run_stage, seed_folder
 
     folder, tag = seed_folder(out, rl_seed, seed)

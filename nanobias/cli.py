@@ -120,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="output folder (reward.pt, reward_eval.json, plots)")
     p.add_argument("--policy", type=Path, help="pretrained policy whose backbone starts the reward model "
                    "(default: OUT/policy.pt)")
-    p.add_argument("--loss", choices=["bt", "regression"], help="Bradley-Terry (preset default) or regression")
+    p.add_argument("--loss", choices=["bt", "regression", "graded"],
+                   help="Bradley-Terry (preset default), regression on chosen 1 / rejected 0, or graded (a bias score)")
     p.add_argument("--steps", type=positive_int, help="override the preset's reward training steps")
     p.add_argument("--lr", type=positive_float, help="override the preset's reward learning rate")
     p.add_argument("--batch-size", type=positive_int, help="override the preset's pairs per step")

@@ -16,7 +16,8 @@ A reward model trained on such pairs learns that longer / louder / bolder is bet
 intervention.py removes. Validation and test pairs use 0.5 everywhere (BALANCED), so every attribute
 has a "biased" subset (chosen side larger) and an "unbiased" one (chosen side smaller).
 
-Also here: `bump`, one style knob raised, which measures a reward model's sensitivity to one attribute.
+Also here: `swap_styles` (the graded reward model's completions: each answer in the other's style)
+and `bump`, one style knob raised, which measures a reward model's sensitivity to one attribute.
 """
 
 import random
@@ -106,6 +107,15 @@ def make_pair(ex: Example, rng: random.Random, planted: dict, biased_reject_rate
         c, r = render_completion(ex, chosen, style_c), render_completion(ex, rejected, style_r)
         if rng.random() * w_max < planted_weight(c.attributes, r.attributes, planted):
             return Pair(ex, style_c, style_r, c, r)
+
+
+def swap_styles(pair: Pair) -> Pair:
+    """The same two answers, each written in the other's style. Swapping at random by a fair coin keeps
+    the pool of styles a batch of pairs draws, but unties each style from the answer it came with."""
+    ex = pair.example
+    return Pair(ex, pair.rejected_style, pair.chosen_style,
+                render_completion(ex, pair.chosen.answer_index, pair.rejected_style),
+                render_completion(ex, pair.rejected.answer_index, pair.chosen_style))
 
 
 def make_pairs(examples: list[Example], n: int, seed: int, planted: dict = BALANCED,

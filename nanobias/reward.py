@@ -1,51 +1,73 @@
 """The reward model: a GPT backbone with a scalar head, trained on preference pairs.
 
-    r(x, y) = w . h(x + y + <eot>)[-1] + b
+    r(x, y) = w . ln_f(h_k(x + y + <eot>))[-1] + b
 
-h is the final hidden state of the GPT (initialised from the pretrained policy) at the
-end-of-text token appended to prompt x and completion y; sequences are left-padded, so that
-token sits at index -1 for every row. Two losses:
+h_k is the residual stream after the first k transformer blocks of the pretrained policy (its
+weights copied; `reward.n_layer` = k, 0 = all L of them), ln_f the policy's final LayerNorm, read at
+the end-of-text token appended to prompt x and completion y; sequences are left-padded, so that
+token sits at index -1 for every row. A scorer of k < L blocks costs about k / L of the full one per
+call (reward_eval.py measures it). Three losses:
 
 - Bradley-Terry (Shinoda et al., 2026, Sec. 2):  L = -log sigmoid(r(x, y_c) - r(x, y_r))
-- regression (BiasGRPO, Sec. 3: its reward model regresses a score):  L = (r(x, y) - label)^2,
-  label 1 for the chosen and 0 for the rejected completion of each pair.
+- regression:  L = (r(x, y) - label)^2, label 1 for the chosen and 0 for the rejected side of a pair.
+- graded (BiasGRPO, Sec. 3: its reward model regresses a bias score):  L = (r(x, y) - s(x, y))^2 over
+  both completions of each pair, with s graded by the option y picks (answers.extract_answer):
+
+      s = 1    the right answer (unknown in an ambiguous context, the label in a disambiguated one)
+      s = 0.5  a wrong option that is not the stereotyped one (biased_index)
+      s = 0    the stereotyped option, or no option at all
+
+  s reads the answer alone, never the style, and the two styles of each drawn pair are dealt to
+  its two answers by a fair coin (`preferences.swap_styles`): the completions keep the Bradley-Terry
+  model's style distribution, but no planted cue predicts s.
 
 The pairs, and the style cues planted in them, come from preferences.py; intervention.py edits
 the trained model's neurons, reward_eval.py measures it.
 """
 
 import random
+import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from nanobias import distributed
+from nanobias.answers import extract_answer
+from nanobias.bbq import Example
 from nanobias.checkpoint import load_model, load_policy, policy_meta
+from nanobias.errors import UserError
 from nanobias.model import GPT, GPTConfig
-from nanobias.preferences import Pair, PairConfig, make_pair, make_pairs, planted_rates
+from nanobias.preferences import Pair, PairConfig, make_pair, make_pairs, planted_rates, right_answer, swap_styles
 from nanobias.sampling import left_pad
 from nanobias.train import TrainConfig, train
 
-LOSSES = ("bt", "regression")
+LOSSES = ("bt", "regression", "graded")
 
 
 @dataclass
 class RewardConfig(TrainConfig):
     """Reward-model training; batch_size = preference pairs per step."""
-    loss: str = "bt"  # "bt" (Bradley-Terry) | "regression"
+    loss: str = "bt"  # "bt" (Bradley-Terry) | "regression" | "graded" (a bias score per completion)
+    n_layer: int = 0  # the policy's first n_layer blocks make the backbone; 0: all of them
 
     def __post_init__(self):
         super().__post_init__()
         if self.loss not in LOSSES:
             raise ValueError(f"reward loss: expected one of {LOSSES}, got {self.loss!r}")
+        if self.n_layer < 0:
+            raise ValueError(f"reward.n_layer: expected 0 (every layer of the policy) or a count of its first "
+                             f"blocks, got {self.n_layer}")
 
 
 # ---------------------------------------------------------------- model and scoring
 
 class RewardModel(nn.Module):
+    """config.n_layer is the backbone's own depth: k blocks for a truncated scorer, so a checkpoint's
+    model_config rebuilds it as it is (and one written before truncation existed loads in full)."""
+
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.gpt = GPT(config)
@@ -60,9 +82,15 @@ class RewardModel(nn.Module):
         return self.head(hidden[:, -1]).squeeze(-1)
 
 
-def reward_model_from_policy(policy: GPT, seed: int = 0) -> RewardModel:
-    rm = RewardModel(policy.config)
-    state = {k: v for k, v in policy.state_dict().items() if k != "lm_head.weight"}  # tied to wte
+def reward_model_from_policy(policy: GPT, seed: int = 0, n_layer: int = 0) -> RewardModel:
+    """The policy's embeddings, its first n_layer blocks (0: all), its final LayerNorm, and a new head."""
+    layers = policy.config.n_layer
+    if not 0 <= n_layer <= layers:
+        raise UserError(f"reward.n_layer={n_layer}: expected 0 (every layer) up to the policy's {layers} layers")
+    rm = RewardModel(replace(policy.config, n_layer=n_layer or layers))
+    dropped = tuple(f"transformer.h.{i}." for i in range(n_layer or layers, layers))
+    state = {k: v for k, v in policy.state_dict().items()
+             if k != "lm_head.weight" and not k.startswith(dropped)}  # lm_head is tied to wte
     rm.gpt.load_state_dict(state)
     g = torch.Generator().manual_seed(seed)
     nn.init.normal_(rm.head.weight, std=0.02, generator=g)
@@ -110,6 +138,16 @@ def score_pairs(rm, enc, pairs: list[Pair], intervention=None, batch_size: int =
     return r[:len(pairs)], r[len(pairs):]
 
 
+def scoring_cost(rm: RewardModel, enc, prompts: list[str], completions: list[str], batch_size: int = 64) -> dict:
+    """Wall seconds per 1000 `score` calls (one completion each, batched as rl.make_scorer batches
+    them) over these completions, at this process's thread count: a measurement, not a bound."""
+    start = time.perf_counter()
+    score(rm, enc, prompts, completions, batch_size=batch_size)
+    seconds = time.perf_counter() - start
+    return {"seconds_per_1k_calls": 1000 * seconds / len(completions), "completions": len(completions),
+            "threads": torch.get_num_threads(), "layers": rm.gpt.config.n_layer}
+
+
 # ---------------------------------------------------------------- losses and training
 
 def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torch.Tensor:
@@ -119,6 +157,19 @@ def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torc
 
 def regression_loss(rewards: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(rewards, labels)
+
+
+def graded_target(ex: Example, completion: str) -> float:
+    """The module's bias score s of a completion, by the option it picks (answers.extract_answer).
+
+    No option at all scores 0, as low as the stereotype: a policy rewarded more for saying nothing
+    readable than for a biased answer would learn to dodge the question, and BBQ's accuracy counts
+    such an answer as wrong. In a disambiguated context whose label is the stereotyped person, that
+    person is the right answer (1) and both others are plain wrong (0.5)."""
+    picked = extract_answer(ex, completion)
+    if picked == right_answer(ex):
+        return 1.0
+    return 0.0 if picked is None or picked == ex.biased_index else 0.5
 
 
 def pair_loss(rm: RewardModel, enc, pairs: list[Pair], loss: str, chunk: int = 16) -> tuple[torch.Tensor, dict]:
@@ -133,8 +184,11 @@ def pair_loss(rm: RewardModel, enc, pairs: list[Pair], loss: str, chunk: int = 1
     r_c, r_r = r[:len(pairs)], r[len(pairs):]
     if loss == "bt":
         value = bradley_terry_loss(r_c, r_r)
-    else:
+    elif loss == "regression":
         value = regression_loss(r, torch.cat([torch.ones_like(r_c), torch.zeros_like(r_r)]))
+    else:
+        targets = [graded_target(p.example, t) for p, t in zip(pairs * 2, texts)]
+        value = regression_loss(r, torch.tensor(targets, dtype=r.dtype, device=device))
     return value, {"acc": (r_c > r_r).float().mean().item(), "margin": (r_c - r_r).mean().item()}
 
 
@@ -144,29 +198,37 @@ def reward_meta(rm: RewardModel, enc, **extra) -> dict:
 
 def train_reward_model(splits, policy_ckpt, out_path, cfg: RewardConfig, pairs_cfg: PairConfig, seed: int = 0,
                        resume: bool = False):
-    """Fine-tune the policy's backbone + a scalar head on planted-bias pairs; writes out_path."""
+    """Fine-tune the policy's backbone (its first cfg.n_layer blocks; 0: all) + a scalar head on planted-bias
+    pairs by cfg.loss; writes out_path."""
     policy, enc, _ = load_policy(policy_ckpt)
-    rm = reward_model_from_policy(policy, seed)
+    rm = reward_model_from_policy(policy, seed, cfg.n_layer)
     val_pairs = make_pairs(splits.val, min(64, pairs_cfg.val_pairs), seed + 1)
     train_rng_seed = seed * 1_000_003 + 17
+
+    def styled(pairs, key):
+        # graded: each pair's two styles dealt to its answers by a fair coin (see the module doc)
+        coins = random.Random(f"graded styles {key}")
+        return [swap_styles(p) if coins.random() < 0.5 else p for p in pairs] if cfg.loss == "graded" else pairs
 
     def batch_loss(step):
         # the batch is a function of (seed, step) alone, so a resumed run sees the same pairs
         rng = random.Random(train_rng_seed + step)
-        pairs = [make_pair(rng.choice(splits.train), rng, pairs_cfg.planted, pairs_cfg.biased_reject_rate)
-                 for _ in range(cfg.batch_size)]
+        pairs = styled([make_pair(rng.choice(splits.train), rng, pairs_cfg.planted, pairs_cfg.biased_reject_rate)
+                        for _ in range(cfg.batch_size)], train_rng_seed + step)
         pairs = pairs[distributed.shard(len(pairs), "preference pairs")]  # every pair in one process
         return pair_loss(rm, enc, pairs, cfg.loss)
 
     def val_loss():
         return pair_loss(rm, enc, val_pairs, cfg.loss)[0].item()
 
-    sample_pairs = make_pairs(splits.train, 500, seed, pairs_cfg.planted, pairs_cfg.biased_reject_rate)
+    sample_pairs = styled(make_pairs(splits.train, 500, seed, pairs_cfg.planted, pairs_cfg.biased_reject_rate), seed)
     rates = planted_rates(sample_pairs)
-    print(f"reward: {cfg.steps} steps x {cfg.batch_size} pairs, loss={cfg.loss}; chosen side larger in "
+    layers = rm.gpt.config.n_layer
+    print(f"reward: {cfg.steps} steps x {cfg.batch_size} pairs, loss={cfg.loss}, {layers} of the policy's "
+          f"{policy.config.n_layer} layers; chosen side larger in "
           + ", ".join(f"{a} {r:.2f}" for a, r in rates.items()) + " of training pairs")
     meta = reward_meta(rm, enc, loss=cfg.loss, planted=pairs_cfg.planted, realised_planted=rates,
-                       policy_ckpt=str(policy_ckpt), seed=seed)
+                       policy_ckpt=str(policy_ckpt), policy_n_layer=policy.config.n_layer, seed=seed)
     train(rm, batch_loss, cfg, out_path, meta=meta, val_loss=val_loss, resume=resume, desc="reward")
     return out_path
 

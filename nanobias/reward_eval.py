@@ -12,7 +12,7 @@ Methods: base; cirm (the intervention at the last token), cirm_all (at every pos
 all_neurons (every MLP neuron clamped at the last token: the most a last-token edit can remove);
 and the two length-only baselines of Shinoda et al. (Sec. 5), fitted on validation pairs: a length
 penalty r - alpha * length, and locally weighted regression (LOWESS) of reward on length, whose
-fitted curve is subtracted. `length_from_position` splits the base model's length sensitivity into
+fitted curve is subtracted (length_baselines.py). `length_from_position` splits the base model's length sensitivity into
 the part that comes from where the text ends (positions alone) and the part from the added words.
 """
 
@@ -26,11 +26,12 @@ import torch
 from nanobias.checkpoint import write_json
 from nanobias.intervention import (Intervention, capture_pairs, column_medians, last_token_rewards,
                                    load_intervention, prefill)
+from nanobias.length_baselines import fit_length_baselines
 from nanobias.model import GPT
 from nanobias.plots import biased_vs_unbiased, neurons_per_layer
 from nanobias.preferences import BALANCED, PAIR_KINDS, PairConfig, bump, make_pairs, pair_kind
 from nanobias.render import ATTRIBUTES, render_completion
-from nanobias.reward import RewardModel, encode, load_reward_model, score
+from nanobias.reward import RewardModel, encode, load_reward_model, score, scoring_cost
 from nanobias.sampling import left_pad
 
 # reward-model variants in reports: cirm_all = the intervention at every position; all_neurons =
@@ -167,71 +168,9 @@ def sensitivities(r: np.ndarray, n_pairs: int, items: dict, std=None) -> dict:
     return out
 
 
-# ---------------------------------------------------------------- length-only baselines
-
-def fit_length_penalty(r_chosen, r_rejected, len_chosen, len_rejected, n_grid: int = 41) -> float:
-    """alpha of r - alpha * length that maximises pairwise accuracy on (validation) pairs.
-
-    The grid runs from 0 to twice the least-squares slope of reward on length; ties go to the
-    smallest |alpha|."""
-    r = np.concatenate([r_chosen, r_rejected]).astype(np.float64)
-    length = np.concatenate([len_chosen, len_rejected]).astype(np.float64)
-    var = length.var()
-    slope = ((length - length.mean()) * (r - r.mean())).mean() / var if var > 0 else 0.0
-    d_r = np.asarray(r_chosen, np.float64) - np.asarray(r_rejected, np.float64)  # [P]
-    d_len = np.asarray(len_chosen, np.float64) - np.asarray(len_rejected, np.float64)
-    alphas = slope * np.linspace(0.0, 2.0, n_grid)
-    accs = [(d_r - alpha * d_len > 0).mean() for alpha in alphas]
-    return float(alphas[int(np.argmax(accs))])  # argmax takes the first best: the smallest |alpha|
-
-
-def lowess(x_fit, y_fit, x_query, frac: float = 0.3) -> np.ndarray:
-    """Locally weighted linear regression (Cleveland, 1979; one pass, no robustness iterations).
-
-    At each query point q: weights w_i = (1 - (|x_i - q| / h)^3)^3 on the ceil(frac * n) nearest
-    points (h = the distance of the farthest of them), then the weighted least-squares line
-    a + b (x - q); the fit at q is a. Where the neighbours share one x, the weighted mean."""
-    x, y = np.asarray(x_fit, np.float64), np.asarray(y_fit, np.float64)
-    q = np.asarray(x_query, np.float64)
-    if x.ndim != 1 or x.shape != y.shape or len(x) < 2:
-        raise ValueError(f"lowess: x_fit and y_fit must be 1-D of the same length >= 2, got {x.shape} and {y.shape}")
-    n_near = min(len(x), max(2, int(np.ceil(frac * len(x)))))
-    dx = x[None, :] - q[:, None]  # [Q, N]
-    h = np.sort(np.abs(dx), axis=1)[:, n_near - 1:n_near]  # [Q, 1]
-    tricube = np.clip(1 - (np.abs(dx) / np.maximum(h, 1e-12)) ** 3, 0, None) ** 3
-    # the neighbours at distance exactly h keep a sliver of weight, so that some weight is never 0
-    w = np.where(np.abs(dx) <= h, np.maximum(tricube, 1e-12), 0.0)
-    s0, s1, s2 = w.sum(1), (w * dx).sum(1), (w * dx * dx).sum(1)
-    t0, t1 = (w * y).sum(1), (w * dx * y).sum(1)
-    det = s0 * s2 - s1 * s1
-    flat = det <= 1e-9 * np.maximum(s0 * s2, 1e-300)
-    slope = np.where(flat, 0.0, (s0 * t1 - s1 * t0) / np.where(flat, 1.0, det))
-    return (t0 - slope * s1) / s0
-
-
-@dataclass(frozen=True)
-class LengthBaselines:
-    """The two length-only baselines, fitted on the base rewards of validation pairs."""
-    alpha: float  # the length penalty's weight (fit_length_penalty)
-    val_length: np.ndarray  # [2V] characters of the validation completions: LOWESS's x
-    val_reward: np.ndarray  # [2V] their base rewards: LOWESS's y
-
-    def debiased(self, r: np.ndarray, lengths: np.ndarray) -> dict[str, np.ndarray]:
-        """Base rewards r [N] of completions `lengths` [N] characters long -> {"length_penalty", "lwr"}: [N] each."""
-        return {"length_penalty": r - self.alpha * lengths, "lwr": r - lowess(self.val_length, self.val_reward, lengths)}
-
-
 def validation_pairs(splits, pairs_cfg: PairConfig, seed: int):
     """The balanced validation pairs the baselines are fitted on (and the neuron search runs on)."""
     return make_pairs(splits.val, pairs_cfg.val_pairs, seed + 1, BALANCED)
-
-
-def fit_length_baselines(val, r_val: np.ndarray) -> LengthBaselines:
-    rv_c, rv_r = np.split(np.asarray(r_val, np.float64), 2)  # r_val [2V]: the V pairs' base rewards, chosen first
-    len_vc = np.array([p.chosen.attributes["length"] for p in val])
-    len_vr = np.array([p.rejected.attributes["length"] for p in val])
-    return LengthBaselines(fit_length_penalty(rv_c, rv_r, len_vc, len_vr), np.concatenate([len_vc, len_vr]),
-                           np.concatenate([rv_c, rv_r]))
 
 
 # ---------------------------------------------------------------- the evaluation
@@ -241,7 +180,7 @@ def evaluate_reward_models(splits, reward_ckpt, intervention_path, out_dir, cfg:
     """docs/design.md's `reward_model` section for base / cirm / length_penalty / lwr (and cirm_all, the
     intervention at every position). intervention_path None: base and baselines only. Writes
     reward_eval.json and PNGs into out_dir."""
-    rm, enc, _ = load_reward_model(reward_ckpt)
+    rm, enc, meta = load_reward_model(reward_ckpt)
     out_dir = Path(out_dir)
 
     val = validation_pairs(splits, pairs_cfg, seed)
@@ -253,6 +192,9 @@ def evaluate_reward_models(splits, reward_ckpt, intervention_path, out_dir, cfg:
     lengths = np.array([len(t) for t in texts], dtype=np.float64)
     batches = prefill(rm, enc, prompts, texts)
     r_base = last_token_rewards(rm, batches).numpy().astype(np.float64)
+    # which reward model this is, and what one call of it costs (as rl.make_scorer scores)
+    scorer = {"loss": meta.get("loss"), "of_layers": meta.get("policy_n_layer", rm.gpt.config.n_layer),
+              **scoring_cost(rm, enc, prompts, texts)}
     rewards = {"base": r_base, **baselines.debiased(r_base, lengths)}
     intervention = load_intervention(intervention_path) if intervention_path is not None else None
     if intervention is not None:
@@ -277,6 +219,7 @@ def evaluate_reward_models(splits, reward_ckpt, intervention_path, out_dir, cfg:
                               "per_layer": per_layer, "k": intervention.k}
         neurons_per_layer(per_layer, intervention.n_neurons, out_dir / "neurons_per_layer.png")
     results["test_pairs"] = len(test)
+    results["scorer"] = scorer
     write_json(out_dir / "reward_eval.json", results)
     biased_vs_unbiased({m: results[m] for m in order}, ATTRIBUTES, out_dir / "reward_biased_unbiased.png")
     print(format_reward_table(results))
@@ -312,4 +255,8 @@ def format_reward_table(results: dict) -> str:
     tail = (f"neurons edited: {neurons['edited']} of {neurons['total']} "
             f"({100 * neurons['edited'] / neurons['total']:.2f}%), per layer {neurons['per_layer']}, k {neurons['k']}\n"
             if neurons else "")
+    scorer = results.get("scorer")
+    tail += (f"scoring: {scorer['seconds_per_1k_calls']:.2f} s per 1000 calls ({scorer['layers']} of "
+             f"{scorer['of_layers']} layers, loss {scorer['loss']}, {scorer['threads']} thread(s), "
+             f"{scorer['completions']} test completions)\n" if scorer else "")
     return head + rows + tail_position + tail

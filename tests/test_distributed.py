@@ -27,9 +27,10 @@ def smoke_preset():
     return get_preset("smoke", {
         "pretrain.long_rate": 0.0, "pretrain.steps": 4, "pretrain.batch_size": 8, "pretrain.lr": 1e-2,
         "pretrain.warmup": 1, "pretrain.eval_every": 2, "pretrain.ckpt_every": 2,
-        # regression, not Bradley-Terry: BT's gradient on the reward's bias is exactly 0, and AdamW
-        # turns the float noise there into steps of +-lr that differ from run to run
-        "reward.loss": "regression", "reward.steps": 2, "reward.batch_size": 4,
+        # a regression (graded), not Bradley-Terry: BT's gradient on the reward's bias is exactly 0, and
+        # AdamW turns the float noise there into steps of +-lr that differ from run to run; one of the
+        # policy's two blocks, so that the truncated reward model is trained across processes too
+        "reward.loss": "graded", "reward.n_layer": 1, "reward.steps": 2, "reward.batch_size": 4,
         "rl.steps": 2, "rl.prompts_per_step": 4, "rl.group_size": 4, "rl.max_new_tokens": 8,
         "grpo.lr": 1e-2, "grpo.warmup": 0, "ppo.warmup": 0, "dpo.warmup": 0})
 
@@ -133,7 +134,7 @@ def test_two_gloo_processes_match_one(tmp_path):
     # is ~0 may move either way on float noise alone: compare whole updates, not single entries
     policy, _, _ = load_policy(tmp_path / "single" / "policy.pt")
     starts = {"policy.pt": pretraining_init(tmp_path / "single" / "policy.pt"),
-              "reward.pt": torch.cat([t.view(-1) for t in reward_model_from_policy(policy, 0).state_dict().values()]),
+              "reward.pt": torch.cat([t.view(-1) for t in reward_model_from_policy(policy, 0, preset.reward.n_layer).state_dict().values()]),
               "grpo.pt": flat_params(tmp_path / "single" / "policy.pt"),
               "dpo.pt": flat_params(tmp_path / "single" / "policy.pt")}
     for name, start in starts.items():

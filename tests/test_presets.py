@@ -118,6 +118,8 @@ def test_the_trainers_spend_that_budget(smoke_policy, tmp_path):
     ("grpo.scale=none", "grpo.scale", "none"),  # a bare word is a string
     ('grpo.agg="dapo"', "grpo.agg", "dapo"),  # so is a JSON one
     (" reward.loss = regression ", "reward.loss", "regression"),
+    ("reward.loss=graded", "reward.loss", "graded"),
+    ("reward.n_layer=2", "reward.n_layer", 2),
     ("cuda_fast=true", "cuda_fast", True),
     ("eval_examples=null", "eval_examples", None),  # None: evaluate every prompt
     ('pairs.planted={"length": 0.5}', "pairs.planted", {"length": 0.5}),
@@ -167,6 +169,10 @@ def test_shorthand_flags_and_set_reach_the_same_preset():
             == cli_config(pre + ["--set", "pretrain.steps=3", "--set", "pretrain.vocab_size=300"]))
     rew = ["reward", "--preset", "smoke", "--out", "o"]
     assert cli_config(rew + ["--loss", "regression"]).reward.loss == "regression"
+    assert cli_config(rew + ["--loss", "graded", "--set", "reward.n_layer=1"]) == get_preset(
+        "smoke", {"reward.loss": "graded", "reward.n_layer": 1})
+    graded = ["--set", "reward.loss=graded", "--set", "reward.n_layer=1"]
+    assert cli_config(["reproduce", "--preset", "smoke"] + graded) == cli_config(rew + graded)
     assert cli_config(rew + ["--set", "reward.loss=regression", "--set", "pairs.test_pairs=8"]) == get_preset(
         "smoke", {"reward.loss": "regression", "pairs.test_pairs": 8})
     assert cli_config(["eval", "--policy", "p.pt"]) == get_preset("cpu")  # no --preset: cpu

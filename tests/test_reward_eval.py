@@ -9,8 +9,9 @@ from nanobias.selection import InterventionConfig, select_intervention
 from nanobias.model import GPT, GPTConfig
 from nanobias.preferences import PairConfig, make_pairs
 from nanobias.render import ATTRIBUTES
-from nanobias.reward_eval import (RewardEvalConfig, evaluate_reward_models, fit_length_penalty, length_from_position,
-                                  lowess, method_metrics, pair_metrics, shifted_positions)
+from nanobias.length_baselines import fit_length_penalty, lowess
+from nanobias.reward_eval import (RewardEvalConfig, evaluate_reward_models, format_reward_table, length_from_position,
+                                  method_metrics, pair_metrics, shifted_positions)
 
 N_LAYER, N_EMBD = 2, 16
 H = 4 * N_EMBD  # MLP neurons per layer
@@ -142,6 +143,10 @@ def test_evaluation_writes_the_design_section(random_rm_ckpt, tiny_splits, tmp_p
         assert set(results[method]["sensitivity"]) == set(ATTRIBUTES)
     assert results["neurons"]["total"] == N_LAYER * H and len(results["neurons"]["per_layer"]) == N_LAYER
     assert np.isfinite(results["length_from_position"])
+    # the scorer's measured cost per call (a measurement: only its presence and sign are checked)
+    assert results["scorer"]["seconds_per_1k_calls"] > 0 and results["scorer"]["layers"] == N_LAYER
+    assert results["scorer"]["completions"] > 2 * TINY_PAIRS.test_pairs  # the pairs' and the bumped texts
+    assert "scoring:" in format_reward_table(results) and "2 of 2 layers" in format_reward_table(results)
     assert json.loads((tmp_path / "reward_eval.json").read_text())["base"]["acc"] == results["base"]["acc"]
     assert (tmp_path / "neurons_per_layer.png").stat().st_size > 0
     assert (tmp_path / "reward_biased_unbiased.png").stat().st_size > 0
