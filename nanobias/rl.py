@@ -282,14 +282,12 @@ def start_run(policy_ckpt, out_path, rl_cfg: RLConfig, optim: OptimConfig, desc:
 
 def metrics_path(ckpt_path) -> Path:
     """`<stem>.metrics.jsonl` beside a checkpoint, as train.train writes it."""
-    ckpt_path = Path(ckpt_path)
-    return ckpt_path.with_name(ckpt_path.stem + ".metrics.jsonl")
+    return Path(ckpt_path).with_suffix(".metrics.jsonl")
 
 
 def reward_curve_path(ckpt_path) -> Path:
     """`<stem>.reward.png` beside a checkpoint."""
-    ckpt_path = Path(ckpt_path)
-    return ckpt_path.with_name(ckpt_path.stem + ".reward.png")
+    return Path(ckpt_path).with_suffix(".reward.png")
 
 
 def stability(history: list[dict]) -> dict:

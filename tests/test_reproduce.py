@@ -43,7 +43,8 @@ def test_reproduce_writes_the_results_contract_report_and_plots(smoke_run):
     assert {"pretrain", "reward", "grpo", "eval", "total"} <= set(results["seconds"])
     report = (smoke_run / "report.md").read_text()
     assert f"nanobias {' '.join(SMOKE_REPRODUCE)} --out {smoke_run}" in report and "| grpo_cirm |" in report
-    assert "±" not in report and "RL seeds" not in report
+    tables, claims = report.split("## The papers' claims at this scale")  # claims: a - b ± its standard error
+    assert "±" not in tables and "RL seeds" not in report and claims.count("| BiasGRPO |") >= 4
     assert "Multiple-choice scoring (log-likelihood of each option)" in report and "| grpo_cirm | norm |" in report
     for png in ("reward_curves", "policy_metrics", "completion_length", "neurons_per_layer",
                 "reward_biased_unbiased"):
