@@ -146,3 +146,11 @@ def cmd_positions(args) -> None:
     from nanobias.positions import run_positions
 
     run_positions(args.config, args.out, seeds=args.seeds, seed=args.seed, workers=args.threads, force=args.force)
+
+
+def cmd_sweep(args) -> None:
+    from nanobias.sweep import run_sweep
+
+    command = "nanobias " + " ".join(shlex.quote(a) for a in args.argv)
+    run_sweep(args.setting, args.base, args.out, seeds=args.seeds, methods=args.methods, workers=args.threads,
+              force=args.force, command=command)
