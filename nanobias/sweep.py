@@ -5,10 +5,9 @@
     table:              per value and method, mean ± sample std over the n seeds (metrics.mean_std) of
                         acc_ambig, acc_disambig, s_amb and the reward fluctuation (rl.stability)
 
-The base (`--base`) is a finished `nanobias reproduce` folder, read and never written: its identity.json
-gives the preset, data and seed; its policy.pt is every value's starting point, and its reward.pt and
-intervention.json are used unless KEY changes them. Which stages a key re-runs (--methods overrides
-the default methods):
+The base (`--base`), a finished `nanobias reproduce` folder, is read and never written: its identity.json
+gives the preset, data and seed, its policy.pt starts every value, and its reward.pt and intervention.json
+serve unless KEY changes them. The stages a key re-runs (and its default methods; --methods overrides):
 
     rl.* grpo.* ppo.* dpo.*     the methods' RL stages and their evaluation  (rl.*: grpo; grpo.*: grpo; ...)
     intervention.*              the intervention and reward_eval, then the methods       (grpo_cirm)
@@ -17,8 +16,7 @@ the default methods):
     eval_examples               the evaluation of the base run's own policies            (base, grpo)
     model.* pretrain.* variants_per_template   refused: they change the base policy
 
-Equal budgets: a GRPO step costs B*G reward-model calls, so rl.group_size=G also sets
-rl.prompts_per_step = (the base's B*G) / G, and every value spends the same calls.
+Equal budgets: a GRPO step costs B*G reward-model calls; rl.group_size=G also sets B = (the base's B*G) / G.
 
 Writes out/<KEY>=<v>/ per value (its checkpoints, reward_eval.json, identity.json and stage markers:
 stages.py), so an interrupted sweep resumes and a re-run with more --seeds trains only the new seeds;
@@ -34,6 +32,7 @@ from nanobias.metrics import mean_and_std, mean_std
 from nanobias.stages import identity_problem, preset_settings, run_hash, run_stage, seed_folder
 
 METHODS = ("dpo", "ppo", "grpo", "grpo_cirm")  # the longest first, as reproduce runs them
+# the reward-model stages a key's section re-runs, in order (reward_eval's results are the job's)
 COLUMNS = ("acc_ambig", "acc_disambig", "s_amb", "reward_fluctuation")
 REWARD_STAGES = {"reward": ("reward", "intervene", "reward_eval"), "pairs": ("reward", "intervene", "reward_eval"),
                  "intervention": ("intervene", "reward_eval"), "reward_eval": ("reward_eval",)}
@@ -52,8 +51,8 @@ def parse_sweep(text: str) -> tuple[str, list]:
     if section in ("model", "pretrain") or key == "variants_per_template":
         raise UserError(f"sweep {key}: a sweep starts from --base's policy, which {key} would change; "
                         f"run `nanobias reproduce --set {key}=V --out DIR` per value instead")
-    if key in ("seeds", "cuda_fast"):
-        raise UserError(f"sweep {key}: not a setting to sweep" + (" (use --seeds N)" if key == "seeds" else ""))
+    if key in ("seeds", "cuda_fast"):  # the RL seeds are --seeds; cuda_fast is how, not what, a run computes
+        raise UserError(f"sweep {key}: not a setting a sweep varies (RL seeds: --seeds N)")
     parts = split_values(raw) if eq else []
     if not parts or any(not p.strip() for p in parts):
         raise UserError(f"sweep {text!r}: expected KEY=V1,V2,... (e.g. rl.group_size=4,8)")
@@ -85,7 +84,8 @@ def load_base(base: Path) -> dict:
     """The base run's identity, after checking that its pretrain, reward and intervene stages finished."""
     path = base / "identity.json"
     if not path.is_file():
-        raise UserError(f"--base {base}: no identity.json there; expected a finished `nanobias reproduce` folder")
+        raise UserError(f"--base {base}: {'no identity.json there' if base.is_dir() else 'no such folder'}; "
+                        "expected a finished `nanobias reproduce` folder")
     try:
         identity = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -101,12 +101,13 @@ def load_base(base: Path) -> dict:
 
 def value_preset(identity: dict, key: str, value):
     """The base run's preset with KEY = value (and, for rl.group_size, the same B*G reward-model calls)."""
-    from nanobias.presets import SECTIONS, current_value, get_preset
+    from nanobias.presets import SECTIONS, current_value, get_preset, known_keys
 
     preset, base = get_preset(identity["preset"]), {}
     for k, v in identity["settings"].items():  # {"rl": {"steps": 10}} -> {"rl.steps": 10}; a dict value stays one
         base.update({f"{k}.{f}": x for f, x in v.items()} if k in SECTIONS else {} if k == "name" else {k: v})
-    base = {k: tuple(v) if isinstance(current_value(preset, k), tuple) else v for k, v in base.items()}  # JSON lists
+    tuples = {k for k in known_keys() if isinstance(current_value(preset, k), tuple)}  # JSON made them lists
+    base = {k: tuple(v) if k in tuples else v for k, v in base.items()}
     overrides = {key: value}
     if key == "rl.group_size":
         calls = base["rl.prompts_per_step"] * base["rl.group_size"]
@@ -126,18 +127,13 @@ def reward_job(out: Path, base: Path, splits, preset, seed: int, stages: tuple, 
 
     print(f"sweep: {out.name}", flush=True)
     reward_ckpt, chosen = reward_files(out, base, stages)
-
-    def stage(name, fn):
-        return run_stage(out, name, fn, force, identity=identity_hash)[0]
-
-    if "reward" in stages:
-        stage("reward", lambda: {"reward": str(reward.train_reward_model(
-            splits, base / "policy.pt", reward_ckpt, preset.reward, preset.pairs, seed=seed, resume=not force))})
-    if "intervene" in stages:
-        stage("intervene", lambda: {"intervention": str(intervention.select_intervention(
-            splits, reward_ckpt, chosen, preset.intervention, preset.pairs, seed=seed))})
-    return stage("reward_eval", lambda: reward_eval.evaluate_reward_models(
-        splits, reward_ckpt, chosen, out, preset.reward_eval, preset.pairs, seed=seed))
+    work = {"reward": lambda: {"reward": str(reward.train_reward_model(
+                splits, base / "policy.pt", reward_ckpt, preset.reward, preset.pairs, seed=seed, resume=not force))},
+            "intervene": lambda: {"intervention": str(intervention.select_intervention(
+                splits, reward_ckpt, chosen, preset.intervention, preset.pairs, seed=seed))},
+            "reward_eval": lambda: reward_eval.evaluate_reward_models(
+                splits, reward_ckpt, chosen, out, preset.reward_eval, preset.pairs, seed=seed)}
+    return [run_stage(out, name, work[name], force, identity=identity_hash)[0] for name in stages][-1]
 
 
 def reward_files(out: Path, base: Path, stages: tuple) -> tuple[Path, Path]:
@@ -168,7 +164,7 @@ def eval_job(out: Path, name: str, rl_seed: int, seed: int, policies: Path, spli
 
 def plan(key: str, methods) -> tuple[tuple, tuple]:
     """(the reward-model stages KEY re-runs, the methods it trains and evaluates) (module docstring)."""
-    section = key.partition(".")[0] if "." in key else key
+    section = key.partition(".")[0]  # eval_examples: the key itself
     methods = tuple(methods) if methods else DEFAULT_METHODS[section]
     if any(m not in ("base", *METHODS) for m in methods):
         raise UserError(f"--methods {','.join(methods)}: expected names from base,{','.join(METHODS)}")
@@ -186,8 +182,6 @@ def run_sweep(setting: str, base, out, seeds: int = 1, methods=None, workers: in
 
     key, values = parse_sweep(setting)
     base, out = Path(base), Path(out)
-    if not base.is_dir():
-        raise UserError(f"--base {base}: no such folder; expected a finished `nanobias reproduce` folder")
     if out.resolve() == base.resolve() or base.resolve() in out.resolve().parents:
         raise UserError(f"--out {out}: inside --base {base}; a sweep never writes into its base run")
     identity = load_base(base)
@@ -204,14 +198,12 @@ def run_sweep(setting: str, base, out, seeds: int = 1, methods=None, workers: in
         path = seed_folder(policies(v, m), s, seed)[0] / ("policy.pt" if m == "base" else f"{m}.pt")
         if policies(v, m) == base and not path.is_file():
             raise UserError(f"--seeds {seeds}: {base} has no {m} policy of RL seed {s}; its run trained fewer seeds")
-    hashes = {}
-    for v, preset in presets.items():  # every folder is checked before any work
-        ident = {"experiment": "sweep", "base": run_hash(identity), "key": key, "value": v,
-                 "settings": preset_settings(preset), "code": code_version()}
-        problem = identity_problem(folders[v], ident, force)
+    idents = {v: {"experiment": "sweep", "base": run_hash(identity), "key": key, "value": v,
+                  "settings": preset_settings(p), "code": code_version()} for v, p in presets.items()}
+    for problem in (identity_problem(folders[v], ident, force) for v, ident in idents.items()):  # before any work
         if problem:
             raise UserError(problem)
-        hashes[v] = run_hash(ident)
+    hashes = {v: run_hash(ident) for v, ident in idents.items()}
     first = next(iter(presets.values()))  # the values share the data: variants_per_template is not swept
     device.configure(fast=first.cuda_fast)
     splits = load_splits(identity["data"], bbq_dir=identity["bbq_dir"], variants_per_template=first.variants_per_template,
@@ -247,16 +239,12 @@ def run_sweep(setting: str, base, out, seeds: int = 1, methods=None, workers: in
 
 def column_values(method_run: dict, column: str) -> list[float]:
     """One column's numbers, a value per seed (reward fluctuation: per RL seed, from the stage's training)."""
-    if column == "reward_fluctuation":
-        return [s["reward_fluctuation"] for s in method_run["stability_seeds"] if "reward_fluctuation" in s]
-    return [p[column] for p in method_run["policy_seeds"]]
+    runs = method_run["stability_seeds" if column == "reward_fluctuation" else "policy_seeds"]
+    return [r[column] for r in runs if column in r]
 
 
 def cell(xs: list[float]) -> str:
-    if not xs:
-        return "-"
-    mean, std = mean_and_std(xs)
-    return f"{mean:.3f} ± {std:.3f}"
+    return "{:.3f} ± {:.3f}".format(*mean_and_std(xs)) if xs else "-"
 
 
 def report(results: dict) -> str:
@@ -266,9 +254,9 @@ def report(results: dict) -> str:
              f"RL seeds {results['seeds']}; cells are mean ± sample std over the seeds, n = seeds evaluated "
              "(the base policy is evaluated once: greedy decoding is deterministic)."]
     if results["equal_calls"]:
-        calls = {r["budget"]["reward_model_calls"]["grpo"] for r in runs.values()}
-        lines += ["", f"Equal reward-model calls: rl.prompts_per_step B is set to B*G / G, so every value spends "
-                  f"B*G x steps = {', '.join(map(str, sorted(calls)))} calls ("
+        calls = sorted({r["budget"]["reward_model_calls"]["grpo"] for r in runs.values()})
+        lines += ["", f"Equal reward-model calls: rl.prompts_per_step B is set to the base's B*G / G, so every value "
+                  f"spends steps x B*G = {', '.join(map(str, calls))} calls ("
                   + ", ".join(f"G={v}: B={r['budget']['prompts_per_step']}" for v, r in runs.items()) + ")."]
     if results["methods"]:
         lines += ["", f"| {key} | method | " + " | ".join(COLUMNS) + " | n |",
@@ -305,10 +293,8 @@ def write_outputs(out: Path, results: dict) -> None:
             if points:
                 xs, means, stds = zip(*points)
                 ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=m)
-        ax.set_xticks(range(len(labels)))
-        ax.set_xticklabels(labels)
-        ax.set_xlabel(results["key"])
-        ax.set_title(column)
+        ax.set_xticks(range(len(labels)), labels)
+        ax.set(xlabel=results["key"], title=column)
     if methods:
         axes[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
     save_figure(fig, out / "sweep.png")

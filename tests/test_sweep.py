@@ -1,12 +1,13 @@
 """`nanobias sweep` from conftest's shared smoke run (smoke_run, read only): equal budgets, the outputs,
 resuming, new seeds, the base run's numbers at the base's value, and bad input as one-line errors."""
 
-import contextlib
-import io
 import json
 import shutil
+import subprocess
+import sys
 
 import pytest
+from conftest import CLI_ENV
 
 from nanobias.cli import main
 
@@ -30,11 +31,11 @@ def group_sweep(smoke_run, tmp_path_factory):
 
 
 def run_cli(argv) -> str:
-    """Run a command in this process, as `nanobias ARGV`: -> what it printed."""
-    buffer = io.StringIO()
-    with contextlib.redirect_stdout(buffer):
-        main(argv)
-    return buffer.getvalue()
+    """`nanobias ARGV` as a user runs it (a subprocess with CLI_ENV, as the base run was made): -> its stdout."""
+    proc = subprocess.run([sys.executable, "-m", "nanobias", *argv], env=CLI_ENV, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-2000:])
+    return proc.stdout
 
 
 def test_a_group_size_sweep_spends_equal_calls_and_writes_its_outputs(group_sweep, smoke_run):
@@ -115,10 +116,15 @@ def test_bad_input_is_one_line_naming_the_flag(smoke_run, tmp_path, capsys, argv
 
 
 def test_a_missing_or_unfinished_base_is_refused(smoke_run, tmp_path):
-    for base, expected in ((tmp_path / "nothing", "--base"), (tmp_path, "no identity.json")):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "unfinished").mkdir()
+    shutil.copyfile(smoke_run / "identity.json", tmp_path / "unfinished" / "identity.json")  # no stage markers
+    for base, expected in (("nothing", "no such folder"), ("empty", "no identity.json there"),
+                           ("unfinished", "its pretrain stage has not finished")):
         with pytest.raises(SystemExit) as e:
-            main(["sweep", "grpo.beta=0.1", "--base", str(base), "--out", str(tmp_path / "out")])
-        assert f"--base {base}" in str(e.value) and expected in str(e.value)
+            main(["sweep", "grpo.beta=0.1", "--base", str(tmp_path / base), "--out", str(tmp_path / "out")])
+        assert f"--base {tmp_path / base}: {expected}" in str(e.value), str(e.value)
     with pytest.raises(SystemExit) as e:
         main(["sweep", "grpo.beta=0.1", "--base", str(smoke_run), "--out", str(smoke_run / "sweep")])
     assert "--out" in str(e.value) and "never writes into its base run" in str(e.value)
+    assert not (tmp_path / "out").exists() and not (smoke_run / "sweep").exists()
