@@ -29,6 +29,7 @@ from pathlib import Path
 from nanobias.checkpoint import write_atomic, write_json
 from nanobias.errors import UserError
 from nanobias.metrics import mean_and_std, mean_std
+from nanobias.reproduce import budget, evaluate_policy_file, rl_stage
 from nanobias.stages import identity_problem, preset_settings, run_hash, run_stage, seed_folder
 
 METHODS = ("dpo", "ppo", "grpo", "grpo_cirm")  # the longest first, as reproduce runs them
@@ -41,8 +42,8 @@ DEFAULT_METHODS = {"rl": ("grpo",), "grpo": ("grpo",), "ppo": ("ppo",), "dpo": (
                    "eval_examples": ("base", "grpo")}
 
 
-def parse_sweep(text: str) -> tuple[str, list]:
-    """'KEY=V1,V2,...' -> (KEY, [values]), each value typed and checked as `--set KEY=V` is."""
+def parse_sweep(text: str, preset: str) -> tuple[str, list]:
+    """'KEY=V1,V2,...' -> (KEY, [values]), each value typed and checked as `--set KEY=V` is for `preset`."""
     from nanobias.presets import parse_setting
 
     key, eq, raw = text.partition("=")
@@ -57,7 +58,7 @@ def parse_sweep(text: str) -> tuple[str, list]:
     if not parts or any(not p.strip() for p in parts):
         raise UserError(f"sweep {text!r}: expected KEY=V1,V2,... (e.g. rl.group_size=4,8)")
     try:
-        values = [parse_setting(f"{key}={part}", flag="sweep")[1] for part in parts]
+        values = [parse_setting(f"{key}={part}", preset, flag="sweep")[1] for part in parts]
     except ValueError as e:
         raise UserError(str(e)) from None
     if len(set(map(label, values))) < len(values):
@@ -144,8 +145,6 @@ def reward_files(out: Path, base: Path, stages: tuple) -> tuple[Path, Path]:
 
 def rl_job(out: Path, name: str, rl_seed: int, *files_and_settings):
     """reproduce.rl_stage for one value, its checkpoint and marker in `out`: -> the stage's result."""
-    from nanobias.reproduce import rl_stage
-
     print(f"sweep: {out.name}", flush=True)
     return rl_stage(name, rl_seed, out, *files_and_settings)[0]
 
@@ -153,8 +152,6 @@ def rl_job(out: Path, name: str, rl_seed: int, *files_and_settings):
 def eval_job(out: Path, name: str, rl_seed: int, seed: int, policies: Path, splits, max_examples, force: bool,
              identity_hash: str) -> dict:
     """One policy's evaluation (reproduce.evaluate_policy_file) from `policies`, its marker in `out`."""
-    from nanobias.reproduce import evaluate_policy_file
-
     folder, tag = seed_folder(policies, rl_seed, seed)
     print(f"sweep: {out.name}", flush=True)
     metrics = run_stage(out, f"eval-{name}{tag}", lambda: evaluate_policy_file(folder, name, splits, max_examples),
@@ -176,15 +173,14 @@ def run_sweep(setting: str, base, out, seeds: int = 1, methods=None, workers: in
     """The whole sweep (module docstring); returns sweep.json's content."""
     from nanobias import device
     from nanobias.data import load_splits
-    from nanobias.reproduce import budget
     from nanobias.stages import code_version
     from nanobias.workers import run_jobs
 
-    key, values = parse_sweep(setting)
     base, out = Path(base), Path(out)
     if out.resolve() == base.resolve() or base.resolve() in out.resolve().parents:
         raise UserError(f"--out {out}: inside --base {base}; a sweep never writes into its base run")
     identity = load_base(base)
+    key, values = parse_sweep(setting, identity["preset"])
     stages, methods = plan(key, methods)
     presets = {label(v): value_preset(identity, key, v) for v in values}
     folders = {v: out / f"{key}={v}" for v in presets}
@@ -295,6 +291,6 @@ def write_outputs(out: Path, results: dict) -> None:
                 ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=m)
         ax.set_xticks(range(len(labels)), labels)
         ax.set(xlabel=results["key"], title=column)
-    if methods:
-        axes[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
+    if methods:  # acc_ambig has every method's line (reward_fluctuation none where no RL stage ran)
+        fig.legend(*axes[0].get_legend_handles_labels(), fontsize=7, loc="outside right upper")
     save_figure(fig, out / "sweep.png")
