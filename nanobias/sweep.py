@@ -202,7 +202,8 @@ def run_sweep(setting: str, base, out, seeds: int = 1, methods=None, workers: in
     hashes = {v: run_hash(ident) for v, ident in idents.items()}
     first = next(iter(presets.values()))  # the values share the data: variants_per_template is not swept
     device.configure(fast=first.cuda_fast)
-    splits = load_splits(identity["data"], bbq_dir=identity["bbq_dir"], variants_per_template=first.variants_per_template,
+    splits = load_splits(identity["data"], bbq_dir=identity["bbq_dir"],
+                         variants_per_template=first.variants_per_template,
                          train_categories=identity["train_categories"], eval_categories=identity["eval_categories"])
     print(f"sweep {key} over {list(presets)}: {', '.join(methods) or 'no methods'} x {seeds} RL seed(s) "
           f"{rl_seeds}, from {base}" + (f"; re-running {', '.join(stages)}" if stages else ""))
@@ -223,8 +224,9 @@ def run_sweep(setting: str, base, out, seeds: int = 1, methods=None, workers: in
         runs[v]["methods"][m] = {"policy": policy, "policy_std": policy_std, "policy_seeds": policy_seeds,
                                  "stability_seeds": [t["stability"] for (v2, m2, _), t in zip(rl_grid, trained)
                                                      if (v2, m2) == (v, m)]}
+    ran = [*stages, *(["rl"] if rl_grid else []), *(["eval"] if eval_grid else [])]
     results = {"key": key, "values": values, "labels": list(presets), "base": str(base), "preset": identity["preset"],
-               "seeds": rl_seeds, "methods": list(methods), "stages": [*stages, "rl", "eval"], "command": command,
+               "seeds": rl_seeds, "methods": list(methods), "stages": ran, "command": command,
                "equal_calls": key == "rl.group_size", "runs": runs}
     write_outputs(out, results)
     print(f"wrote {out / 'sweep.json'}, {out / 'sweep.md'} and {out / 'sweep.png'}")
@@ -263,7 +265,7 @@ def report(results: dict) -> str:
                              + f" | {len(mr['policy_seeds'])} |")
     if any(r["reward_model"] for r in runs.values()):
         lines += ["", "Reward model (test pairs; one reward model per value, the base run's seed):", "",
-                  f"| {key} | base acc | cirm acc | base length sensitivity | cirm length sensitivity | neurons edited |",
+                  f"| {key} | base acc | cirm acc | base length sens. | cirm length sens. | neurons edited |",
                   "|---|---|---|---|---|---|"]
         for v, run in runs.items():
             rm = run["reward_model"]
