@@ -7,10 +7,10 @@ import sys
 from pathlib import Path
 
 from nanobias.commands import (cmd_bench, cmd_dpo, cmd_eval, cmd_intervene, cmd_online_rl, cmd_positions, cmd_pretrain,
-                               cmd_reproduce, cmd_reward, cmd_sample, cmd_sites)
+                               cmd_reproduce, cmd_reward, cmd_sample, cmd_sites, cmd_sweep)
 from nanobias.errors import UserError
-from nanobias.flags import (add_compile_arg, add_data_args, add_init_args, add_preset_args, add_rl_args, check_eval_args,
-                            check_pretrain_args, check_reward_args, check_rl_args, check_sample_args,
+from nanobias.flags import (add_compile_arg, add_data_args, add_init_args, add_preset_args, add_rl_args, category_list,
+                            check_eval_args, check_pretrain_args, check_reward_args, check_rl_args, check_sample_args,
                             nonnegative_float, positive_float, positive_int, preset_from_args, seconds, seed)
 
 
@@ -51,6 +51,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", required=True, type=Path, help="a finished `nanobias reproduce` folder (only read)")
     p.add_argument("--out", required=True, type=Path, help="output folder (sites.json, sites.md, sites.png)")
     p.add_argument("--force", action="store_true", help="redo every variant, even those already done")
+    p = command("sweep", cmd_sweep, help="one setting over several values, from a finished reproduce run: re-runs "
+                "only the stages the setting changes, RL seeds as reproduce; sweep.json, sweep.md, sweep.png")
+    p.add_argument("setting", metavar="KEY=V1,V2,...", help="a preset key (as --set) and its values, e.g. "
+                   "rl.group_size=2,4,8 (B is set so B*G stays the base run's) or reward.lr=1e-3,3e-3")
+    p.add_argument("--base", required=True, type=Path, help="a finished `nanobias reproduce` folder (read only)")
+    p.add_argument("--seeds", type=positive_int, default=1, help="RL seeds: the base run's seed, + 1, ...")
+    p.add_argument("--out", required=True, type=Path, help="output folder (a sub-folder KEY=V per value)")
+    p.add_argument("--methods", type=category_list, help="methods to train and evaluate: dpo,ppo,grpo,grpo_cirm "
+                   "(and base: the base policy), default by key (rl.*: grpo, reward.*: grpo,grpo_cirm, ...)")
+    p.add_argument("--force", action="store_true", help="redo every stage, even those already done")
 
     p = command("pretrain", cmd_pretrain, check_pretrain_args,
                 help="train the tokenizer and a GPT policy with a planted bias")

@@ -152,3 +152,11 @@ def cmd_sites(args) -> None:
     from nanobias.sites import run_sites
 
     run_sites(args.base, args.out, force=args.force)
+
+
+def cmd_sweep(args) -> None:
+    from nanobias.sweep import run_sweep
+
+    command = "nanobias " + " ".join(shlex.quote(a) for a in args.argv)
+    run_sweep(args.setting, args.base, args.out, seeds=args.seeds, methods=args.methods, workers=args.threads,
+              force=args.force, command=command)

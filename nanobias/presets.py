@@ -137,19 +137,20 @@ def get_preset(name: str, overrides: dict | None = None) -> Preset:
     return Preset(name=name, **run, **{s: cls(**sections[s]) for s, cls in SECTIONS.items()})
 
 
-def parse_setting(text: str, preset: str = "cpu") -> tuple[str, object]:
+def parse_setting(text: str, preset: str = "cpu", flag: str = "--set") -> tuple[str, object]:
     """'section.field=value' -> (key, value), the value read as JSON (a bare word is a string) and
-    given the type of the preset's current value (an int where a float is expected becomes a float)."""
+    given the type of the preset's current value (an int where a float is expected becomes a float).
+    Errors name `flag`, the command-line argument the text came from."""
     key, eq, raw = text.partition("=")
     key = key.strip()
     if not eq or key not in known_keys():
-        raise ValueError(f"--set {text!r}: expected KEY=VALUE with KEY one of {', '.join(known_keys())}")
+        raise ValueError(f"{flag} {text!r}: expected KEY=VALUE with KEY one of {', '.join(known_keys())}")
     try:
         value = json.loads(raw)
     except json.JSONDecodeError:
         value = raw.strip()
     if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f"--set {text!r}: {key} must be a finite number")
+        raise ValueError(f"{flag} {text!r}: {key} must be a finite number")
     current = current_value(get_preset(preset), key)
     if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
@@ -157,7 +158,7 @@ def parse_setting(text: str, preset: str = "cpu") -> tuple[str, object]:
         value = tuple(value)
     nullable = key == "eval_examples" and value is None  # None: evaluate every prompt
     if not nullable and current is not None and type(value) is not type(current):
-        raise ValueError(f"--set {text!r}: {key} takes a {type(current).__name__} (now {current!r}), "
+        raise ValueError(f"{flag} {text!r}: {key} takes a {type(current).__name__} (now {current!r}), "
                          f"got {value!r}")
     return key, value
 

@@ -108,7 +108,8 @@ def reproduce(preset, data: str = "synthetic", bbq_dir=None, seed: int = 0, out=
               for name, source in {**result["copies"], **({"grpo_cirm": "grpo"} if empty else {})}.items() if source}
     jobs = [(name, s) for name in (*RL_METHODS, *annotate.POLICIES) for s in rl_seeds
             if (name, s) not in copies]
-    args = (out, splits, preset, seed, backend, force, identity_hash)
+    args = (out, out / "policy.pt", out / "reward.pt", out / "intervention.json", splits, preset, seed, backend, force,
+            identity_hash)
     for (name, s), (result, took) in zip(jobs, run_jobs([(rl_stage, name, s, *args) for name, s in jobs], workers)):
         label = name + folders[s][1]
         results[label], seconds[label] = result, took
@@ -169,15 +170,17 @@ def over_seeds(runs: dict[str, list[dict]]) -> tuple[dict, dict]:
     return {name: m for name, (m, _) in both.items()}, {name: s for name, (_, s) in both.items()}
 
 
-def rl_stage(name, rl_seed, out: Path, splits, preset, seed, backend, force, identity_hash):
-    """One RL stage of RL seed `rl_seed` as reproduce runs it, here or in a worker: -> (result, seconds)."""
+def rl_stage(name, rl_seed, out: Path, policy: Path, reward: Path, intervention: Path, splits, preset, seed, backend,
+             force, identity_hash):
+    """One RL stage of RL seed `rl_seed` from the `policy`, `reward` and `intervention` files, as reproduce
+    and sweep run it, here or in a worker: its checkpoint and marker go into `out` -> (result, seconds)."""
     from nanobias import dpo, grpo, ppo, rl
 
     folder, tag = seed_folder(out, rl_seed, seed)
-    policy, ckpt = out / "policy.pt", folder / f"{name}.pt"
+    ckpt = folder / f"{name}.pt"
 
     def train():  # the reward model is loaded only when the stage runs, not when it is skipped
-        scorer = rl.make_scorer(out / "reward.pt", out / "intervention.json" if name == "grpo_cirm" else None)
+        scorer = rl.make_scorer(reward, intervention if name == "grpo_cirm" else None)
         if name == "dpo":
             return dpo.train_dpo(splits, policy, ckpt, preset.rl, preset.dpo, preset.pairs, seed=rl_seed,
                                  backend=backend, score_fn=scorer)
