@@ -22,6 +22,7 @@ gets "not run" and says which command would measure it. The papers' figures: Bia
 secondary summaries give them; the papers' own tables are the authority.
 """
 
+import json
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -90,13 +91,26 @@ def policy(results, a, b, key="acc_ambig"):
 
 
 def group_size(results, big: int, small: int):
-    """acc_ambig of GRPO at group size `big` against `small`, from a group-size sweep (results["sweeps"])."""
-    rows = results.get("sweeps", {}).get("rl.group_size", {})
-    a, b = rows.get(str(big)), rows.get(str(small))
-    return both(a and Estimate(**a), b and Estimate(**b))
+    """GRPO's acc_ambig at group size `big` against `small`, from a group-size sweep (with_sweeps)."""
+    runs = results.get("sweeps", {}).get("rl.group_size", {})
+    a, b = (over_seeds(runs[str(g)]["methods"], "policy", "grpo", "acc_ambig") if str(g) in runs else None
+            for g in (big, small))
+    return both(a, b)
 
 
-SWEEP_G = "nanobias sweep rl.group_size=2,4,8 --base <this run> --seeds 3, then nanobias claims --sweep <that folder>"
+def with_sweeps(results: dict, sweeps: list[dict]) -> dict:
+    """results.json's content with sweep.json contents (sweep.py) beside it, by key: results["sweeps"][key]
+    = {value label: {"methods": {method: {"policy", "policy_std", "policy_seeds"}}}}, as over_seeds reads."""
+    by_key = {}
+    for sweep in sweeps:
+        by_key.setdefault(sweep["key"], {}).update(
+            {label: {"methods": {section: {m: run["methods"][m][section] for m in run["methods"]}
+                                 for section in ("policy", "policy_std", "policy_seeds")}}
+             for label, run in sweep["runs"].items()})
+    return {**results, "sweeps": by_key}
+
+
+SWEEP_G = "nanobias sweep rl.group_size=2,4,8 --base RUN --seeds 3 --out DIR; nanobias claims RUN --sweep DIR"
 CLAIMS = [
     Claim("BiasGRPO", "GRPO raises ambiguous accuracy over the base policy", "acc_ambig .2750 → .3123",
           lambda r: policy(r, "grpo", "base")),
@@ -161,3 +175,26 @@ def format_claims(rows: list[dict]) -> str:
     head = "| paper | claim | paper's figure | ours (a vs b) | a − b | verdict |\n|---|---|---|---|---|---|\n"
     return head + "".join(f"| {r['paper']} | {r['claim']} | {r['figure']} | {r['ours']} | {r['difference']} | "
                           f"**{r['verdict']}** |\n" for r in rows)
+
+
+def write_claims(run, sweep_dirs=()) -> str:
+    """`nanobias claims RUN [--sweep DIR ...]`: the claims table of a finished run, with its sweeps, printed
+    and written to RUN/claims.md."""
+    from pathlib import Path
+
+    from nanobias.checkpoint import write_atomic
+    from nanobias.errors import UserError
+
+    def read(path: Path, what: str) -> dict:
+        if not path.is_file():
+            raise UserError(f"{path}: not found; expected {what}")
+        try:
+            return json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise UserError(f"{path}: not JSON ({e}); expected {what}") from None
+    results = read(Path(run) / "results.json", "the results.json of a finished `nanobias reproduce` run")
+    sweeps = [read(Path(d) / "sweep.json", "the sweep.json of a finished `nanobias sweep`") for d in sweep_dirs]
+    table = format_claims(claims_table(with_sweeps(results, sweeps)))
+    write_atomic(Path(run) / "claims.md", ("# The papers' claims at this scale\n\n" + table).encode())
+    print(table + f"wrote {Path(run) / 'claims.md'}")
+    return table

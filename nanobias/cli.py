@@ -6,8 +6,8 @@ import os
 import sys
 from pathlib import Path
 
-from nanobias.commands import (cmd_bench, cmd_dpo, cmd_eval, cmd_intervene, cmd_online_rl, cmd_positions, cmd_pretrain,
-                               cmd_reproduce, cmd_reward, cmd_sample, cmd_sites, cmd_sweep)
+from nanobias.commands import (cmd_bench, cmd_claims, cmd_dpo, cmd_eval, cmd_intervene, cmd_online_rl, cmd_positions,
+                               cmd_pretrain, cmd_reproduce, cmd_reward, cmd_sample, cmd_sites, cmd_sweep)
 from nanobias.errors import UserError
 from nanobias.flags import (add_compile_arg, add_data_args, add_init_args, add_preset_args, add_rl_args, category_list,
                             check_eval_args, check_pretrain_args, check_reward_args, check_rl_args, check_sample_args,
@@ -61,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", type=category_list, help="methods to train and evaluate: dpo,ppo,grpo,grpo_cirm "
                    "(and base: the base policy), default by key (rl.*: grpo, reward.*: grpo,grpo_cirm, ...)")
     p.add_argument("--force", action="store_true", help="redo every stage, even those already done")
+
+    p = command("claims", cmd_claims, help="the papers' claims beside a finished run's numbers (and its sweeps'), "
+                "each with a verdict computed from mean ± standard error; writes RUN/claims.md")
+    p.add_argument("run", type=Path, help="a finished `nanobias reproduce` folder")
+    p.add_argument("--sweep", type=Path, action="append", default=[], help="a finished `nanobias sweep` folder "
+                   "from that run (repeatable), e.g. of rl.group_size for BiasGRPO's group-size claims")
 
     p = command("pretrain", cmd_pretrain, check_pretrain_args,
                 help="train the tokenizer and a GPT policy with a planted bias")

@@ -154,6 +154,12 @@ def cmd_sites(args) -> None:
     run_sites(args.base, args.out, force=args.force)
 
 
+def cmd_claims(args) -> None:
+    from nanobias.claims import write_claims
+
+    write_claims(args.run, args.sweep)
+
+
 def cmd_sweep(args) -> None:
     from nanobias.sweep import run_sweep
 

@@ -52,3 +52,36 @@ def test_the_table_follows_the_numbers_and_says_what_was_not_run():
     assert flipped["GRPO beats DPO (IPO) on ambiguous accuracy"]["verdict"] == "reversed"
     table = format_claims(claims_table(results_with(0.7)))
     assert table.count("\n") == len(CLAIMS) + 2 and "**reproduced**" in table
+
+
+def sweep_json(acc: dict[int, list[float]]) -> dict:
+    """A sweep.json (sweep.py) of rl.group_size with GRPO's per-seed acc_ambig per value."""
+    import numpy as np
+    return {"key": "rl.group_size", "runs": {str(g): {"methods": {"grpo": {
+        "policy": {"acc_ambig": float(np.mean(v))}, "policy_std": {"acc_ambig": float(np.std(v, ddof=1))},
+        "policy_seeds": [{"acc_ambig": x} for x in v]}}} for g, v in acc.items()}}
+
+
+def test_group_size_claims_come_from_a_sweep():
+    from nanobias.claims import with_sweeps
+    sweep = sweep_json({2: [0.30, 0.32, 0.31], 4: [0.50, 0.52, 0.51], 8: [0.40, 0.60, 0.50]})
+    rows = {r["claim"]: r for r in claims_table(with_sweeps(results_with(0.7), [sweep]))}
+    assert rows["a larger group helps: G = 4 beats G = 2"]["verdict"] == "reproduced"
+    assert rows["a larger group helps: G = 4 beats G = 2"]["ours"] == "0.510 ± 0.006 vs 0.310 ± 0.006"
+    assert rows["a larger group helps: G = 8 beats G = 4"]["verdict"] == "not reproduced"  # 0.50 ± 0.058 vs 0.51
+
+
+def test_nanobias_claims_writes_claims_md_and_names_a_missing_file(tmp_path):
+    import json
+
+    from nanobias.cli import main
+    run, sweep = tmp_path / "run", tmp_path / "sweep"
+    run.mkdir(), sweep.mkdir()
+    (run / "results.json").write_text(json.dumps(results_with(0.7)))
+    (sweep / "sweep.json").write_text(json.dumps(sweep_json({2: [0.3, 0.3], 4: [0.5, 0.5]})))
+    assert main(["claims", str(run), "--sweep", str(sweep)]) in (0, None)
+    assert "G = 4 beats G = 2 | .3123 vs .2781 | 0.500 vs 0.300 | +0.200 ± 0.000 | **reproduced**" in (
+        run / "claims.md").read_text()
+    with pytest.raises(SystemExit) as e:
+        main(["claims", str(tmp_path / "nowhere")])
+    assert "nanobias claims: error:" in str(e.value.code) and "nowhere/results.json: not found" in str(e.value.code)
