@@ -7,11 +7,11 @@ import torch
 from nanobias.checkpoint import load_checkpoint, policy_meta, save_checkpoint, save_policy
 from nanobias.data import load_splits
 from nanobias.errors import UserError
-from nanobias.intervention import (InterventionConfig, attribute_correlations, build_intervention, capture_pairs,
-                                   last_token_rewards, load_intervention, select_intervention)
+from nanobias.intervention import capture_pairs, last_token_rewards, load_intervention
 from nanobias.model import GPT, GPTConfig
 from nanobias.preferences import PairConfig, bump, make_pairs, planted_rates, swap_styles
 from nanobias.render import ATTRIBUTES, Style, pretraining_documents, render_completion, render_prompt
+from nanobias.selection import InterventionConfig, attribute_correlations, build_intervention, select_intervention
 from nanobias.reward import (RewardConfig, bradley_terry_loss, graded_target, load_reward_model, regression_loss,
                              reward_meta, reward_model_from_policy, score, score_pairs, train_reward_model)
 from nanobias.rl import make_scorer
