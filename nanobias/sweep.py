@@ -124,13 +124,13 @@ def value_preset(identity: dict, key: str, value):
 
 def reward_job(out: Path, base: Path, splits, preset, seed: int, stages: tuple, force: bool, identity_hash: str):
     """The reward-model stages of one value into `out`, with reproduce's functions: -> reward_eval's results."""
-    from nanobias import intervention, reward, reward_eval
+    from nanobias import reward, reward_eval, selection
 
     print(f"sweep: {out.name}", flush=True)
     reward_ckpt, chosen = reward_files(out, base, stages)
     work = {"reward": lambda: {"reward": str(reward.train_reward_model(
                 splits, base / "policy.pt", reward_ckpt, preset.reward, preset.pairs, seed=seed, resume=not force))},
-            "intervene": lambda: {"intervention": str(intervention.select_intervention(
+            "intervene": lambda: {"intervention": str(selection.select_intervention(
                 splits, reward_ckpt, chosen, preset.intervention, preset.pairs, seed=seed))},
             "reward_eval": lambda: reward_eval.evaluate_reward_models(
                 splits, reward_ckpt, chosen, out, preset.reward_eval, preset.pairs, seed=seed)}
