@@ -58,7 +58,7 @@ class Preset:
 
 PRESETS = {
     "smoke": {
-        "variants_per_template": 2, "eval_examples": 64, "cuda_fast": False, "seeds": 1,
+        "variants_per_template": 2, "eval_examples": 32, "cuda_fast": False, "seeds": 1,
         "model.block_size": 256, "model.n_layer": 2, "model.n_head": 2, "model.n_embd": 64,
         "pretrain.vocab_size": 512, "pretrain.bias_rate": 0.8, "pretrain.long_rate": 0.3,
         "pretrain.steps": 40, "pretrain.batch_size": 8, "pretrain.lr": 3e-3, "pretrain.warmup": 5,
@@ -67,7 +67,7 @@ PRESETS = {
         "reward.steps": 4, "reward.batch_size": 4, "reward.lr": 1e-3, "reward.warmup": 1,
         "reward.eval_every": 4, "reward.ckpt_every": 4,
         "reward_eval.sensitivity_completions": 8,
-        "rl.steps": 10, "rl.prompts_per_step": 4, "rl.group_size": 8, "rl.max_new_tokens": 8,
+        "rl.steps": 6, "rl.prompts_per_step": 4, "rl.group_size": 8, "rl.max_new_tokens": 8,
         "rl.eval_points": 3, "rl.eval_prompts": 16,
         "grpo.lr": 2e-3, "grpo.warmup": 3, "grpo.beta": 0.04,
         "ppo.lr": 1e-3, "ppo.warmup": 3, "ppo.beta": 0.04,

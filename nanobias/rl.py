@@ -40,7 +40,7 @@ from nanobias.errors import TrainingDiverged
 from nanobias.progress import Progress
 from nanobias.render import render_prompt
 from nanobias.sampling import Samples, completion_texts, sample
-from nanobias.train import OptimConfig, check, make_optimizer, set_lr, stop_if_diverged
+from nanobias.train import AdamW, OptimConfig, check, make_optimizer, set_lr, stop_if_diverged
 
 ScoreFn = Callable[[list[Example], list[str], list[str]], torch.Tensor]
 
@@ -226,7 +226,7 @@ class Run:
     model: torch.nn.Module
     ref_model: torch.nn.Module
     enc: object
-    opt: torch.optim.Optimizer
+    opt: AdamW
     steps: int
     optim: OptimConfig
     log: MetricsLog

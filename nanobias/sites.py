@@ -30,58 +30,16 @@ from nanobias.render import ATTRIBUTES
 VARIANTS = [(site, selection) for site in SITES for selection in ("spearman", "effect")]
 
 
-def read_base(base: Path) -> dict:
-    """The identity of a reproduce folder whose reward model is trained; UserError naming what is missing."""
-    from nanobias.stages import run_hash
-
-    what = "expected the folder of a finished `nanobias reproduce` run"
-    if not base.is_dir():
-        raise UserError(f"--base {base}: no such folder ({what})")
-    path = base / "identity.json"
-    try:
-        identity = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"--base {base}: no identity.json ({what})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"--base {base}: identity.json is not JSON ({e})") from None
-    marker = base / "stages" / "reward.json"
-    try:
-        trained = json.loads(marker.read_text()).get("identity") == run_hash(identity)
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-        trained = False
-    if not trained or not (base / "reward.pt").is_file():
-        raise UserError(f"--base {base}: its reward stage has not finished (no stages/reward.json of this run "
-                        f"beside reward.pt); run `nanobias reproduce` there first")
-    return identity
-
-
-def base_preset(identity: dict):
-    """The preset the base run was made with: its name, with every value identity.json records."""
-    from nanobias.presets import RUN_KEYS, SECTIONS, get_preset
-
-    settings = identity.get("settings", {})
-    overrides = {k: settings[k] for k in RUN_KEYS if k in settings}
-    for section in SECTIONS:
-        for name, value in settings.get(section, {}).items():
-            overrides[f"{section}.{name}"] = tuple(value) if isinstance(value, list) else value
-    try:
-        return get_preset(identity.get("preset"), overrides)
-    except (ValueError, TypeError) as e:
-        raise UserError(f"identity.json of --base: its settings do not make a preset of this code ({e})") from None
-
-
 def run_sites(base, out, force: bool = False) -> dict:
     """Every (site x selection) intervention on the base run's reward model (module docstring); returns
     sites.json's content."""
     from nanobias.data import load_splits
     from nanobias.reward_eval import evaluate_reward_models
     from nanobias.selection import select_intervention
-    from nanobias.stages import code_version, identity_problem, run_hash, run_stage
+    from nanobias.stages import base_preset, code_version, identity_problem, read_base, run_hash, run_stage
 
     base, out = Path(base), Path(out)
-    base_identity = read_base(base)
-    if out.resolve() == base.resolve() or base.resolve() in out.resolve().parents:
-        raise UserError(f"--out {out}: inside --base; the base run is only read, pass another folder")
+    base_identity = read_base(base, out, ("reward",))
     preset = base_preset(base_identity)
     if preset.name == "smoke":
         print("sites: the smoke preset's models are untrained; its numbers check the plumbing only")

@@ -7,7 +7,8 @@ another identity stops before any work and names each differing setting (`force`
 Every stage writes its outputs atomically and then a marker `stages/<stage>.json` holding its result,
 wall time and the hash of the identity it was computed under (`run_stage`). A re-run skips the stages
 whose marker carries this run's hash, so an interrupted run resumes where it stopped. reproduce.py,
-positions.py and sweep.py build their folders this way.
+positions.py, sweep.py and sites.py build their folders this way; sweep and sites read a finished
+reproduce folder (`read_base`) and the preset it was made with (`base_preset`).
 """
 
 import hashlib
@@ -99,3 +100,48 @@ def seed_folder(out: Path, rl_seed: int, seed: int) -> tuple[Path, str]:
     """(folder of an RL seed's files, suffix of its stage markers): seed `seed` where a one-seed run puts
     them (out, ""), another in out/seed-S with markers stages/<stage>@seed-S.json."""
     return (out, "") if rl_seed == seed else (out / f"seed-{rl_seed}", f"@seed-{rl_seed}")
+
+
+def read_base(base: Path, out: Path, stages: tuple) -> dict:
+    """The identity of `base`, a `nanobias reproduce` folder whose `stages` finished, that a tool reads (never
+    writes) to make `out` (sweep.py, sites.py); UserError naming what is missing."""
+    from nanobias.errors import UserError
+
+    what = "expected the folder of a finished `nanobias reproduce` run"
+    if not base.is_dir():
+        raise UserError(f"--base {base}: no such folder ({what})")
+    try:
+        identity = json.loads((base / "identity.json").read_text())
+    except FileNotFoundError:
+        raise UserError(f"--base {base}: no identity.json ({what})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"--base {base}: identity.json is not JSON ({e})") from None
+    if not isinstance(identity, dict) or "settings" not in identity or "data" not in identity:
+        raise UserError(f"--base {base}: its identity.json has no settings and data ({what})")
+    for stage in stages:
+        try:
+            done = json.loads((base / "stages" / f"{stage}.json").read_text()).get("identity") == run_hash(identity)
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            done = False
+        if not done:
+            raise UserError(f"--base {base}: its {stage} stage has not finished; run `nanobias reproduce` there first")
+    if out.resolve() == base.resolve() or base.resolve() in out.resolve().parents:
+        raise UserError(f"--out {out}: inside --base {base}; the base run is only read, pass another folder")
+    return identity
+
+
+def base_preset(identity: dict, overrides: dict | None = None, flag: str = "--base"):
+    """The preset a run was made with (its name and every value identity.json records), then `overrides`;
+    UserError starting with `flag` where they make none."""
+    from nanobias.errors import UserError
+    from nanobias.presets import SECTIONS, current_value, get_preset, known_keys
+
+    preset, values = get_preset(identity["preset"]), {}
+    for k, v in identity["settings"].items():  # {"rl": {"steps": 10}} -> {"rl.steps": 10}; a dict value stays one
+        values.update({f"{k}.{f}": x for f, x in v.items()} if k in SECTIONS else {} if k == "name" else {k: v})
+    tuples = {k for k in known_keys() if isinstance(current_value(preset, k), tuple)}  # JSON made them lists
+    values = {k: tuple(v) if k in tuples else v for k, v in values.items()}
+    try:
+        return get_preset(identity["preset"], {**values, **(overrides or {})})
+    except (ValueError, TypeError) as e:
+        raise UserError(f"{flag}: {e}") from None

@@ -30,7 +30,8 @@ from nanobias.checkpoint import write_atomic, write_json
 from nanobias.errors import UserError
 from nanobias.metrics import mean_and_std, mean_std
 from nanobias.reproduce import budget, evaluate_policy_file, rl_stage
-from nanobias.stages import identity_problem, preset_settings, run_hash, run_stage, seed_folder
+from nanobias.stages import (base_preset, code_version, identity_problem, preset_settings, read_base, run_hash,
+                             run_stage, seed_folder)
 
 METHODS = ("dpo", "ppo", "grpo", "grpo_cirm")  # the longest first, as reproduce runs them
 # the reward-model stages a key's section re-runs, in order (reward_eval's results are the job's)
@@ -81,45 +82,17 @@ def label(value) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-def load_base(base: Path) -> dict:
-    """The base run's identity, after checking that its pretrain, reward and intervene stages finished."""
-    path = base / "identity.json"
-    if not path.is_file():
-        raise UserError(f"--base {base}: {'no identity.json there' if base.is_dir() else 'no such folder'}; "
-                        "expected a finished `nanobias reproduce` folder")
-    try:
-        identity = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"--base {path}: not JSON ({e})") from None
-    if "settings" not in identity or "data" not in identity:
-        raise UserError(f"--base {base}: not a `nanobias reproduce` folder (its identity.json has no settings/data)")
-    for stage in ("pretrain", "reward", "intervene"):
-        marker = base / "stages" / f"{stage}.json"
-        if not marker.is_file() or json.loads(marker.read_text()).get("identity") != run_hash(identity):
-            raise UserError(f"--base {base}: its {stage} stage has not finished; run `nanobias reproduce` there first")
-    return identity
-
-
 def value_preset(identity: dict, key: str, value):
     """The base run's preset with KEY = value (and, for rl.group_size, the same B*G reward-model calls)."""
-    from nanobias.presets import SECTIONS, current_value, get_preset, known_keys
-
-    preset, base = get_preset(identity["preset"]), {}
-    for k, v in identity["settings"].items():  # {"rl": {"steps": 10}} -> {"rl.steps": 10}; a dict value stays one
-        base.update({f"{k}.{f}": x for f, x in v.items()} if k in SECTIONS else {} if k == "name" else {k: v})
-    tuples = {k for k in known_keys() if isinstance(current_value(preset, k), tuple)}  # JSON made them lists
-    base = {k: tuple(v) if k in tuples else v for k, v in base.items()}
     overrides = {key: value}
     if key == "rl.group_size":
-        calls = base["rl.prompts_per_step"] * base["rl.group_size"]
+        rl = identity["settings"]["rl"]
+        calls = rl["prompts_per_step"] * rl["group_size"]
         if calls % value:
             raise UserError(f"sweep rl.group_size={value}: the base run's B*G = {calls} reward-model calls per step "
                             f"is not a multiple of G = {value}, so no prompts_per_step keeps the budget equal")
         overrides["rl.prompts_per_step"] = calls // value
-    try:
-        return get_preset(identity["preset"], {**base, **overrides})
-    except ValueError as e:
-        raise UserError(f"sweep {key}={label(value)}: {e}") from None
+    return base_preset(identity, overrides, flag=f"sweep {key}={label(value)}")
 
 
 def reward_job(out: Path, base: Path, splits, preset, seed: int, stages: tuple, force: bool, identity_hash: str):
@@ -173,13 +146,10 @@ def run_sweep(setting: str, base, out, seeds: int = 1, methods=None, workers: in
     """The whole sweep (module docstring); returns sweep.json's content."""
     from nanobias import device
     from nanobias.data import load_splits
-    from nanobias.stages import code_version
     from nanobias.workers import run_jobs
 
     base, out = Path(base), Path(out)
-    if out.resolve() == base.resolve() or base.resolve() in out.resolve().parents:
-        raise UserError(f"--out {out}: inside --base {base}; a sweep never writes into its base run")
-    identity = load_base(base)
+    identity = read_base(base, out, ("pretrain", "reward", "intervene"))
     key, values = parse_sweep(setting, identity["preset"])
     stages, methods = plan(key, methods)
     presets = {label(v): value_preset(identity, key, v) for v in values}

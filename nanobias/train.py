@@ -76,14 +76,79 @@ def lr_at(step: int, steps: int, cfg: OptimConfig) -> float:
     return cfg.lr * (cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
-def make_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
+class AdamW:
+    """AdamW (Loshchilov & Hutter, 2019), each parameter p with gradient g at step t:
+
+        p  <- p * (1 - lr * weight_decay)                    decoupled weight decay
+        m  <- beta1 * m + (1 - beta1) * g                    first moment
+        v  <- beta2 * v + (1 - beta2) * g^2                  second moment
+        p  <- p - lr / (1 - beta1^t) * m / (sqrt(v / (1 - beta2^t)) + eps)
+
+    torch.optim.AdamW's update exactly as its single-tensor path computes it (the path it takes on a
+    CPU), so a run is bit for bit the same with either (tests/test_train.py). Why our own: building a
+    torch.optim optimiser imports torch._dynamo (torch 2.13 wraps Optimizer.__init__ in
+    _disable_dynamo), 1.8 s of every process that trains, where a nano model's whole stage can take
+    seconds. On a GPU torch's foreach path would launch fewer kernels (this loop: ~7 per parameter).
+    `param_groups`, `state_dict` and `load_state_dict` work as torch's, for the schedule and resuming.
+    """
+
+    def __init__(self, groups: list[dict], lr: float, betas=(0.9, 0.95), eps: float = 1e-8):
+        self.param_groups = [{"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": 0.0, **g,
+                              "params": list(g["params"])} for g in groups]
+        self.state: dict[torch.Tensor, dict] = {}  # parameter -> {"step", "exp_avg", "exp_avg_sq"}
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        assert set_to_none, "gradients are always dropped, as torch's default"
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for group in self.param_groups:
+            lr, (beta1, beta2), eps, decay = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state.get(p)
+                if state is None:
+                    state = self.state[p] = {"step": 0, "exp_avg": torch.zeros_like(p),
+                                             "exp_avg_sq": torch.zeros_like(p)}
+                state["step"] += 1
+                t, m, v, g = state["step"], state["exp_avg"], state["exp_avg_sq"], p.grad
+                if decay != 0:
+                    p.mul_(1 - lr * decay)
+                m.lerp_(g, 1 - beta1)
+                v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                denom = (v.sqrt() / (1 - beta2 ** t) ** 0.5).add_(eps)
+                p.addcdiv_(m, denom, value=-lr / (1 - beta1 ** t))
+
+    def state_dict(self) -> dict:
+        """As torch's: parameters by their index over the groups, so a checkpoint holds no tensor twice."""
+        index = {p: i for i, p in enumerate(p for group in self.param_groups for p in group["params"])}
+        return {"state": {index[p]: dict(s) for p, s in self.state.items()},
+                "param_groups": [{**group, "params": [index[p] for p in group["params"]]}
+                                 for group in self.param_groups]}
+
+    def load_state_dict(self, saved: dict) -> None:
+        params = [p for group in self.param_groups for p in group["params"]]
+        sizes = [len(g["params"]) for g in saved["param_groups"]]
+        assert sizes == [len(g["params"]) for g in self.param_groups], f"parameter groups of {sizes} parameters"
+        for group, saved_group in zip(self.param_groups, saved["param_groups"]):
+            group.update({k: v for k, v in saved_group.items() if k != "params"})
+            group["betas"] = tuple(group["betas"])
+        self.state = {params[i]: {"step": int(s["step"]), "exp_avg": s["exp_avg"].to(params[i]),
+                                  "exp_avg_sq": s["exp_avg_sq"].to(params[i])} for i, s in saved["state"].items()}
+
+
+def make_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> AdamW:
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
+    return AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
 
 
-def set_lr(opt: torch.optim.Optimizer, step: int, steps: int, cfg: OptimConfig) -> float:
+def set_lr(opt: AdamW, step: int, steps: int, cfg: OptimConfig) -> float:
     """Give every parameter group the scheduled learning rate of `step` (of `steps`); returns it."""
     lr = lr_at(step, steps, cfg)
     for group in opt.param_groups:
@@ -91,7 +156,7 @@ def set_lr(opt: torch.optim.Optimizer, step: int, steps: int, cfg: OptimConfig) 
     return lr
 
 
-def optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, params: list, grad_clip: float) -> float:
+def optimizer_step(opt: AdamW, loss: torch.Tensor, params: list, grad_clip: float) -> float:
     """Backward, gradients averaged over ranks, norm clipped, one step. Returns the (global) gradient norm."""
     opt.zero_grad(set_to_none=True)
     loss.backward()

@@ -1,3 +1,4 @@
+import fcntl
 import os
 import subprocess
 import sys
@@ -21,15 +22,42 @@ CLI_ENV = {**{k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}, "
 SMOKE_REPRODUCE = ["reproduce", "--preset", "smoke", "--eval-categories", "SES"]
 
 
+def pytest_xdist_auto_num_workers(config):
+    """`pytest -n auto` (the README's command): one single-thread worker per free core, by the thread
+    policy nanobias's own processes follow (nanobias/threads.py), so a busy laptop is not oversubscribed."""
+    from nanobias import threads
+
+    return max(1, min(threads.cores(), round(threads.cores() - threads.busy_cores())))
+
+
+def built_once(tmp_path_factory, name: str, build) -> "os.PathLike":
+    """A folder `name` that `build(folder)` fills once per test session, shared by every xdist worker:
+    the first worker to ask builds it under a lock, the others wait for it and then read it."""
+    from pathlib import Path
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the session's folder, above each worker's own
+    folder, done = Path(root) / name, Path(root) / f"{name}.done"
+    with open(Path(root) / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if build fails
+        if not done.exists():
+            folder.mkdir(exist_ok=True)
+            build(folder)
+            done.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory):
     """The folder of one finished `nanobias reproduce` smoke run, run once as a user runs it (a
     subprocess with CLI_ENV). Read it only: a test that writes into a run folder copies it first."""
-    out = tmp_path_factory.mktemp("smoke_run") / "run"
-    proc = subprocess.run([sys.executable, "-m", "nanobias", *SMOKE_REPRODUCE, "--out", str(out)], cwd=out.parent,
-                          env=CLI_ENV, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-2000:])
-    return out
+    def build(folder):
+        proc = subprocess.run([sys.executable, "-m", "nanobias", *SMOKE_REPRODUCE, "--out", str(folder / "run")],
+                              cwd=folder, env=CLI_ENV, capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-2000:])
+
+    return built_once(tmp_path_factory, "smoke_run", build) / "run"
 
 
 @pytest.fixture(scope="session")
@@ -41,12 +69,12 @@ def smoke_policy(tmp_path_factory):
     from nanobias.pretrain import pretrain_policy
     from nanobias.world import CATEGORIES
 
-    out = tmp_path_factory.mktemp("smoke_policy")
     preset = get_preset("smoke", {"pretrain.long_rate": 0.0, "pretrain.steps": 150, "pretrain.lr": 1e-2,
                                   "pretrain.warmup": 10, "pretrain.eval_every": 150, "pretrain.ckpt_every": 150})
     splits = load_splits("synthetic", seed=0, variants_per_template=preset.variants_per_template,
                          train_categories=list(CATEGORIES[:2]))
-    pretrain_policy(splits, preset.pretrain, preset.model, out, seed=0)
+    out = built_once(tmp_path_factory, "smoke_policy",
+                     lambda folder: pretrain_policy(splits, preset.pretrain, preset.model, folder, seed=0))
     return preset, splits, out / "policy.pt"
 
 

@@ -59,7 +59,7 @@ def test_cli_eval_prints_the_table_and_writes_json(smoke_policy, tmp_path, capsy
 def test_cli_eval_defaults_to_the_presets_prompt_count(smoke_policy, tmp_path):
     _, _, policy = smoke_policy  # the smoke world's test split has 72 prompts, the preset evaluates 64
     main(["eval", "--preset", "smoke", "--policy", str(policy), "--out", str(tmp_path)])
-    assert json.loads((tmp_path / "policy.eval.json").read_text())["n"] == get_preset("smoke").eval_examples == 64
+    assert json.loads((tmp_path / "policy.eval.json").read_text())["n"] == get_preset("smoke").eval_examples == 32
 
 
 def test_cli_ppo_needs_a_reward_and_dpo_rejects_an_unknown_loss(smoke_policy, tmp_path, capsys):

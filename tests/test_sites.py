@@ -225,6 +225,9 @@ def test_sites_errors_are_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit, match=r"^nanobias sites: error: --base .*: no identity.json \(expected"):
         main(["sites", "--base", str(tmp_path), "--out", str(tmp_path / "o")])
     (tmp_path / "identity.json").write_text(json.dumps({"preset": "smoke"}))
+    with pytest.raises(SystemExit, match="its identity.json has no settings and data"):
+        main(["sites", "--base", str(tmp_path), "--out", str(tmp_path / "o")])
+    (tmp_path / "identity.json").write_text(json.dumps({"preset": "smoke", "settings": {}, "data": "synthetic"}))
     with pytest.raises(SystemExit, match="its reward stage has not finished") as raised:
         main(["sites", "--base", str(tmp_path), "--out", str(tmp_path / "o")])
     assert "\n" not in str(raised.value)

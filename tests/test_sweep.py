@@ -119,12 +119,12 @@ def test_a_missing_or_unfinished_base_is_refused(smoke_run, tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "unfinished").mkdir()
     shutil.copyfile(smoke_run / "identity.json", tmp_path / "unfinished" / "identity.json")  # no stage markers
-    for base, expected in (("nothing", "no such folder"), ("empty", "no identity.json there"),
+    for base, expected in (("nothing", "no such folder"), ("empty", "no identity.json (expected"),
                            ("unfinished", "its pretrain stage has not finished")):
         with pytest.raises(SystemExit) as e:
             main(["sweep", "grpo.beta=0.1", "--base", str(tmp_path / base), "--out", str(tmp_path / "out")])
         assert f"--base {tmp_path / base}: {expected}" in str(e.value), str(e.value)
     with pytest.raises(SystemExit) as e:
         main(["sweep", "grpo.beta=0.1", "--base", str(smoke_run), "--out", str(smoke_run / "sweep")])
-    assert "--out" in str(e.value) and "never writes into its base run" in str(e.value)
+    assert "--out" in str(e.value) and "the base run is only read" in str(e.value)
     assert not (tmp_path / "out").exists() and not (smoke_run / "sweep").exists()
