@@ -110,7 +110,7 @@ def with_sweeps(results: dict, sweeps: list[dict]) -> dict:
     return {**results, "sweeps": by_key}
 
 
-SWEEP_G = "nanobias sweep rl.group_size=2,4,8 --base RUN --seeds 3 --out DIR; nanobias claims RUN --sweep DIR"
+SWEEP_G = "nanobias sweep rl.group_size=2,4,8,16 --base RUN --seeds 3 --out DIR; nanobias claims RUN --sweep DIR"
 CLAIMS = [
     Claim("BiasGRPO", "GRPO raises ambiguous accuracy over the base policy", "acc_ambig .2750 → .3123",
           lambda r: policy(r, "grpo", "base")),

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from nanobias import distributed
 from nanobias.checkpoint import write_json
+from nanobias.errors import UserError
 from nanobias.progress import format_seconds
 
 
@@ -105,8 +106,6 @@ def seed_folder(out: Path, rl_seed: int, seed: int) -> tuple[Path, str]:
 def read_base(base: Path, out: Path, stages: tuple) -> dict:
     """The identity of `base`, a `nanobias reproduce` folder whose `stages` finished, that a tool reads (never
     writes) to make `out` (sweep.py, sites.py); UserError naming what is missing."""
-    from nanobias.errors import UserError
-
     what = "expected the folder of a finished `nanobias reproduce` run"
     if not base.is_dir():
         raise UserError(f"--base {base}: no such folder ({what})")
@@ -133,7 +132,6 @@ def read_base(base: Path, out: Path, stages: tuple) -> dict:
 def base_preset(identity: dict, overrides: dict | None = None, flag: str = "--base"):
     """The preset a run was made with (its name and every value identity.json records), then `overrides`;
     UserError starting with `flag` where they make none."""
-    from nanobias.errors import UserError
     from nanobias.presets import SECTIONS, current_value, get_preset, known_keys
 
     preset, values = get_preset(identity["preset"]), {}

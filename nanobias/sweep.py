@@ -3,7 +3,7 @@
     for each value v:   preset_v = the base run's preset with KEY = v
                         re-run only the stages KEY changes, from the base run's files, RL seeds seed .. seed+n-1
     table:              per value and method, mean ± sample std over the n seeds (metrics.mean_std) of
-                        acc_ambig, acc_disambig, s_amb and the reward fluctuation (rl.stability)
+                        acc_ambig, acc_disambig, s_amb, mean_len and the reward fluctuation (rl.stability)
 
 The base (`--base`), a finished `nanobias reproduce` folder, is read and never written: its identity.json
 gives the preset, data and seed, its policy.pt starts every value, and its reward.pt and intervention.json
@@ -34,8 +34,9 @@ from nanobias.stages import (base_preset, code_version, identity_problem, preset
                              run_stage, seed_folder)
 
 METHODS = ("dpo", "ppo", "grpo", "grpo_cirm")  # the longest first, as reproduce runs them
+# mean_len (characters) shows a policy exploiting the reward model's length cue
+COLUMNS = ("acc_ambig", "acc_disambig", "s_amb", "mean_len", "reward_fluctuation")
 # the reward-model stages a key's section re-runs, in order (reward_eval's results are the job's)
-COLUMNS = ("acc_ambig", "acc_disambig", "s_amb", "reward_fluctuation")
 REWARD_STAGES = {"reward": ("reward", "intervene", "reward_eval"), "pairs": ("reward", "intervene", "reward_eval"),
                  "intervention": ("intervene", "reward_eval"), "reward_eval": ("reward_eval",)}
 DEFAULT_METHODS = {"rl": ("grpo",), "grpo": ("grpo",), "ppo": ("ppo",), "dpo": ("dpo",), "intervention": ("grpo_cirm",),
@@ -211,8 +212,8 @@ def column_values(method_run: dict, column: str) -> list[float]:
     return [r[column] for r in runs if column in r]
 
 
-def cell(xs: list[float]) -> str:
-    return "{:.3f} ± {:.3f}".format(*mean_and_std(xs)) if xs else "-"
+def cell(xs: list[float], digits: int = 3) -> str:
+    return "{:.{d}f} ± {:.{d}f}".format(*mean_and_std(xs), d=digits) if xs else "-"
 
 
 def report(results: dict) -> str:
@@ -231,8 +232,8 @@ def report(results: dict) -> str:
                   "|---|---|" + "---|" * (len(COLUMNS) + 1)]
         for v, run in runs.items():
             for m, mr in run["methods"].items():
-                lines.append(f"| {v} | {m} | " + " | ".join(cell(column_values(mr, c)) for c in COLUMNS)
-                             + f" | {len(mr['policy_seeds'])} |")
+                cells = [cell(column_values(mr, c), 1 if c == "mean_len" else 3) for c in COLUMNS]
+                lines.append(f"| {v} | {m} | " + " | ".join(cells) + f" | {len(mr['policy_seeds'])} |")
     if any(r["reward_model"] for r in runs.values()):
         lines += ["", "Reward model (test pairs; one reward model per value, the base run's seed):", "",
                   f"| {key} | base acc | cirm acc | base length sens. | cirm length sens. | neurons edited |",
