@@ -54,6 +54,11 @@ def busy_cores(interval: float = 0.2) -> float:
     return share * (os.cpu_count() or 1)
 
 
+def free_cores() -> int:
+    """The cores other processes leave free, at least 1 (the test suite's workers: tests/conftest.py)."""
+    return max(1, round(cores() - busy_cores()))
+
+
 def model_params(preset) -> int:
     """A preset's GPT size, near enough: 12 C^2 per block, the token and position tables."""
     m = preset.model
@@ -67,8 +72,7 @@ def choose(requested: int | None, n_params: int | None) -> tuple[int, str]:
     env = os.environ.get("OMP_NUM_THREADS", "").strip()
     if env.isdigit() and int(env) >= 1:
         return int(env), "OMP_NUM_THREADS"
-    n = cores()
-    free = max(1, round(n - busy_cores()))
+    n, free = cores(), free_cores()
     cap = 1 if n_params is not None and n_params < SMALL_MODEL else n
     why = f"{n} cores, {free} free" + (f", a {n_params / 1e6:.2f}M-parameter model needs one" if cap == 1 else "")
     return min(cap, free), why

@@ -2,6 +2,7 @@ import fcntl
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 # NANOBIAS_TEST_DEVICE=cuda (scripts/gpu_check.sh) runs the kernel tests compiled on the GPU.
 # Otherwise Triton's interpreter runs them on the CPU: Triton reads TRITON_INTERPRET when a kernel
@@ -27,19 +28,17 @@ def pytest_xdist_auto_num_workers(config):
     policy nanobias's own processes follow (nanobias/threads.py), so a busy laptop is not oversubscribed."""
     from nanobias import threads
 
-    return max(1, min(threads.cores(), round(threads.cores() - threads.busy_cores())))
+    return threads.free_cores()
 
 
-def built_once(tmp_path_factory, name: str, build) -> "os.PathLike":
+def built_once(tmp_path_factory, name: str, build) -> Path:
     """A folder `name` that `build(folder)` fills once per test session, shared by every xdist worker:
     the first worker to ask builds it under a lock, the others wait for it and then read it."""
-    from pathlib import Path
-
     root = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
         root = root.parent  # the session's folder, above each worker's own
-    folder, done = Path(root) / name, Path(root) / f"{name}.done"
-    with open(Path(root) / f"{name}.lock", "w") as lock:
+    folder, done = root / name, root / f"{name}.done"
+    with open(root / f"{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if build fails
         if not done.exists():
             folder.mkdir(exist_ok=True)
