@@ -67,6 +67,17 @@ def write_json(path, obj) -> None:
     write_atomic(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
+def read_json(path, expected: str):
+    """The JSON value in `path`; a missing or unreadable file is a UserError naming it and `expected`."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: not found; expected {expected}")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not JSON ({e}); expected {expected}") from None
+
+
 def policy_meta(model: GPT, enc) -> dict:
     return {"kind": "policy", "model_config": asdict(model.config), "tokenizer": tokenizer_to_json(enc)}
 

@@ -22,7 +22,6 @@ gets "not run" and says which command would measure it. The papers' figures: Bia
 secondary summaries give them; the papers' own tables are the authority.
 """
 
-import json
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -182,18 +181,10 @@ def write_claims(run, sweep_dirs=()) -> str:
     and written to RUN/claims.md."""
     from pathlib import Path
 
-    from nanobias.checkpoint import write_atomic
-    from nanobias.errors import UserError
+    from nanobias.checkpoint import read_json, write_atomic
 
-    def read(path: Path, what: str) -> dict:
-        if not path.is_file():
-            raise UserError(f"{path}: not found; expected {what}")
-        try:
-            return json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise UserError(f"{path}: not JSON ({e}); expected {what}") from None
-    results = read(Path(run) / "results.json", "the results.json of a finished `nanobias reproduce` run")
-    sweeps = [read(Path(d) / "sweep.json", "the sweep.json of a finished `nanobias sweep`") for d in sweep_dirs]
+    results = read_json(Path(run) / "results.json", "the results.json of a finished `nanobias reproduce` run")
+    sweeps = [read_json(Path(d) / "sweep.json", "the sweep.json of a finished `nanobias sweep`") for d in sweep_dirs]
     table = format_claims(claims_table(with_sweeps(results, sweeps)))
     write_atomic(Path(run) / "claims.md", ("# The papers' claims at this scale\n\n" + table).encode())
     print(table + f"wrote {Path(run) / 'claims.md'}")

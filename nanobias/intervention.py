@@ -20,7 +20,6 @@ and values are computed once (`prefill`) and each candidate edit costs one token
 (`last_token_rewards`). reward_eval.py measures the edited model.
 """
 
-import json
 import math
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
@@ -29,7 +28,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from nanobias.checkpoint import write_json
+from nanobias.checkpoint import read_json, write_json
 from nanobias.errors import UserError
 from nanobias.model import GPT, KVCache
 from nanobias.reward import RewardModel, encode, length_batches
@@ -145,12 +144,7 @@ def save_intervention(path, intervention: Intervention, **extra) -> None:
 
 def load_intervention(path) -> Intervention:
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"intervention file {path} does not exist (`nanobias intervene` writes it)")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: not JSON ({e}); `nanobias intervene` writes it") from None
+    data = read_json(path, "an intervention, as `nanobias intervene` writes it")
     fields = ("n_layer", "n_neurons", "neurons", "medians", "positions", "k", "by_attribute")
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a JSON object with {', '.join(fields)}")

@@ -18,7 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from nanobias import distributed
-from nanobias.checkpoint import write_json
+from nanobias.checkpoint import read_json, write_json
 from nanobias.errors import UserError
 from nanobias.progress import format_seconds
 
@@ -109,12 +109,9 @@ def read_base(base: Path, out: Path, stages: tuple) -> dict:
     what = "expected the folder of a finished `nanobias reproduce` run"
     if not base.is_dir():
         raise UserError(f"--base {base}: no such folder ({what})")
-    try:
-        identity = json.loads((base / "identity.json").read_text())
-    except FileNotFoundError:
-        raise UserError(f"--base {base}: no identity.json ({what})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"--base {base}: identity.json is not JSON ({e})") from None
+    if not (base / "identity.json").is_file():
+        raise UserError(f"--base {base}: no identity.json ({what})")
+    identity = read_json(base / "identity.json", "a run's identity, as `nanobias reproduce` writes it")
     if not isinstance(identity, dict) or "settings" not in identity or "data" not in identity:
         raise UserError(f"--base {base}: its identity.json has no settings and data ({what})")
     for stage in stages:

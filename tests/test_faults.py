@@ -91,7 +91,7 @@ def test_a_finished_folder_refuses_other_settings_and_names_them(smoke_run, tmp_
     assert "already done" in again.stdout
 
 
-def test_killed_runs_resume_to_the_same_results(smoke_run, tmp_path):
+def test_a_killed_run_resumes_to_the_same_results(smoke_run, tmp_path):
     out = tmp_path / "killed"
     rng = random.Random(int(time.time()))
     # SIGKILL at a random moment of the pipeline (another each run of the suite), then let it finish
