@@ -26,10 +26,10 @@ Decisions:
 - mean_len is left out (nothing is written); every other key of bias_metrics is kept.
 
 Prompt and option are tokenized apart, as the policy sees them when it samples. Sequences
-(three per example) are scored `batch_size` at a time, grouped by length, as dpo.pair_logprobs
-does: prompts left-padded, options right-padded (sampling.completion_batch), log-probs from
-sampling.completion_logprobs. A prompt longer than block_size minus its option loses its first
-tokens (as dpo.encode_pairs cuts).
+(three per example, sharing one forward pass of its prompt) are scored `batch_size` at a time,
+grouped by length, as dpo.pair_logprobs does: prompts left-padded, options right-padded
+(sampling.completion_batch), log-probs from sampling.completion_logprobs. A prompt longer than
+block_size minus its longest option loses its first tokens (as dpo.encode_pairs cuts).
 """
 
 import torch
@@ -68,14 +68,18 @@ def option_loglikelihoods(model, enc, examples: list[Example], batch_size: int =
     longest = max(len(o) for o in options)
     if longest >= block:
         raise ValueError(f"an option of {longest} tokens leaves no room for its prompt in block_size={block}")
-    prompts = [prompts[r // 3][-(block - len(o)):] for r, o in enumerate(options)]
+    # an example's three options share its prompt's forward pass (sampling.completion_logits, groups of 3)
+    prompts = [p[-(block - max(len(o) for o in options[3 * e:3 * e + 3])):] for e, p in enumerate(prompts)]
     device = next(model.parameters()).device
     ll = torch.empty(len(texts))
     was_training = model.training
     model.eval()
     try:
-        for rows in length_batches([p + o for p, o in zip(prompts, options)], batch_size):
-            samples = completion_batch([prompts[r] for r in rows], [options[r] for r in rows], enc.eot_token, device)
+        lengths = [len(p) + max(len(o) for o in options[3 * e:3 * e + 3]) for e, p in enumerate(prompts)]
+        for group in length_batches(lengths, max(1, batch_size // 3)):
+            rows = [3 * e + j for e in group for j in range(3)]
+            samples = completion_batch([prompts[r // 3] for r in rows], [options[r] for r in rows], enc.eot_token,
+                                       device, group_size=3)
             ll[rows] = completion_logprobs(model, samples, backend=backend).sum(-1).float().cpu()
     finally:
         model.train(was_training)

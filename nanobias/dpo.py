@@ -103,12 +103,17 @@ def sequence_logprobs(model, samples: Samples, backend: str = "auto") -> torch.T
 
 def pair_logprobs(model, enc, pairs: list[Pair], chunk: int, backend: str = "auto") -> torch.Tensor:
     """Sequence log-probs [2P] (chosen, then rejected) computed `chunk` sequences at a time, grouped by
-    length: completions run from a few tokens to a few dozen, so one padded batch would be mostly padding."""
+    length: completions run from a few tokens to a few dozen, so one padded batch would be mostly padding.
+    A pair's two completions share its prompt's forward pass (sampling.completion_logits, groups of 2)."""
     prompts, completions = encode_pairs(enc, pairs, model.config.block_size)
+    P = len(pairs)
     device = next(model.parameters()).device
     parts, order = [], []
-    for rows in length_batches([p + c for p, c in zip(prompts, completions)], chunk):
-        samples = completion_batch([prompts[i] for i in rows], [completions[i] for i in rows], enc.eot_token, device)
+    lengths = [len(prompts[i]) + max(len(completions[i]), len(completions[i + P])) for i in range(P)]
+    for group in length_batches(lengths, max(1, chunk // 2)):
+        rows = [r for i in group for r in (i, i + P)]  # chosen, rejected of each pair
+        samples = completion_batch([prompts[r] for r in rows], [completions[r] for r in rows], enc.eot_token, device,
+                                   group_size=2)
         parts.append(sequence_logprobs(model, samples, backend))
         order += rows
     return torch.cat(parts)[torch.tensor(order, device=device).argsort()]

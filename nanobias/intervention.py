@@ -199,7 +199,7 @@ def prefill(rm: RewardModel, enc, prompts: list[str], completions: list[str], ba
     param = next(rm.parameters())
     rm.eval()
     batches = []
-    for rows in length_batches(seqs, batch_size):
+    for rows in length_batches([len(q) for q in seqs], batch_size):
         ids, mask = left_pad([seqs[i] for i in rows], enc.eot_token, param.device)  # [B, T]
         cache = KVCache(rm.gpt.config, len(rows), ids.shape[1], param.device, param.dtype)
         rm(ids[:, :-1], mask[:, :-1], cache=cache)

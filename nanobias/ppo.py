@@ -11,7 +11,8 @@ the same reward model, so both make B*G reward-model calls per step. Then, per c
     A_t = delta_t + gamma * lam * A_{t+1}             GAE (Schulman et al., 2016), returns R_t = A_t + V_t
 
 Advantages are whitened over the batch's completion tokens. `epochs` passes over the batch in
-`minibatches` shuffled minibatches minimise, averaged over completion tokens,
+`minibatches` shuffled minibatches (of whole prompts, so that a prompt's G completions share one
+forward pass of it: sampling.completion_logits) minimise, averaged over completion tokens,
 
     L_policy = max(-A_t * ratio_t, -A_t * clip(ratio_t, 1 - eps, 1 + eps))   ratio_t = exp(logp_t - logp_old_t)
     L_value  = 1/2 * max((V_t - R_t)^2, (V_old_t + clip(V_t - V_old_t, -eps_v, eps_v) - R_t)^2)
@@ -121,9 +122,9 @@ def value_loss(values: torch.Tensor, values_old: torch.Tensor, returns: torch.Te
 
 
 def select_rows(samples: Samples, index: torch.Tensor) -> Samples:
-    """The rows `index` of every field of a batch of samples (a minibatch)."""
+    """The rows `index` of every field of a batch of samples (a minibatch): whole groups, in order."""
     return Samples(*(t[index] for t in (samples.prompt_ids, samples.prompt_mask, samples.tokens, samples.mask,
-                                         samples.logprobs)))
+                                         samples.logprobs)), group_size=samples.group_size)
 
 
 def forward(model, value_head, samples: Samples, temperature: float, backend: str):
@@ -152,13 +153,14 @@ def ppo_step(model, value_head, ref_model, opt, enc, examples, score_fn: rl.Scor
         rewards = shaped_rewards(scores, logp_old, logp_ref, mask, cfg.beta)
         advantages, returns = gae(rewards, values_old, mask, cfg.gamma, cfg.lam)
         advantages = whiten(advantages, mask)
-    R = len(scores)
+    G = samples.group_size
     generator = torch.Generator().manual_seed(seed)
     params = [p for group in opt.param_groups for p in group["params"]]  # the policy's and the value head's
     updates = []
     for _ in range(cfg.epochs):
-        for idx in torch.randperm(R, generator=generator).chunk(cfg.minibatches):
-            idx = idx.to(mask.device)
+        # shuffled minibatches of whole prompts: a group's G completions share one forward of its prompt
+        for groups in torch.randperm(len(scores) // G, generator=generator).chunk(cfg.minibatches):
+            idx = (groups[:, None] * G + torch.arange(G)).flatten().to(mask.device)  # [rows]
             logp, values, _ = forward(model, value_head, select_rows(samples, idx), T, backend)
             m = mask[idx]
             pg, clip_frac = policy_loss(logp, logp_old[idx], advantages[idx], m, cfg.eps)

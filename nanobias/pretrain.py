@@ -95,29 +95,49 @@ def fitted_block_size(block_size: int, docs: list[tuple[list[int], int]]) -> int
     return block_size if need <= block_size else -(-need // 64) * 64
 
 
-def document_batch(docs: list[tuple[list[int], int]], batch_size: int, generator: torch.Generator, pad_id: int):
-    """B random documents, right-padded: inputs x, targets y and loss mask, each [B, T].
+def document_batch(docs: list[tuple[list[int], int]], pad_id: int):
+    """Documents, packed into rows: inputs x, targets y, loss mask and document numbers, each [R, T].
 
-    Right padding needs no attention mask: a causal model's padded tail cannot reach the real
-    tokens before it, and the mask drops its predictions."""
-    picks = torch.randint(0, len(docs), (batch_size,), generator=generator).tolist()
-    T = max(len(docs[i][0]) for i in picks) - 1
-    x = torch.full((batch_size, T), pad_id, dtype=torch.long)
-    y = torch.full((batch_size, T), pad_id, dtype=torch.long)
-    mask = torch.zeros((batch_size, T))
-    for b, i in enumerate(picks):
-        ids, n_prompt = docs[i]
-        x[b, :len(ids) - 1] = torch.tensor(ids[:-1])
-        y[b, :len(ids) - 1] = torch.tensor(ids[1:])
-        mask[b, n_prompt - 1:len(ids) - 1] = 1  # positions whose target is a completion token
-    return x, y, mask
+    Each document adds its ids[:-1] as inputs and ids[1:] as targets; rows are filled first-fit, longest
+    document first, up to the longest document's length, so a batch of B documents takes R <= B rows
+    with little padding (about a third of a right-padded batch's tokens were padding). `doc` numbers
+    each row's documents 1, 2, ... (0: padding), the attention mask that keeps them apart (model.py)."""
+    inputs = sorted(range(len(docs)), key=lambda i: -len(docs[i][0]))
+    T = len(docs[inputs[0]][0]) - 1
+    rows: list[list[int]] = []  # the documents of each row
+    room: list[int] = []  # tokens left in each row
+    for i in inputs:
+        n = len(docs[i][0]) - 1
+        r = next((r for r, left in enumerate(room) if left >= n), None)
+        if r is None:
+            rows.append([]), room.append(T)
+            r = len(rows) - 1
+        rows[r].append(i)
+        room[r] -= n
+    x = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    y = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), T))
+    doc = torch.zeros((len(rows), T), dtype=torch.long)
+    for r, members in enumerate(rows):
+        at = 0
+        for number, i in enumerate(members, 1):
+            ids, n_prompt = docs[i]
+            n = len(ids) - 1
+            x[r, at:at + n] = torch.tensor(ids[:-1])
+            y[r, at:at + n] = torch.tensor(ids[1:])
+            mask[r, at + n_prompt - 1:at + n] = 1  # positions whose target is a completion token
+            doc[r, at:at + n] = number
+            at += n
+    return x, y, mask, doc
 
 
-def lm_loss(model: GPT, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean next-token cross-entropy of targets y [B, T] given x [B, T], over mask [B, T] (default all)."""
+def lm_loss(model: GPT, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None,
+            doc: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean next-token cross-entropy of targets y [B, T] given x [B, T], over mask [B, T] (default all);
+    `doc` [B, T]: packed rows' document numbers (document_batch), None for one sequence per row."""
     device = next(model.parameters()).device
     x, y = x.to(device), y.to(device)
-    logits = model(x)  # [B, T, V]
+    logits = model(x, attention_mask=None if doc is None else doc.to(device))  # [B, T, V]
     nll = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="none").view_as(y)
     if mask is None:
         return nll.mean()
@@ -141,16 +161,20 @@ def pretrain(cfg: PretrainConfig, model_cfg: GPTConfig, enc, train_docs: list[st
         raise ValueError(f"pretrain: the initial model (vocab {init.config.vocab_size}, block_size "
                          f"{init.config.block_size}) needs vocab >= {enc.n_vocab} and block_size >= {need}")
 
+    def batch(docs, generator, shard=False):
+        picks = torch.randint(0, len(docs), (cfg.batch_size,), generator=generator).tolist()
+        if shard:  # this process's documents of the global batch
+            picks = picks[distributed.shard(len(picks), "documents")]
+        return document_batch([docs[i] for i in picks], enc.eot_token)
+
     def batch_loss(step):
         # the batch is a function of (seed, step) alone, so a resumed run sees the same batches
-        g = torch.Generator().manual_seed(seed * 1_000_003 + step)
-        x, y, mask = distributed.my_rows(*document_batch(train_set, cfg.batch_size, g, enc.eot_token), what="documents")
-        return lm_loss(model, x, y, mask) * distributed.token_share(mask.sum()), {}
+        x, y, mask, doc = batch(train_set, torch.Generator().manual_seed(seed * 1_000_003 + step), shard=True)
+        return lm_loss(model, x, y, mask, doc) * distributed.token_share(mask.sum()), {}
 
     def val_loss():
         g = torch.Generator().manual_seed(seed + 12345)
-        return sum(lm_loss(model, *document_batch(val_set, cfg.batch_size, g, enc.eot_token)).item()
-                   for _ in range(4)) / 4
+        return sum(lm_loss(model, *batch(val_set, g)).item() for _ in range(4)) / 4
 
     n_tokens = sum(len(ids) for ids, _ in train_set)
     print(f"pretrain: {model.num_params() / 1e6:.2f}M parameters, {len(train_set):,} documents "

@@ -106,9 +106,9 @@ def encode(enc, prompts: list[str], completions: list[str], block_size: int) -> 
     return [(enc.encode_ordinary(p + c) + [enc.eot_token])[-block_size:] for p, c in zip(prompts, completions)]
 
 
-def length_batches(seqs: list[list[int]], batch_size: int) -> list[list[int]]:
+def length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
     """Row indices grouped into batches of similar length (less padding)."""
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
 
 
@@ -123,7 +123,7 @@ def score(rm: RewardModel, enc, prompts: list[str], completions: list[str], inte
     was_training = rm.training
     rm.eval()
     with intervention.applied(rm.gpt) if intervention is not None else nullcontext():
-        for rows in length_batches(seqs, batch_size):
+        for rows in length_batches([len(q) for q in seqs], batch_size):
             ids, mask = left_pad([seqs[i] for i in rows], enc.eot_token, device)
             rewards[rows] = rm(ids, mask).float().cpu()
     rm.train(was_training)
@@ -178,7 +178,7 @@ def pair_loss(rm: RewardModel, enc, pairs: list[Pair], loss: str, chunk: int = 1
     texts = [p.chosen.text for p in pairs] + [p.rejected.text for p in pairs]
     seqs = encode(enc, [p.prompt for p in pairs] * 2, texts, rm.gpt.config.block_size)
     device = next(rm.parameters()).device
-    batches = length_batches(seqs, chunk)
+    batches = length_batches([len(q) for q in seqs], chunk)
     r_sorted = torch.cat([rm(*left_pad([seqs[i] for i in rows], enc.eot_token, device)) for rows in batches])
     r = r_sorted[torch.tensor([i for rows in batches for i in rows], device=device).argsort()]  # [2P], input order
     r_c, r_r = r[:len(pairs)], r[len(pairs):]

@@ -29,6 +29,7 @@ class Samples:
     tokens: torch.Tensor  # [B*G, N] completion ids; after the stop token, filled with `pad_id`
     mask: torch.Tensor  # [B*G, N] 1 for generated tokens up to and including end-of-text
     logprobs: torch.Tensor  # [B*G, N] sampling log-probs, 0 where mask is 0
+    group_size: int = 1  # G: rows b*G .. b*G+G-1 share prompt b (completion_logits runs it once)
 
 
 def left_pad(seqs: list[list[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,7 +90,7 @@ def sample(model: GPT, prompts: list[list[int]], eot_id: int, group_size: int = 
     with torch.inference_mode():
         samples = _sample(model, prompts, eot_id, group_size, max_new_tokens, temperature, top_k, top_p, seed,
                           use_cache)
-    return Samples(**{name: t.clone() for name, t in vars(samples).items()})
+    return Samples(**{name: t.clone() if torch.is_tensor(t) else t for name, t in vars(samples).items()})
 
 
 def _sample(model, prompts, eot_id, group_size, max_new_tokens, temperature, top_k, top_p, seed, use_cache) -> Samples:
@@ -146,11 +147,13 @@ def _sample(model, prompts, eot_id, group_size, max_new_tokens, temperature, top
         else:
             logits = model(torch.cat([ids, tokens[:, :t + 1]], 1), attention_mask=step_mask)[:, -1]
     model.train(was_training)
-    return Samples(ids, mask, tokens, out_mask, logprobs)
+    return Samples(ids, mask, tokens, out_mask, logprobs, group_size)
 
 
-def completion_batch(prompts: list[list[int]], completions: list[list[int]], pad_id: int, device=None) -> Samples:
-    """Given prompts (left-padded) and completions (right-padded) as one batch of Samples."""
+def completion_batch(prompts: list[list[int]], completions: list[list[int]], pad_id: int, device=None,
+                     group_size: int = 1) -> Samples:
+    """Given prompts (left-padded) and completions (right-padded) as one batch of Samples; with
+    `group_size` G, rows b*G .. b*G+G-1 must share one prompt (completion_logits then runs it once)."""
     prompt_ids, prompt_mask = left_pad(prompts, pad_id, device)  # [R, L]
     N = max(len(c) for c in completions)
     tokens = torch.full((len(completions), N), pad_id, dtype=torch.long, device=device)  # [R, N]
@@ -158,7 +161,7 @@ def completion_batch(prompts: list[list[int]], completions: list[list[int]], pad
     for row, c in enumerate(completions):
         tokens[row, :len(c)] = torch.tensor(c, dtype=torch.long, device=device)
         mask[row, :len(c)] = 1
-    return Samples(prompt_ids, prompt_mask, tokens, mask, torch.zeros(tokens.shape, device=device))
+    return Samples(prompt_ids, prompt_mask, tokens, mask, torch.zeros(tokens.shape, device=device), group_size)
 
 
 def completion_texts(enc, samples: Samples) -> list[str]:
@@ -171,16 +174,33 @@ def completion_texts(enc, samples: Samples) -> list[str]:
 
 
 def completion_logits(model: GPT, samples: Samples, return_hidden: bool = False):
-    """One forward over prompt + completion -> the logits that predict each completion token.
+    """The logits that predict each completion token given the prompt and the tokens before it.
 
     Returns logits [R, N, V] (and hidden states [R, N, C], the input of a value head): position
     t holds the prediction of `samples.tokens[:, t]`.
+
+    A group's G rows share their prompt (samples.group_size), so the prompt runs once per group and
+    its cached keys and values serve the G completions, gradients flowing back through them: a
+    GRPO batch of B prompts of P tokens and B*G completions of N costs B*P + B*G*N tokens of
+    forward and backward instead of B*G*(P + N) (about 2.5x fewer at the cpu preset's G = 8).
     """
-    seq = torch.cat([samples.prompt_ids, samples.tokens], 1)  # [R, P + N]
-    attention_mask = torch.cat([samples.prompt_mask, torch.ones_like(samples.tokens)], 1)
-    logits, hidden = model(seq, attention_mask=attention_mask, return_hidden=True)
-    P = samples.prompt_ids.shape[1]
-    logits, hidden = logits[:, P - 1:-1], hidden[:, P - 1:-1]
+    G, (R, P), N = samples.group_size, samples.prompt_ids.shape, samples.tokens.shape[1]
+    if G == 1:  # one forward over prompt + completion
+        seq = torch.cat([samples.prompt_ids, samples.tokens], 1)  # [R, P + N]
+        attention_mask = torch.cat([samples.prompt_mask, torch.ones_like(samples.tokens)], 1)
+        logits, hidden = model(seq, attention_mask=attention_mask, return_hidden=True)
+        logits, hidden = logits[:, P - 1:-1], hidden[:, P - 1:-1]
+        return (logits, hidden) if return_hidden else logits
+    param = next(model.parameters())
+    cache = KVCache(model.config, R // G, P + N - 1, param.device, param.dtype)
+    logits, hidden = model(samples.prompt_ids[::G], attention_mask=samples.prompt_mask[::G], cache=cache,
+                           return_hidden=True)
+    logits, hidden = logits[:, -1:].repeat_interleave(G, 0), hidden[:, -1:].repeat_interleave(G, 0)  # [R, 1, .]
+    if N > 1:  # the completions but their last token, each after its group's cached prompt
+        attention_mask = torch.cat([samples.prompt_mask, torch.ones_like(samples.tokens[:, :-1])], 1)
+        rest, rest_hidden = model(samples.tokens[:, :-1], attention_mask=attention_mask,
+                                  cache=cache.repeat_interleave(G), return_hidden=True)  # [R, N - 1, .]
+        logits, hidden = torch.cat([logits, rest], 1), torch.cat([hidden, rest_hidden], 1)
     return (logits, hidden) if return_hidden else logits
 
 

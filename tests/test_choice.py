@@ -40,7 +40,8 @@ class BigramStub(nn.Module):
         table[:, :V] = _row({"x": 0.5, "y": 0.1, " ": 0.1, ".": 0.1})
         table[ord(":"), :V] = _row({" ": 0.5, "x": 0.1, "y": 0.1, ".": 0.1})
         self.table = nn.Parameter(table.float())
-        self.config = SimpleNamespace(block_size=block_size)
+        # a KV cache's shape: a bigram needs no cache, so the options' shared prompt pass (choice.py) is exact
+        self.config = SimpleNamespace(block_size=block_size, n_layer=1, n_head=1, n_embd=1)
 
     def forward(self, idx, attention_mask=None, cache=None, return_hidden=False):
         logits = self.table[idx]  # [B, T, V]

@@ -7,14 +7,20 @@ from nanobias.intervention import last_token_recorded
 from nanobias.model import GPT, GPTConfig, KVCache, NeuronSite, rotate
 from nanobias.sampling import sample
 
-BOTH = pytest.mark.parametrize("position", ["learned", "rotary"])
+# the position schemes, and learned positions with the embeddings of the 3 tokens before mixed in (token_shift)
+BOTH = pytest.mark.parametrize("position", ["learned", "rotary", "learned+shift"])
 
 
 def tiny_model(seed=0, position="learned", **kw):
     torch.manual_seed(seed)
+    if position == "learned+shift":
+        position, kw = "learned", {**kw, "token_shift": 3}
     cfg = GPTConfig(**{"block_size": 32, "vocab_size": 61, "n_layer": 2, "n_head": 2, "n_embd": 16, **kw},
                     position=position)
     model = GPT(cfg).eval()
+    if cfg.token_shift:  # weights unlike each other: a token taken from the wrong place then shows
+        with torch.no_grad():
+            model.shift.normal_()
     if position == "rotary":  # sharper attention than a fresh init's: a wrong position then shows in the logits
         with torch.no_grad():
             for block in model.transformer.h:
@@ -181,6 +187,24 @@ def test_repeat_interleave_cache_shares_a_prefill(position):
         grouped = model(nxt, cache=cache.repeat_interleave(3))[:, 0]  # [6, V]
         separate = model(torch.cat([idx.repeat_interleave(3, 0), nxt], 1))[:, -1]
     torch.testing.assert_close(grouped, separate, atol=1e-5, rtol=0)
+
+
+def test_token_shift_input_is_the_formula_and_stops_at_a_document_start():
+    """h_0[t] = wte[x_t] + sum_k shift[k-1] * wte[x_{t-k}] + wpe[t], the terms before a document's
+    start (padding, or another packed document) left out."""
+    model = tiny_model(position="learned+shift")
+    seen = []
+    model.transformer.drop.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0]))
+    idx = torch.tensor([[7, 8, 9, 10, 11, 12], [0, 0, 3, 4, 5, 6]])
+    doc = torch.tensor([[1, 1, 1, 2, 2, 2], [0, 0, 1, 1, 1, 1]])  # row 0: two packed documents; row 1: padding
+    with torch.no_grad():
+        model(idx, attention_mask=doc)
+        wte, wpe, shift = model.transformer.wte.weight, model.transformer.wpe.weight, model.shift
+        for b, t in [(0, 2), (0, 3), (0, 5), (1, 2), (1, 5)]:
+            start = max(s for s in range(t + 1) if s == 0 or doc[b, s - 1] != doc[b, t])  # where its document starts
+            expected = wte[idx[b, t]] + wpe[t - start] + sum(shift[k - 1] * wte[idx[b, t - k]]
+                                                             for k in range(1, 4) if t - k >= start)
+            torch.testing.assert_close(seen[0][b, t], expected, atol=1e-6, rtol=0)
 
 
 def test_rotary_cached_sampling_equals_uncached():

@@ -1,14 +1,17 @@
+from dataclasses import replace
+
+import pytest
 import torch
 
 from nanobias.model import GPT, GPTConfig
-from nanobias.sampling import completion_logprobs, left_pad, next_token, sample
+from nanobias.sampling import completion_batch, completion_logits, completion_logprobs, left_pad, next_token, sample
 
 EOT = 60
 
 
-def tiny_model():
+def tiny_model(**kw):
     torch.manual_seed(0)
-    return GPT(GPTConfig(block_size=48, vocab_size=61, n_layer=2, n_head=2, n_embd=16)).eval()
+    return GPT(GPTConfig(**{"block_size": 48, "vocab_size": 61, "n_layer": 2, "n_head": 2, "n_embd": 16, **kw})).eval()
 
 
 PROMPTS = [[1, 2, 3, 4, 5], [7, 8], [9, 10, 11]]
@@ -103,6 +106,32 @@ def test_samples_can_be_trained_on():
     """sample() runs in inference mode; what it returns must still enter autograd (the trainers' forward)."""
     model = tiny_model().train()
     s = sample(model, PROMPTS, EOT, group_size=2, max_new_tokens=4, seed=0)
-    assert model.training and not any(t.is_inference() for t in vars(s).values())
+    assert model.training and not any(torch.is_tensor(t) and t.is_inference() for t in vars(s).values())
     completion_logprobs(model, s).sum().backward()
     assert model.lm_head.weight.grad is not None
+
+
+@pytest.mark.parametrize("kw", [{}, {"position": "rotary"}, {"token_shift": 3}])
+def test_a_group_shares_its_prompt_forward_with_the_same_logits_and_gradients(kw):
+    """completion_logits runs a group's prompt once and its G completions on its cached keys and values:
+    the logits, hidden states and every parameter's gradient are those of one forward per row."""
+    model = tiny_model(**kw).train()
+    g = torch.Generator().manual_seed(0)
+    completions = [torch.randint(0, 60, (n,), generator=g).tolist() for n in (6, 2, 4, 1, 5, 3, 6, 6, 2)]
+    # three groups of three: left-padded prompts of 5, 2 and 3 tokens, right-padded completions
+    grouped = completion_batch([p for p in PROMPTS for _ in range(3)], completions, EOT, group_size=3)
+    results = []
+    for samples in (grouped, replace(grouped, group_size=1)):
+        model.zero_grad()
+        logits, hidden = completion_logits(model, samples, return_hidden=True)
+        (logits.log_softmax(-1).gather(-1, samples.tokens[..., None])[..., 0] * samples.mask).sum().backward()
+        results.append((logits, hidden, [p.grad.clone() for p in model.parameters()]))
+    (lg, hg, gg), (lf, hf, gf) = results
+    torch.testing.assert_close(lg, lf, atol=1e-5, rtol=0)
+    torch.testing.assert_close(hg, hf, atol=1e-5, rtol=0)
+    for a, b in zip(gg, gf):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    # one-token completions: only the prompt's forward
+    one = completion_batch([[1, 2, 3], [1, 2, 3]], [[4], [5]], EOT, group_size=2)
+    torch.testing.assert_close(completion_logits(model, one), completion_logits(model, replace(one, group_size=1)),
+                               atol=1e-5, rtol=0)

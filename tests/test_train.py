@@ -96,18 +96,33 @@ def test_training_lowers_the_loss(tmp_path):
         assert lm_loss(model, *held).item() < before - 0.1
 
 
-def test_document_batch_masks_exactly_the_completion_predictions():
+def test_document_batch_packs_documents_and_masks_exactly_the_completion_predictions():
     from nanobias.pretrain import document_batch
 
-    docs = [([5, 6, 7, 8, 9], 3), ([1, 2, 3], 1)]  # (prompt + completion + eot ids, prompt length)
-    x, y, mask = document_batch(docs, 8, torch.Generator().manual_seed(0), pad_id=0)
-    for b in range(8):
-        if x[b, 0] == 5:
-            assert x[b].tolist() == [5, 6, 7, 8] and y[b].tolist() == [6, 7, 8, 9]
-            assert mask[b].tolist() == [0, 0, 1, 1]  # targets 8 and 9 are the completion
-        else:
-            assert x[b].tolist() == [1, 2, 0, 0] and y[b].tolist() == [2, 3, 0, 0]
-            assert mask[b].tolist() == [1, 1, 0, 0]
+    # (prompt + completion + eot ids, prompt length): inputs of 5, 2, 3 and 1 tokens
+    docs = [([5, 6, 7, 8, 9, 4], 3), ([1, 2, 3], 1), ([11, 12, 13, 14], 2), ([21, 22], 1)]
+    x, y, mask, doc = document_batch(docs, pad_id=0)
+    # first fit, longest first, rows as long as the longest document: [5 tokens], [3 + 2], [1 + padding]
+    assert x.tolist() == [[5, 6, 7, 8, 9], [11, 12, 13, 1, 2], [21, 0, 0, 0, 0]]
+    assert y.tolist() == [[6, 7, 8, 9, 4], [12, 13, 14, 2, 3], [22, 0, 0, 0, 0]]
+    assert doc.tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 2, 2], [1, 0, 0, 0, 0]]
+    # the targets that are completion tokens: 9 and 4; 13 and 14; 2 and 3; 22
+    assert mask.tolist() == [[0, 0, 1, 1, 1], [0, 1, 1, 1, 1], [1, 0, 0, 0, 0]]
+
+
+def test_a_packed_document_gets_the_loss_it_gets_alone():
+    """The attention mask keeps packed documents apart and their positions restart (model.py): the
+    loss of a packed batch is the token-weighted mean of each document's loss alone."""
+    from nanobias.pretrain import document_batch
+
+    torch.manual_seed(0)  # with token_shift: the earlier tokens' embeddings stop at a document's start too
+    model = GPT(GPTConfig(block_size=16, vocab_size=40, n_layer=1, n_head=2, n_embd=16, token_shift=3))
+    docs = [([5, 6, 7, 8, 9, 4], 3), ([1, 2, 3], 1), ([11, 12, 13, 14], 2), ([21, 22], 1)]
+    x, y, mask, d = document_batch(docs, pad_id=0)
+    packed = lm_loss(model, x, y, mask, d)
+    alone = [lm_loss(model, *document_batch([one], pad_id=0)[:3]) for one in docs]
+    counts = [len(ids) - n for ids, n in docs]  # completion targets per document
+    torch.testing.assert_close(packed, sum(l * c for l, c in zip(alone, counts)) / sum(counts), atol=1e-6, rtol=0)
 
 
 def test_masked_lm_loss_ignores_masked_positions():

@@ -82,7 +82,7 @@ with torch.no_grad():
         token = stepwise[-1].argmax(-1, keepdim=True)
     recomputed = model(full)[:, -4:]  # [1, 4, V]
 diff = (torch.stack(stepwise, 1) - recomputed).abs().max().item()
-print(f"cache k shape {tuple(cache.k.shape)}, filled {cache.length} tokens; "
+print(f"cache: {len(cache.k)} layers of keys {tuple(cache.k[0].shape)}, filled {cache.length} tokens; "
       f"max |cached - recomputed logits| over 4 steps = {diff:.2e}")
 
 B, new_tokens = (4, 8) if args.tiny else (8, 48)
