@@ -284,16 +284,21 @@ class GPT(nn.Module):
         return (logits, hidden) if return_hidden else logits
 
     def previous_embeddings(self, idx, doc, cache) -> torch.Tensor:
-        """sum_k shift[k-1] * wte[x_{t-k}] for each of the T new tokens [B, T, C] (module docstring)."""
+        """sum_k shift[k-1] * wte[x_{t-k}] for each of the T new tokens [B, T, C] (module docstring), x_{t-k}
+        the k-th real token before t of its document: padding between two tokens (a completion left-padded
+        after its cached prompt: reward.rewards) is no token."""
         past, T = (cache.length if cache is not None else 0), idx.shape[1]
         seen = idx if cache is None else torch.cat([cache.ids[:, :past], idx], 1)  # [B, S]
+        doc = torch.ones_like(seen) if doc is None else doc
+        B, S = seen.shape
+        real = doc != 0
+        rank = real.long().cumsum(1) - 1  # [B, S] each real token's rank among its row's real tokens
+        position = torch.zeros((B, S + 1), dtype=torch.long, device=idx.device)  # rank -> position; S: padding's
+        position.scatter_(1, torch.where(real, rank, S), torch.arange(S, device=idx.device).expand(B, S))
+        rank, new_doc = rank[:, past:], doc[:, past:]  # [B, T]
         out = 0
         for k, weight in enumerate(self.shift, 1):
-            earlier = F.pad(seen, (k, 0))[:, past:past + T]  # [B, T] the token k before; 0 where there is none
-            if doc is None:  # one document per row, from position 0
-                has = torch.arange(past, past + T, device=idx.device)[None, :, None] >= k  # [1, T, 1]
-            else:  # k tokens back is a real token of the same document
-                same = (doc == F.pad(doc, (k, 0))[:, :doc.shape[1]]) & (doc != 0)  # [B, S]
-                has = same[:, past:, None]  # [B, T, 1]
-            out = out + weight * self.transformer.wte(earlier) * has
+            at = position.gather(1, (rank - k).clamp(min=0))  # [B, T] where the k-th real token before is
+            has = real[:, past:] & (rank >= k) & (doc.gather(1, at) == new_doc)  # it exists, in the same document
+            out = out + weight * self.transformer.wte(seen.gather(1, at)) * has[..., None]
         return out

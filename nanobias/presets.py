@@ -76,10 +76,10 @@ PRESETS = {
     "cpu": {
         "variants_per_template": 32, "eval_examples": 576, "cuda_fast": False, "seeds": 3,
         # token_shift: the 4 tokens before each token join its input (model.py); reading a disambiguated
-        # context, learned in a late, sudden jump, then comes within 1500 steps instead of 4500 (README, "Speed")
+        # context, learned in a late, sudden jump, then comes by step ~1250 instead of ~2500 (README, "Speed")
         "model.block_size": 256, "model.n_layer": 4, "model.n_head": 4, "model.n_embd": 128, "model.token_shift": 4,
         "pretrain.vocab_size": 1024, "pretrain.bias_rate": 0.8, "pretrain.long_rate": 0.3,
-        "pretrain.steps": 1500, "pretrain.batch_size": 16, "pretrain.lr": 2e-3, "pretrain.warmup": 50,
+        "pretrain.steps": 2000, "pretrain.batch_size": 16, "pretrain.lr": 2e-3, "pretrain.warmup": 50,
         "pretrain.eval_every": 250, "pretrain.ckpt_every": 250,
         "pairs.val_pairs": 400, "pairs.test_pairs": 300,
         "reward.steps": 150, "reward.batch_size": 16, "reward.lr": 1e-3, "reward.warmup": 15,

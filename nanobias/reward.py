@@ -39,7 +39,7 @@ from nanobias.answers import extract_answer
 from nanobias.bbq import Example
 from nanobias.checkpoint import load_model, load_policy, policy_meta
 from nanobias.errors import UserError
-from nanobias.model import GPT, GPTConfig
+from nanobias.model import GPT, GPTConfig, KVCache
 from nanobias.preferences import Pair, PairConfig, make_pair, make_pairs, planted_rates, right_answer, swap_styles
 from nanobias.sampling import left_pad
 from nanobias.train import TrainConfig, train
@@ -99,11 +99,13 @@ def reward_model_from_policy(policy: GPT, seed: int = 0, n_layer: int = 0) -> Re
 
 
 def encode(enc, prompts: list[str], completions: list[str], block_size: int) -> list[list[int]]:
-    """prompt + completion + end-of-text as token lists; longer ones keep their last block_size tokens
-    (the read position stays the end-of-text token)."""
+    """prompt + completion + end-of-text as token lists, prompt and completion tokenized apart (as the
+    policy sees them when it samples); longer ones keep their last block_size tokens (the read position
+    stays the end-of-text token)."""
     if len(prompts) != len(completions):
         raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
-    return [(enc.encode_ordinary(p + c) + [enc.eot_token])[-block_size:] for p, c in zip(prompts, completions)]
+    return [(enc.encode_ordinary(p) + enc.encode_ordinary(c) + [enc.eot_token])[-block_size:]
+            for p, c in zip(prompts, completions)]
 
 
 def length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
@@ -112,30 +114,67 @@ def length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
     return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
 
 
+def rewards(rm: RewardModel, enc, prompts: list[str], completions: list[str], intervention=None,
+            batch_size: int = 64) -> torch.Tensor:
+    """Rewards [N] of (prompt, completion) pairs, in the autograd graph (the caller picks no_grad or not);
+    `intervention` (an intervention.Intervention, or None) is applied while scoring.
+
+    Consecutive rows with the same prompt (a rollout's group of G, the two sides of a preference pair)
+    share one pass of it: its keys and values are cached, then its completions run on copies of the
+    cache, left-padded so that each one's end-of-text is the last position, where the head reads and a
+    "last" intervention clamps (the padding between prompt and completion is no token: model.py). A
+    GRPO step's B*G completions then cost B prompts and B*G completions of forward pass, not B*G of both.
+    Prompt and completion are tokenized apart; a prompt longer than block_size beside its group's
+    longest completion keeps its last tokens."""
+    if len(prompts) != len(completions):
+        raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+    starts = [i for i in range(len(prompts)) if i == 0 or prompts[i] != prompts[i - 1]]
+    groups = [list(range(a, b)) for a, b in zip(starts, starts[1:] + [len(prompts)])]  # runs of one prompt
+    tails = [enc.encode_ordinary(c) + [enc.eot_token] for c in completions]
+    longest = [max(len(tails[i]) for i in g) for g in groups]
+    block = rm.gpt.config.block_size
+    if max(longest, default=0) >= block:
+        raise ValueError(f"a completion of {max(longest)} tokens leaves no room for its prompt in block_size={block}")
+    heads = [enc.encode_ordinary(prompts[g[0]])[-(block - n):] for g, n in zip(groups, longest)]
+    device = next(rm.parameters()).device
+    full = intervention is not None and intervention.positions == "all"  # else it acts at the last token alone
+    out, order = [], []
+    per_batch = max(1, batch_size // max(len(g) for g in groups))  # groups a pass
+    for batch in length_batches([len(h) + n for h, n in zip(heads, longest)], per_batch):
+        rows = [i for j in batch for i in groups[j]]
+        sizes = torch.tensor([len(groups[j]) for j in batch], device=device)
+        ids, mask = left_pad([heads[j] for j in batch], enc.eot_token, device)  # [b, P]
+        tail_ids, tail_mask = left_pad([tails[i] for i in rows], enc.eot_token, device)  # [R, N]
+        cache = KVCache(rm.gpt.config, len(batch), ids.shape[1] + tail_ids.shape[1], device,
+                        next(rm.parameters()).dtype)
+        with intervention.applied(rm.gpt) if full else nullcontext():
+            rm.gpt(ids, attention_mask=mask, cache=cache)
+        with intervention.applied(rm.gpt) if intervention is not None else nullcontext():
+            out.append(rm(tail_ids, torch.cat([mask.repeat_interleave(sizes, 0), tail_mask], 1),
+                          cache.repeat_interleave(sizes)))
+        order += rows
+    return torch.cat(out)[torch.tensor(order, device=device).argsort()]
+
+
 @torch.no_grad()
 def score(rm: RewardModel, enc, prompts: list[str], completions: list[str], intervention=None,
           batch_size: int = 64) -> torch.Tensor:
-    """Rewards [N] (float32, CPU) of (prompt, completion) pairs; `intervention` (an
-    intervention.Intervention, or None) is applied while scoring."""
-    seqs = encode(enc, prompts, completions, rm.gpt.config.block_size)
-    device = next(rm.parameters()).device
-    rewards = torch.empty(len(seqs))
+    """Rewards [N] (float32, CPU) of (prompt, completion) pairs, in eval mode and without gradients
+    (`rewards`; consecutive rows with one prompt share its pass)."""
     was_training = rm.training
     rm.eval()
-    with intervention.applied(rm.gpt) if intervention is not None else nullcontext():
-        for rows in length_batches([len(q) for q in seqs], batch_size):
-            ids, mask = left_pad([seqs[i] for i in rows], enc.eot_token, device)
-            rewards[rows] = rm(ids, mask).float().cpu()
+    r = rewards(rm, enc, prompts, completions, intervention, batch_size).float().cpu()
     rm.train(was_training)
-    return rewards
+    return r
 
 
-def score_pairs(rm, enc, pairs: list[Pair], intervention=None, batch_size: int = 64):
-    """(r_chosen [P], r_rejected [P])."""
-    prompts = [p.prompt for p in pairs]
-    r = score(rm, enc, prompts * 2, [p.chosen.text for p in pairs] + [p.rejected.text for p in pairs],
-              intervention, batch_size)
-    return r[:len(pairs)], r[len(pairs):]
+def pair_rewards(rm, enc, pairs: list[Pair], intervention=None, batch_size: int = 64, grad: bool = False):
+    """(r_chosen [P], r_rejected [P]), the two sides of a pair sharing their prompt's pass: by `rewards`
+    (grad=True), or by `score` (float32 on CPU, without gradients)."""
+    prompts = [p.prompt for p in pairs for _ in range(2)]
+    completions = [t for p in pairs for t in (p.chosen.text, p.rejected.text)]
+    r = (rewards if grad else score)(rm, enc, prompts, completions, intervention, batch_size)
+    return r[0::2], r[1::2]
 
 
 def scoring_cost(rm: RewardModel, enc, prompts: list[str], completions: list[str], batch_size: int = 64) -> dict:
@@ -173,22 +212,17 @@ def graded_target(ex: Example, completion: str) -> float:
 
 
 def pair_loss(rm: RewardModel, enc, pairs: list[Pair], loss: str, chunk: int = 16) -> tuple[torch.Tensor, dict]:
-    """One batch of pairs -> (loss, stats). The 2P sequences are run in chunks of similar length
-    (less padding); the loss only needs their rewards."""
-    texts = [p.chosen.text for p in pairs] + [p.rejected.text for p in pairs]
-    seqs = encode(enc, [p.prompt for p in pairs] * 2, texts, rm.gpt.config.block_size)
-    device = next(rm.parameters()).device
-    batches = length_batches([len(q) for q in seqs], chunk)
-    r_sorted = torch.cat([rm(*left_pad([seqs[i] for i in rows], enc.eot_token, device)) for rows in batches])
-    r = r_sorted[torch.tensor([i for rows in batches for i in rows], device=device).argsort()]  # [2P], input order
-    r_c, r_r = r[:len(pairs)], r[len(pairs):]
+    """One batch of pairs -> (loss, stats). The 2P sequences run `chunk` at a time, each pair's two
+    sides on one pass of its prompt (`rewards`); the loss only needs their rewards."""
+    r_c, r_r = pair_rewards(rm, enc, pairs, batch_size=chunk, grad=True)  # [P] each
     if loss == "bt":
         value = bradley_terry_loss(r_c, r_r)
     elif loss == "regression":
-        value = regression_loss(r, torch.cat([torch.ones_like(r_c), torch.zeros_like(r_r)]))
+        value = regression_loss(torch.cat([r_c, r_r]), torch.cat([torch.ones_like(r_c), torch.zeros_like(r_r)]))
     else:
-        targets = [graded_target(p.example, t) for p, t in zip(pairs * 2, texts)]
-        value = regression_loss(r, torch.tensor(targets, dtype=r.dtype, device=device))
+        targets = [graded_target(p.example, t) for p, t in zip(pairs * 2, [p.chosen.text for p in pairs]
+                                                                         + [p.rejected.text for p in pairs])]
+        value = regression_loss(torch.cat([r_c, r_r]), torch.tensor(targets, dtype=r_c.dtype, device=r_c.device))
     return value, {"acc": (r_c > r_r).float().mean().item(), "margin": (r_c - r_r).mean().item()}
 
 

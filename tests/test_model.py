@@ -177,6 +177,24 @@ def test_a_decode_step_masks_like_a_full_forward_even_for_a_padding_query(positi
 
 
 @BOTH
+def test_padding_between_tokens_is_no_token(position):
+    """A completion left-padded after its cached prompt (reward.rewards) leaves padding between real
+    tokens: positions, attention and the token shift all skip it, so the logits are the row's own."""
+    model = tiny_model(position=position)
+    row = torch.randint(0, 61, (1, 9), generator=torch.Generator().manual_seed(5))
+    holed = torch.cat([row[:, :5], torch.zeros(1, 3, dtype=torch.long), row[:, 5:]], 1)  # [1, 12]
+    mask = torch.tensor([[1] * 5 + [0] * 3 + [1] * 4])
+    with torch.no_grad():
+        alone = model(row)
+        full = model(holed, attention_mask=mask)
+        cache = KVCache(model.config, 1, 12)
+        model(holed[:, :5], attention_mask=mask[:, :5], cache=cache)
+        cached = model(holed[:, 5:], attention_mask=mask, cache=cache)
+    torch.testing.assert_close(full[:, 8:], alone[:, 5:], atol=1e-5, rtol=0)
+    torch.testing.assert_close(cached[:, 3:], alone[:, 5:], atol=1e-5, rtol=0)
+
+
+@BOTH
 def test_repeat_interleave_cache_shares_a_prefill(position):
     model = tiny_model(position=position)
     idx = torch.randint(0, 61, (2, 6), generator=torch.Generator().manual_seed(3))

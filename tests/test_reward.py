@@ -1,4 +1,5 @@
 import math
+from contextlib import nullcontext
 from dataclasses import replace
 
 import pytest
@@ -13,7 +14,7 @@ from nanobias.preferences import PairConfig, bump, make_pairs, planted_rates, sw
 from nanobias.render import ATTRIBUTES, Style, pretraining_documents, render_completion, render_prompt
 from nanobias.selection import InterventionConfig, attribute_correlations, build_intervention, select_intervention
 from nanobias.reward import (RewardConfig, bradley_terry_loss, graded_target, load_reward_model, regression_loss,
-                             reward_meta, reward_model_from_policy, score, score_pairs, train_reward_model)
+                             reward_meta, reward_model_from_policy, score, pair_rewards, train_reward_model)
 from nanobias.rl import make_scorer
 from nanobias.train import read_metrics
 from nanobias.tokenizer import train_bpe
@@ -49,6 +50,36 @@ def test_regression_loss_matches_hand_value():
     assert regression_loss(torch.tensor([0.5, 2.0]), torch.tensor([1.0, 0.0])).item() == pytest.approx((0.25 + 4) / 2)
 
 
+@pytest.mark.parametrize("token_shift", [0, 3])
+def test_groups_share_their_prompt_pass_and_score_as_each_sequence_alone(tiny_policy, splits, token_shift):
+    """`rewards` runs each run of one prompt once (groups of 3, 1 and 2 here) and its left-padded completions
+    on its cached keys: every reward, with or without an intervention at the last or at every position,
+    and every gradient is that of the whole sequence run alone."""
+    from nanobias.intervention import Intervention
+    from nanobias.reward import RewardModel, encode, rewards
+
+    _, model, enc = tiny_policy
+    torch.manual_seed(1)
+    rm = RewardModel(replace(model.config, token_shift=token_shift))
+    prompts = [render_prompt(ex) for ex in splits.test[:3]]
+    prompts = [prompts[0]] * 3 + [prompts[1]] + [prompts[2]] * 2
+    styles = [Style(), Style(filler=2), Style(justification=True, bold=True), Style(), Style(exclamations=2), Style()]
+    completions = [render_completion(ex, i % 3, st).text for i, (ex, st) in enumerate(zip(splits.test, styles))]
+    seqs = encode(enc, prompts, completions, rm.gpt.config.block_size)
+    for intervention in (None, *(Intervention(2, 128, [(0, 3), (1, 7)], [0.5, -1.0], where) for where in ("last", "all"))):
+        with intervention.applied(rm.gpt) if intervention else nullcontext():
+            alone = torch.cat([rm(torch.tensor([q])) for q in seqs])
+        grouped = rewards(rm, enc, prompts, completions, intervention, batch_size=4)  # two passes
+        torch.testing.assert_close(grouped, alone, atol=1e-5, rtol=0)
+    rm.zero_grad()
+    torch.cat([rm(torch.tensor([q])) for q in seqs]).square().sum().backward()
+    expected = [q.grad.clone() for q in rm.parameters()]
+    rm.zero_grad()
+    rewards(rm, enc, prompts, completions).square().sum().backward()
+    for got, want in zip([q.grad for q in rm.parameters()], expected):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
 def test_score_does_not_depend_on_the_rest_of_the_batch(tiny_policy, splits):
     _, model, enc = tiny_policy
     rm = reward_model_from_policy(model, seed=0)
@@ -82,7 +113,7 @@ def test_train_checkpoint_and_reload(tiny_policy, splits, tmp_path):
     assert meta["kind"] == "reward" and meta["loss"] == "bt" and meta["model_config"]["n_embd"] == 32
     rm, enc2, _ = load_reward_model(path)
     pairs = make_pairs(splits.test, 4, 0)
-    r_c, r_r = score_pairs(rm, enc2, pairs)
+    r_c, r_r = pair_rewards(rm, enc2, pairs)
     assert r_c.shape == (4,) and torch.isfinite(torch.cat([r_c, r_r])).all()
     assert enc2.encode_ordinary("The grandson.") == enc.encode_ordinary("The grandson.")
     # training changed the backbone (it is fine-tuned, not frozen)
@@ -164,7 +195,7 @@ def test_graded_training_learns_the_answer(smoke_policy, tmp_path):
     # the synthetic world's stereotyped person is always wrong); chance is 0.5
     val = [p for p in make_pairs(splits.val, 200, 5, biased_reject_rate=1.0)
            if p.rejected.answer_index == p.example.biased_index]
-    r_c, r_r = score_pairs(rm, enc, val)
+    r_c, r_r = pair_rewards(rm, enc, val)
     assert (r_c > r_r).float().mean().item() > 0.6, len(val)
 
 
