@@ -43,11 +43,17 @@ def curve_prompts(test: list[Example], n: int) -> list[Example]:
     return spread(test, n)
 
 
-def curve_point(model, enc, examples: list[Example], step: int, calls: int, desc: str = "curve") -> dict:
-    """{"step", "calls", *POINT_KEYS, "n"} of the policy as it is now, answering `examples` greedily."""
+def answer_metrics(model, enc, examples: list[Example], desc: str = "curve") -> dict:
+    """metrics.bias_metrics of the policy as it is now, answering `examples` greedily (evaluate.py's path);
+    pretraining's reading curve takes them too (pretrain.py)."""
     completions = generate_answers(model, enc, examples, desc=desc)
     preds = [extract_answer(ex, c) for ex, c in zip(examples, completions)]
-    metrics = bias_metrics(examples, preds, completions)
+    return bias_metrics(examples, preds, completions)
+
+
+def curve_point(model, enc, examples: list[Example], step: int, calls: int, desc: str = "curve") -> dict:
+    """{"step", "calls", *POINT_KEYS, "n"} of the policy as it is now, answering `examples` greedily."""
+    metrics = answer_metrics(model, enc, examples, desc)
     return {"step": step, "calls": calls, **{k: metrics[k] for k in POINT_KEYS}, "n": len(examples)}
 
 

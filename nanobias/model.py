@@ -23,18 +23,27 @@ each token its document's number instead of 1: a token then sees only earlier to
 document, and positions restart at 0 with each document, so a packed document gets the logits
 it would get alone.
 
-Token shift (`GPTConfig.token_shift` = K, the `cpu` preset's choice; 0 is GPT-2): each token's
-input also gets the embeddings of the K tokens before it, each scaled channel by channel by a
-learned weight, a departure from GPT-2 (RWKV's token shift, Peng et al., 2023; a Canon layer at
-the input, Allen-Zhu, 2025):
+Token shift (`GPTConfig.token_shift` = K; 0 is GPT-2, the `cpu` preset has 4): each token's input
+also gets the embeddings of the K tokens before it, scaled channel by channel by learned weights, a
+departure from GPT-2 (RWKV's token shift, Peng et al., 2023; a Canon layer at the input, Allen-Zhu,
+2025):
 
     h_0[t] = wte[x_t] + sum_{k=1..K} shift[k-1] * wte[x_{t-k}] + wpe[t]      shift: [K, C], init 2^-(k-1)
 
-(a term is left out where t - k falls before the token's document). A head that finds "the name
-after '. The'" otherwise has to learn to look a few positions back from absolute positions
-first: with K = 3 the cpu preset's policy learns to read disambiguated contexts in about a third
-of the steps (README, "Speed"). The KV cache keeps the token ids, so a decode step finds the
-tokens before it.
+with x_{t-k} the k-th real token before t in its document (a term is left out where there is none).
+To answer "who struggled?" the policy must find the name after ". The" in the context's second
+sentence; without the shift it first has to learn, from absolute positions alone, heads that look a
+few positions back. With K = 4 the cpu preset's policy learns to read disambiguated contexts by
+step ~1250 of pretraining instead of ~2500 (README, "Speed"). The KV cache keeps the token ids, so
+a decode step finds the tokens before it.
+
+Neuron site: `mlp.neurons` computes the GELU a = GELU(c_fc(x)) [B, T, 4 * n_embd] and is the one
+place where the neuron intervention of Shinoda et al. (2026) acts: with `site.clamp` set, the
+masked neurons output fixed values, a[:, t, mask] = value, at the last position t = T - 1 or at
+every t, and get no gradient (`masked_gelu`). With `clamp` None (the default) it is a plain GELU.
+Its activations are read with an ordinary forward hook (intervention.py records the last token's).
+The intervention's other sites, the MLP's pre-activation `mlp.c_fc(x)` and the attention query (the
+first n_embd outputs of `attn.c_attn`), are read and clamped by forward hooks on those Linear layers.
 """
 
 import math

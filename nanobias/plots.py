@@ -154,3 +154,26 @@ def budget_curves(curves: dict[str, list[list[dict]]], path, keys=("acc_ambig", 
     axes[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
     save_figure(fig, path)
     return Path(path)
+
+
+def reading_curves(runs: dict[str, list[dict]], path) -> None:
+    """acc_disambig (reading a context that says who) and biased_ambig (the planted bias) against the
+    documents' tokens trained on, one line pair per pretraining run. runs: {label: policy.metrics.jsonl
+    records}, those with "acc_disambig" being the evaluations (PretrainConfig.eval_prompts)."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.5))
+    for (label, records), color in zip(runs.items(), plt.rcParams["axes.prop_cycle"].by_key()["color"]):
+        seen, xs, points = 0.0, [], []
+        for r in records:
+            seen += r.get("tokens", 0.0)
+            if "acc_disambig" in r:
+                xs.append(seen / 1e6)
+                points.append(r)
+        ax.plot(xs, [p["acc_disambig"] for p in points], "-o", ms=3, color=color, label=f"{label}: acc_disambig")
+        ax.plot(xs, [p["biased_ambig"] for p in points], "--", color=color, label=f"{label}: biased_ambig")
+    ax.axhline(0.98, color="gray", lw=0.8, ls=":")
+    ax.set_xlabel("training tokens (millions, padding excluded)")
+    ax.set_ylabel("share of test prompts")
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title("pretraining: reading disambiguated contexts, and the planted bias")
+    save_figure(fig, path)

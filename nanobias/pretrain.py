@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from nanobias import distributed
 from nanobias.checkpoint import load_checkpoint, policy_meta
+from nanobias.curves import answer_metrics, curve_prompts
 from nanobias.data import Splits
 from nanobias.errors import UserError
 from nanobias.model import GPT, GPTConfig
@@ -35,12 +36,15 @@ class PretrainConfig(TrainConfig):
     vocab_size: int = 1024  # BPE vocabulary trained on the pretraining corpus
     bias_rate: float = 0.8  # share of ambiguous contexts answered with the biased answer: the planted bias
     long_rate: float = 0.3  # share of completions in a long style (justification, filler, ...)
+    # the reading curve: test prompts (curves.curve_prompts) answered greedily at every evaluation, their
+    # acc_disambig and biased_ambig logged beside val_loss; 0: none (it costs seconds per evaluation)
+    eval_prompts: int = 0
 
     def __post_init__(self):
         super().__post_init__()
         check(self, {"vocab_size": self.vocab_size >= 257, "bias_rate": 0 <= self.bias_rate <= 1,
-                     "long_rate": 0 <= self.long_rate <= 1},
-              "vocab_size >= 257 (256 bytes + end-of-text); bias_rate, long_rate in [0, 1]")
+                     "long_rate": 0 <= self.long_rate <= 1, "eval_prompts": self.eval_prompts >= 0},
+              "vocab_size >= 257 (256 bytes + end-of-text); bias_rate, long_rate in [0, 1]; eval_prompts >= 0")
 
 
 def corpus(splits: Splits, cfg: PretrainConfig, seed: int) -> tuple[list[str], list[str]]:
@@ -71,6 +75,7 @@ def initial_model(model_cfg: GPTConfig, init_dir=None) -> GPT | None:
     return load_gpt2(init_dir, model_cfg.dropout)
 
 
+READING_KEYS = ("acc_disambig", "biased_ambig", "acc_ambig", "invalid_rate")  # the reading curve's metrics
 GENERATION_ROOM = 64  # tokens the policy may generate after the longest prompt
 
 
@@ -146,9 +151,9 @@ def lm_loss(model: GPT, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | N
 
 
 def pretrain(cfg: PretrainConfig, model_cfg: GPTConfig, enc, train_docs: list[str], val_docs: list[str], ckpt_path,
-             seed: int = 0, resume: bool = False, init: GPT | None = None) -> GPT:
+             seed: int = 0, resume: bool = False, init: GPT | None = None, reading: list = ()) -> GPT:
     """Train a fresh GPT of shape `model_cfg` (or `init`, e.g. GPT-2's weights) on the documents;
-    writes the policy checkpoint."""
+    writes the policy checkpoint. `reading`: the examples of the reading curve (PretrainConfig.eval_prompts)."""
     train_set, val_set = encode_documents(enc, train_docs), encode_documents(enc, val_docs)
     block_size = fitted_block_size(model_cfg.block_size, train_set + val_set)
     if block_size != model_cfg.block_size:
@@ -170,24 +175,29 @@ def pretrain(cfg: PretrainConfig, model_cfg: GPTConfig, enc, train_docs: list[st
     def batch_loss(step):
         # the batch is a function of (seed, step) alone, so a resumed run sees the same batches
         x, y, mask, doc = batch(train_set, torch.Generator().manual_seed(seed * 1_000_003 + step), shard=True)
-        return lm_loss(model, x, y, mask, doc) * distributed.token_share(mask.sum()), {}
+        # tokens: the documents' tokens this process trained on (the reading curve's x axis)
+        return lm_loss(model, x, y, mask, doc) * distributed.token_share(mask.sum()), {"tokens": float((doc != 0).sum())}
 
-    def val_loss():
+    def evaluate():
         g = torch.Generator().manual_seed(seed + 12345)
-        return sum(lm_loss(model, *batch(val_set, g)).item() for _ in range(4)) / 4
+        out = {"val_loss": sum(lm_loss(model, *batch(val_set, g)).item() for _ in range(4)) / 4}
+        if reading:
+            metrics = answer_metrics(model, enc, list(reading), desc="reading")
+            out.update({k: metrics[k] for k in READING_KEYS})
+        return out
 
     n_tokens = sum(len(ids) for ids, _ in train_set)
     print(f"pretrain: {model.num_params() / 1e6:.2f}M parameters, {len(train_set):,} documents "
           f"({n_tokens:,} tokens), {cfg.steps} steps x {cfg.batch_size} documents")
-    train(model, batch_loss, cfg, ckpt_path, meta=policy_meta(model, enc), val_loss=val_loss, resume=resume,
+    train(model, batch_loss, cfg, ckpt_path, meta=policy_meta(model, enc), evaluate=evaluate, resume=resume,
           desc="pretrain")
     return model
 
 
 def pretrain_policy(splits: Splits, cfg: PretrainConfig, model_cfg: GPTConfig, out_dir, seed: int = 0,
                     resume: bool = False, init_dir=None):
-    """The whole stage: documents, tokenizer (out_dir/tokenizer.json), pretraining (out_dir/policy.pt).
-    Returns (model, enc). `nanobias pretrain`, `reproduce`, the tutorials and the tests all call this."""
+    """The whole stage: documents, tokenizer (out_dir/tokenizer.json), pretraining (out_dir/policy.pt; with
+    cfg.eval_prompts, its reading curve out_dir/reading.png). Returns (model, enc). `nanobias pretrain`, `reproduce`, the tutorials and the tests all call this."""
     train_docs, val_docs = corpus(splits, cfg, seed)
     ckpt = out_dir / "policy.pt"
     if resume and ckpt.is_file():  # checked before the tokenizer beside it is rewritten
@@ -200,5 +210,10 @@ def pretrain_policy(splits: Splits, cfg: PretrainConfig, model_cfg: GPTConfig, o
     distributed.barrier()
     enc = load_tokenizer(out_dir / "tokenizer.json")
     model = pretrain(cfg, model_cfg, enc, train_docs, val_docs, out_dir / "policy.pt", seed=seed, resume=resume,
-                     init=initial_model(model_cfg, init_dir))
+                     init=initial_model(model_cfg, init_dir), reading=curve_prompts(splits.test, cfg.eval_prompts))
+    if cfg.eval_prompts and distributed.is_main():
+        from nanobias.plots import reading_curves
+        from nanobias.train import read_metrics
+
+        reading_curves({out_dir.name: read_metrics(out_dir / "policy.metrics.jsonl")}, out_dir / "reading.png")
     return model, enc

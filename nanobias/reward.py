@@ -252,8 +252,8 @@ def train_reward_model(splits, policy_ckpt, out_path, cfg: RewardConfig, pairs_c
         pairs = pairs[distributed.shard(len(pairs), "preference pairs")]  # every pair in one process
         return pair_loss(rm, enc, pairs, cfg.loss)
 
-    def val_loss():
-        return pair_loss(rm, enc, val_pairs, cfg.loss)[0].item()
+    def evaluate():
+        return {"val_loss": pair_loss(rm, enc, val_pairs, cfg.loss)[0].item()}
 
     sample_pairs = styled(make_pairs(splits.train, 500, seed, pairs_cfg.planted, pairs_cfg.biased_reject_rate), seed)
     rates = planted_rates(sample_pairs)
@@ -263,7 +263,7 @@ def train_reward_model(splits, policy_ckpt, out_path, cfg: RewardConfig, pairs_c
           + ", ".join(f"{a} {r:.2f}" for a, r in rates.items()) + " of training pairs")
     meta = reward_meta(rm, enc, loss=cfg.loss, planted=pairs_cfg.planted, realised_planted=rates,
                        policy_ckpt=str(policy_ckpt), policy_n_layer=policy.config.n_layer, seed=seed)
-    train(rm, batch_loss, cfg, out_path, meta=meta, val_loss=val_loss, resume=resume, desc="reward")
+    train(rm, batch_loss, cfg, out_path, meta=meta, evaluate=evaluate, resume=resume, desc="reward")
     return out_path
 
 

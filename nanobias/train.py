@@ -185,9 +185,10 @@ def read_metrics(path) -> list[dict]:
 
 
 def train(model: torch.nn.Module, batch_loss: Callable[[int], tuple[torch.Tensor, dict]], cfg: TrainConfig,
-          ckpt_path, meta: dict, val_loss: Callable[[], float] | None = None, resume: bool = False,
+          ckpt_path, meta: dict, evaluate: Callable[[], dict] | None = None, resume: bool = False,
           desc: str = "train") -> dict:
-    """Run `cfg.steps` optimiser steps of `batch_loss(step) -> (loss, {name: float})`.
+    """Run `cfg.steps` optimiser steps of `batch_loss(step) -> (loss, {name: float})`; every `eval_every`
+    steps and at the end, `evaluate() -> {name: float}` (e.g. "val_loss") joins the step's record.
 
     Writes `ckpt_path` ({"model", "optimizer", "step", "meta"}) every `ckpt_every` steps and at
     the end, and `<ckpt_path>.metrics.jsonl`. Returns the last logged metrics.
@@ -234,16 +235,16 @@ def train(model: torch.nn.Module, batch_loss: Callable[[int], tuple[torch.Tensor
         done = step + 1
         if not distributed.is_main():
             continue
-        if val_loss is not None and (done % cfg.eval_every == 0 or done == cfg.steps):
+        if evaluate is not None and (done % cfg.eval_every == 0 or done == cfg.steps):
             model.eval()
             with torch.no_grad(), device.autocast():
-                last["val_loss"] = val_loss()
+                last.update(evaluate())
             model.train()
         with open(metrics_path, "a") as f:
             f.write(json.dumps(last) + "\n")
         if done % cfg.ckpt_every == 0 or done == cfg.steps:
             checkpoint(done)
-        shown = {k: v for k, v in last.items() if k in ("loss", "val_loss", "reward_mean", "acc")}
+        shown = {k: v for k, v in last.items() if k in ("loss", "val_loss", "acc", "acc_disambig")}
         progress.update(done, force=(done == cfg.steps), lr=f"{lr:.2e}", **shown)
     distributed.barrier()  # the other ranks may read the final checkpoint next
     model.eval()

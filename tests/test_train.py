@@ -8,7 +8,7 @@ import torch
 from nanobias.checkpoint import load_checkpoint
 from nanobias.model import GPT, GPTConfig
 from nanobias.pretrain import lm_loss
-from nanobias.train import AdamW, OptimConfig, TrainConfig, TrainingDiverged, lr_at, make_optimizer, train
+from nanobias.train import AdamW, OptimConfig, TrainConfig, TrainingDiverged, lr_at, make_optimizer, read_metrics, train
 
 def random_windows(stream, batch_size, seq_len, generator):
     starts = torch.randint(0, len(stream) - seq_len - 1, (batch_size,), generator=generator).tolist()
@@ -179,3 +179,23 @@ def test_building_the_optimiser_does_not_import_torch_dynamo():
             "OptimConfig()).step(); print('torch._dynamo' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_pretraining_logs_its_reading_curve_and_draws_it(tmp_path):
+    """pretrain.eval_prompts: every evaluation answers that many test prompts and logs BBQ's metrics of
+    them beside val_loss; every step logs the tokens it trained on; reading.png draws the curve."""
+    from nanobias.curves import answer_metrics, curve_prompts
+    from nanobias.data import load_splits
+    from nanobias.presets import get_preset
+    from nanobias.pretrain import pretrain_policy
+
+    preset = get_preset("smoke", {"pretrain.steps": 6, "pretrain.eval_every": 3, "pretrain.eval_prompts": 8})
+    splits = load_splits("synthetic", seed=0, variants_per_template=1)
+    model, enc = pretrain_policy(splits, preset.pretrain, preset.model, tmp_path, seed=0)
+    records = read_metrics(tmp_path / "policy.metrics.jsonl")
+    evaluated = [r for r in records if "acc_disambig" in r]
+    assert [r["step"] for r in evaluated] == [2, 5] and all("val_loss" in r for r in evaluated)
+    assert all(r["tokens"] > 8 * 20 for r in records)  # 8 documents of a few dozen tokens each
+    final = answer_metrics(model, enc, curve_prompts(splits.test, 8))
+    assert all(evaluated[-1][k] == final[k] for k in ("acc_disambig", "biased_ambig", "acc_ambig", "invalid_rate"))
+    assert (tmp_path / "reading.png").stat().st_size > 0
