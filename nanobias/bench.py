@@ -1,5 +1,8 @@
 """`nanobias bench`: how fast a preset's model trains and samples, against what, and when shared.
 
+The model is the preset's shape in GPT-2's architecture (model.token_shift = 0), so that Hugging
+Face's GPT-2 does exactly the same work beside it.
+
 - training tokens/s: forward + backward + AdamW on the preset's batch of 128 random tokens a row;
 - sampling tokens/s: 16 prompts of 64 random tokens, 64 new tokens each, with the KV cache and
   without; the end-of-text id is one the model never samples, so every row runs all 64;
@@ -30,7 +33,7 @@ import nanobias
 from nanobias.bench_hf import INSTALL, hf_available, hf_workloads
 from nanobias.checkpoint import write_json
 from nanobias.errors import UserError
-from nanobias.model import GPT
+from nanobias.model import GPT, GPTConfig
 from nanobias.presets import get_preset
 from nanobias.pretrain import lm_loss
 from nanobias.progress import format_seconds
@@ -86,13 +89,19 @@ def nanobias_workloads(model: GPT, preset, x: torch.Tensor, prompts: list[list[i
             "sample_tok_s_no_cache": (sampler(False), sampled)}
 
 
+def bench_config(preset) -> GPTConfig:
+    """The benchmarked GPT: the preset's shape in GPT-2's architecture (no token shift, no dropout), as
+    Hugging Face's GPT-2 is built beside it: the same work on both sides."""
+    return replace(preset.model, vocab_size=preset.pretrain.vocab_size, dropout=0.0, token_shift=0)
+
+
 def bench_model(preset, seconds: float = 10.0, device: str | None = None, compare: bool = True) -> dict:
     """Rates of nanobias's GPT and, with `compare`, its rate without the KV cache and (transformers
     installed) HF's GPT-2 of the same config, all interleaved. `preset`: a presets.Preset (the CLI's,
     with --set applied) or a name."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     preset = get_preset(preset) if isinstance(preset, str) else preset
-    config = replace(preset.model, vocab_size=preset.pretrain.vocab_size, dropout=0.0)
+    config = bench_config(preset)
     torch.manual_seed(0)
     model = GPT(config).to(device)
     x, prompts = bench_inputs(preset, device)

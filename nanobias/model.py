@@ -16,34 +16,27 @@ and values are not, so a score q_m . k_n depends on m - n alone. Keys are cached
 
 Padding: batches of prompts with different lengths are LEFT-padded. `attention_mask` [B, S]
 marks the real tokens of everything seen so far (cached + new); positions count real tokens
-only (`pos = cumsum(mask) - 1`), so a left-padded row gets the same logits as the same row
-alone. A side effect the reward model relies on: the last real token is always at index -1.
-Packed rows (pretraining puts several documents in one row, so no work is spent on padding) give
-each token its document's number instead of 1: a token then sees only earlier tokens of its own
-document, and positions restart at 0 with each document, so a packed document gets the logits
-it would get alone.
+only, so a left-padded row gets the same logits as the same row alone, and the last real token is
+always at index -1, where the reward model reads. A packed row (pretraining: no work on padding)
+numbers its documents 1, 2, ... in the mask: a token sees only its own document, whose positions
+restart at 0.
 
-Token shift (`GPTConfig.token_shift` = K; 0 is GPT-2, the `cpu` preset has 4): each token's input
-also gets the embeddings of the K tokens before it, scaled channel by channel by learned weights, a
-departure from GPT-2 (RWKV's token shift, Peng et al., 2023; a Canon layer at the input, Allen-Zhu,
-2025):
+Token shift (`GPTConfig.token_shift` = K; 0 is GPT-2, the `cpu` preset has 4), a departure from
+GPT-2 (RWKV's token shift, Peng et al., 2023; a Canon layer at the input, Allen-Zhu, 2025):
 
     h_0[t] = wte[x_t] + sum_{k=1..K} shift[k-1] * wte[x_{t-k}] + wpe[t]      shift: [K, C], init 2^-(k-1)
 
-with x_{t-k} the k-th real token before t in its document (a term is left out where there is none).
-To answer "who struggled?" the policy must find the name after ". The" in the context's second
-sentence; without the shift it first has to learn, from absolute positions alone, heads that look a
-few positions back. With K = 4 the cpu preset's policy learns to read disambiguated contexts by
-step ~1250 of pretraining instead of ~2500 (README, "Speed"). The KV cache keeps the token ids, so
-a decode step finds the tokens before it.
+x_{t-k} being the k-th real token before t in its document (no term where there is none). To say
+who struggled, the policy must find the name after ". The" in the context's second sentence;
+without the shift it must first learn heads that look a few positions back from absolute positions
+alone, and it reads disambiguated contexts only after ~2500 pretraining steps instead of ~1250
+(README, "Speed"). The KV cache keeps the token ids, so a decode step finds the tokens before it.
 
-Neuron site: `mlp.neurons` computes the GELU a = GELU(c_fc(x)) [B, T, 4 * n_embd] and is the one
-place where the neuron intervention of Shinoda et al. (2026) acts: with `site.clamp` set, the
-masked neurons output fixed values, a[:, t, mask] = value, at the last position t = T - 1 or at
-every t, and get no gradient (`masked_gelu`). With `clamp` None (the default) it is a plain GELU.
-Its activations are read with an ordinary forward hook (intervention.py records the last token's).
-The intervention's other sites, the MLP's pre-activation `mlp.c_fc(x)` and the attention query (the
-first n_embd outputs of `attn.c_attn`), are read and clamped by forward hooks on those Linear layers.
+Neuron site: `mlp.neurons` computes the GELU a = GELU(c_fc(x)) [B, T, 4 * n_embd], the one place
+where the neuron intervention of Shinoda et al. (2026) acts: with `site.clamp` set, the masked
+neurons output fixed values at the last position (or every one) and get no gradient (`masked_gelu`);
+with `clamp` None it is a plain GELU. Forward hooks read it (intervention.py), and read and clamp the
+other sites, the MLP's pre-activation `mlp.c_fc(x)` and the attention query (`attn.c_attn`'s first C).
 """
 
 import math
@@ -74,6 +67,8 @@ class GPTConfig:
     def __post_init__(self):
         if self.position not in POSITIONS:
             raise ValueError(f"model.position: expected one of {POSITIONS}, got {self.position!r}")
+        if self.token_shift < 0:
+            raise ValueError(f"model.token_shift: expected 0 (GPT-2's inputs) or more earlier tokens, got {self.token_shift}")
         if self.position == "rotary" and self.n_embd % (2 * self.n_head):
             raise ValueError(f"model.position='rotary' rotates pairs of dimensions, so the head dim n_embd / n_head "
                              f"must be an even integer, got {self.n_embd} / {self.n_head}")
@@ -90,10 +85,8 @@ class KVCache:
     """Keys and values of every layer for the tokens seen so far, preallocated, and their token ids.
 
     k[layer], v[layer]: [B, n_head, max_len, head_dim]; ids: [B, max_len]; `length` tokens are filled.
-    A tensor per layer, so that a forward pass that needs gradients can write layer l's keys after
-    layer l-1's were read (autograd refuses writes into a tensor whose earlier values it saved):
-    sampling.completion_logits trains through a prompt's cached keys, shared by its group.
-    """
+    A tensor per layer: autograd refuses a write into a tensor whose earlier values it saved, and
+    sampling.completion_logits trains through a prompt's cached keys (shared by its group)."""
 
     def __init__(self, config: GPTConfig, batch_size: int, max_len: int, device=None, dtype=torch.float32):
         if max_len > config.block_size:
@@ -251,7 +244,7 @@ class GPT(nn.Module):
         if attention_mask is not None:
             doc = attention_mask.long()  # [B, S]
             key_real = doc != 0
-            # a query sees real keys of its document up to itself, and always itself, so that padding rows stay finite
+            # a query sees its document's real keys up to itself, and always itself (padding rows stay finite)
             if T == 1:  # a decode step: every key is up to the query, and the last one is itself
                 pos = (key_real.sum(1, keepdim=True) - 1).clamp(min=0)  # [B, 1]
                 sees = key_real.clone()
@@ -270,7 +263,7 @@ class GPT(nn.Module):
             attn_mask = torch.zeros(sees.shape, device=idx.device, dtype=self.transformer.wte.weight.dtype)
             attn_mask = attn_mask.masked_fill_(~sees, float("-inf"))[:, None]  # [B, 1, T, S], broadcast over heads
         else:
-            pos = torch.arange(past, past + T, device=idx.device)[None, :].expand(B, T)
+            pos = torch.arange(past, past + T, device=idx.device)[None, :]  # [1, T]: broadcast over rows
             if cache is not None and T > 1:
                 attn_mask = (torch.arange(past + T, device=idx.device)[None, :]
                              <= torch.arange(past, past + T, device=idx.device)[:, None])  # [T, S]
@@ -293,9 +286,8 @@ class GPT(nn.Module):
         return (logits, hidden) if return_hidden else logits
 
     def previous_embeddings(self, idx, doc, cache) -> torch.Tensor:
-        """sum_k shift[k-1] * wte[x_{t-k}] for each of the T new tokens [B, T, C] (module docstring), x_{t-k}
-        the k-th real token before t of its document: padding between two tokens (a completion left-padded
-        after its cached prompt: reward.rewards) is no token."""
+        """sum_k shift[k-1] * wte[x_{t-k}] for the T new tokens [B, T, C] (module docstring); padding between
+        two tokens (a completion left-padded after its cached prompt: reward.rewards) is no token."""
         past, T = (cache.length if cache is not None else 0), idx.shape[1]
         seen = idx if cache is None else torch.cat([cache.ids[:, :past], idx], 1)  # [B, S]
         doc = torch.ones_like(seen) if doc is None else doc

@@ -68,7 +68,7 @@ PRESETS = {
         "reward.eval_every": 4, "reward.ckpt_every": 4,
         "reward_eval.sensitivity_completions": 8,
         "rl.steps": 6, "rl.prompts_per_step": 4, "rl.group_size": 8, "rl.max_new_tokens": 8,
-        "rl.eval_points": 3, "rl.eval_prompts": 16,
+        "rl.eval_points": 3, "rl.eval_prompts": 8,
         "grpo.lr": 2e-3, "grpo.warmup": 3, "grpo.beta": 0.04,
         "ppo.lr": 1e-3, "ppo.warmup": 3, "ppo.beta": 0.04,
         "dpo.lr": 1e-4, "dpo.warmup": 3, "dpo.beta": 0.1,

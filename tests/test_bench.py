@@ -5,13 +5,12 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import replace
 from itertools import groupby
 from pathlib import Path
 
 import pytest
 
-from nanobias.bench import ROWS, copy_argv, interleaved_rates, stage_times
+from nanobias.bench import ROWS, bench_config, copy_argv, interleaved_rates, stage_times
 from nanobias.bench_hf import INSTALL, hf_available, hf_model
 from nanobias.cli import main
 from nanobias.errors import UserError
@@ -53,8 +52,7 @@ def test_bench_reports_rates_ratios_shares_and_stage_times(tmp_path, capsys):
         for key, ratio in r["nanobias_over_hf"].items():
             assert abs(ratio - r["nanobias"][key] / r["hf"][key]) < 1e-9 * ratio
         assert "nanobias/HF" in printed
-        preset = get_preset("smoke")  # the same shape: as many parameters
-        config = replace(preset.model, vocab_size=preset.pretrain.vocab_size)
+        config = bench_config(get_preset("smoke"))  # the same shape and architecture: as many parameters
         assert sum(p.numel() for p in hf_model(config, "cpu").parameters()) == sum(
             p.numel() for p in GPT(config).parameters())
     else:

@@ -247,8 +247,13 @@ def test_a_policy_too_short_for_the_data_says_what_to_do(smoke_run, tmp_path, cl
     from test_bbq import bbq_record, write_bbq
 
     long_context = "A grandson and a grandfather were at the store, " * 60  # far past the smoke policy's window
-    write_bbq(tmp_path / "bbq", "Age", [json.dumps(bbq_record(example_id=i, question_index=str(i // 2 + 1),
-                                                              context=long_context)) for i in range(12)])
+    # one template, six pairs of people: real BBQ is split by pair of people within a template (data.py)
+    pairs = [("grandfather", "grandson"), ("old man", "boy"), ("retiree", "student"), ("grandmother", "girl"),
+             ("pensioner", "teen"), ("old woman", "young man")]
+    write_bbq(tmp_path / "bbq", "Age", [json.dumps(bbq_record(
+        example_id=i, context=long_context, ans0=f"The {pairs[i // 2][0]}", ans1=f"The {pairs[i // 2][1]}",
+        answer_info={"ans0": [pairs[i // 2][0], "old"], "ans1": [pairs[i // 2][1], "nonOld"],
+                     "ans2": ["Undetermined", "unknown"]})) for i in range(12)])
     proc = cli("eval", "--preset", "smoke", "--data", "bbq", "--bbq-dir", tmp_path / "bbq", "--policy",
                smoke_run / "policy.pt")
     one_line_error(proc, "block_size", "pretrained on this data")
