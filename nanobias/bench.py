@@ -1,7 +1,7 @@
 """`nanobias bench`: how fast a preset's model trains and samples, against what, and when shared.
 
-The model is the preset's shape in GPT-2's architecture (model.token_shift = 0), so that Hugging
-Face's GPT-2 does exactly the same work beside it.
+The model is the preset's shape in GPT-2's architecture (no token shift, the tanh GELU) and trains with
+AdamW, so that Hugging Face's GPT-2 does exactly the same work beside it.
 
 - training tokens/s: forward + backward + AdamW on the preset's batch of 128 random tokens a row;
 - sampling tokens/s: 16 prompts of 64 random tokens, 64 new tokens each, with the KV cache and
@@ -38,7 +38,7 @@ from nanobias.presets import get_preset
 from nanobias.pretrain import lm_loss
 from nanobias.progress import format_seconds
 from nanobias.sampling import sample
-from nanobias.train import make_optimizer
+from nanobias.optim import make_optimizer
 
 ROUNDS = 5
 SEQ_LEN, PROMPTS, PROMPT_LEN, NEW_TOKENS = 128, 16, 64, 64
@@ -90,9 +90,10 @@ def nanobias_workloads(model: GPT, preset, x: torch.Tensor, prompts: list[list[i
 
 
 def bench_config(preset) -> GPTConfig:
-    """The benchmarked GPT: the preset's shape in GPT-2's architecture (no token shift, no dropout), as
-    Hugging Face's GPT-2 is built beside it: the same work on both sides."""
-    return replace(preset.model, vocab_size=preset.pretrain.vocab_size, dropout=0.0, token_shift=0)
+    """The benchmarked GPT: the preset's shape in GPT-2's architecture (no token shift, the tanh GELU, no
+    dropout), as Hugging Face's GPT-2 is built beside it: the same work on both sides."""
+    return replace(preset.model, vocab_size=preset.pretrain.vocab_size, dropout=0.0, token_shift=0,
+                   gelu_approximate="tanh")
 
 
 def bench_model(preset, seconds: float = 10.0, device: str | None = None, compare: bool = True) -> dict:
@@ -101,6 +102,7 @@ def bench_model(preset, seconds: float = 10.0, device: str | None = None, compar
     with --set applied) or a name."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     preset = get_preset(preset) if isinstance(preset, str) else preset
+    preset = replace(preset, pretrain=replace(preset.pretrain, optimizer="adamw"))  # HF's side takes it too
     config = bench_config(preset)
     torch.manual_seed(0)
     model = GPT(config).to(device)

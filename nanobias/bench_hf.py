@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from nanobias.model import GPTConfig
-from nanobias.train import OptimConfig, make_optimizer
+from nanobias.optim import OptimConfig, make_optimizer
 
 INSTALL = "pip install 'nanobias[bench]' (or pip install transformers)"
 

@@ -12,3 +12,10 @@ class UserError(ValueError):
 
 class TrainingDiverged(UserError):
     """A non-finite loss, reward or logit: the message names the quantity, the step and the likely flags."""
+
+
+def check(cfg, checks: dict[str, bool], rule: str) -> None:
+    """Raise ValueError naming the first setting of `cfg` (a config dataclass) whose check failed, and the rule."""
+    bad = [k for k, ok in checks.items() if not ok]
+    if bad:
+        raise ValueError(f"bad setting {type(cfg).__name__}.{bad[0]}={getattr(cfg, bad[0])!r} ({rule})")

@@ -88,7 +88,8 @@ def read_config(directory: Path, dropout: float = 0.0) -> GPTConfig:
     if missing:
         raise KeyError(f"{path}: missing {', '.join(missing)}")
     return GPTConfig(block_size=config["n_positions"], vocab_size=config["vocab_size"], n_layer=config["n_layer"],
-                     n_head=config["n_head"], n_embd=config["n_embd"], dropout=dropout, bias=True)
+                     n_head=config["n_head"], n_embd=config["n_embd"], dropout=dropout, bias=True,
+                     gelu_approximate="tanh")
 
 
 def read_weights(directory: Path) -> tuple[dict[str, torch.Tensor], Path]:

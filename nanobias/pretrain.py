@@ -28,7 +28,8 @@ from nanobias.errors import UserError
 from nanobias.model import GPT, GPTConfig
 from nanobias.render import ANSWER_CUE, pretraining_documents
 from nanobias.tokenizer import get_tokenizer, load_tokenizer, save_tokenizer, train_bpe
-from nanobias.train import TrainConfig, check, train
+from nanobias.errors import check
+from nanobias.train import TrainConfig, train
 
 
 @dataclass

@@ -40,7 +40,9 @@ from nanobias.errors import TrainingDiverged
 from nanobias.progress import Progress
 from nanobias.render import render_prompt
 from nanobias.sampling import Samples, completion_texts, sample
-from nanobias.train import AdamW, OptimConfig, check, make_optimizer, set_lr, stop_if_diverged
+from nanobias.errors import check
+from nanobias.optim import AdamW, OptimConfig, make_optimizer, set_lr
+from nanobias.train import stop_if_diverged
 
 ScoreFn = Callable[[list[Example], list[str], list[str]], torch.Tensor]
 

@@ -1,7 +1,6 @@
-"""The optimiser every trainer shares, and the training loop of pretraining and the reward model.
+"""The training loop of pretraining and the reward model.
 
-AdamW (weight decay on matrices only), learning rate with linear warmup then cosine decay to
-`min_lr_frac * lr`, gradient-norm clipping, periodic validation loss, metrics appended to a JSONL
+The optimiser and its schedule (optim.py), periodic evaluation, metrics appended to a JSONL
 file, periodic checkpoints (checkpoint.py; `final` only after the last step), a non-finite loss
 stopping the run at its step. The caller gives `batch_loss(step)`:
 the batch is a pure function of the step, so a resumed run replays exactly the batches an
@@ -18,23 +17,9 @@ import torch
 
 from nanobias import device, distributed
 from nanobias.checkpoint import load_checkpoint, save_checkpoint, write_atomic
-from nanobias.errors import TrainingDiverged, UserError
+from nanobias.errors import TrainingDiverged, UserError, check
+from nanobias.optim import OptimConfig, make_optimizer, optimizer_step, set_lr
 from nanobias.progress import Progress
-
-
-@dataclass
-class OptimConfig:
-    """AdamW and its schedule; every trainer's config extends it (RL trainers with their own defaults)."""
-    lr: float = 1e-3
-    warmup: int = 50
-    min_lr_frac: float = 0.1  # cosine decay to this share of lr; 1.0: constant after warmup
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
-
-    def __post_init__(self):
-        check(self, {"lr": self.lr > 0, "warmup": self.warmup >= 0, "min_lr_frac": 0 <= self.min_lr_frac <= 1,
-                     "weight_decay": self.weight_decay >= 0, "grad_clip": self.grad_clip > 0},
-              "lr, grad_clip > 0; warmup, weight_decay >= 0; 0 <= min_lr_frac <= 1")
 
 
 @dataclass
@@ -52,13 +37,6 @@ class TrainConfig(OptimConfig):
               "steps, batch_size, eval_every, ckpt_every >= 1")
 
 
-def check(cfg, checks: dict[str, bool], rule: str) -> None:
-    """Raise ValueError naming the first setting of `cfg` whose check failed, and the rule."""
-    bad = [k for k, ok in checks.items() if not ok]
-    if bad:
-        raise ValueError(f"bad setting {type(cfg).__name__}.{bad[0]}={getattr(cfg, bad[0])!r} ({rule})")
-
-
 def stop_if_diverged(value: torch.Tensor, quantity: str, causes: str = "") -> None:
     """Raise TrainingDiverged if `value` (any shape) is not finite on any process (they all stop together);
     `causes`, if given, names what likely made it so (else the caller's rl.at_step does)."""
@@ -66,104 +44,6 @@ def stop_if_diverged(value: torch.Tensor, quantity: str, causes: str = "") -> No
         values = value.detach().flatten()
         raise TrainingDiverged(f"{quantity} is {values[~torch.isfinite(values)][0].item()}; stopped."
                                + (f" Likely cause: {causes}" if causes else ""))
-
-
-def lr_at(step: int, steps: int, cfg: OptimConfig) -> float:
-    """Step `step` of `steps`: linear warmup, then cosine decay from lr to min_lr_frac * lr."""
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    progress = (step - cfg.warmup) / max(1, steps - cfg.warmup)
-    return cfg.lr * (cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
-
-
-class AdamW:
-    """AdamW (Loshchilov & Hutter, 2019), each parameter p with gradient g at step t:
-
-        p  <- p * (1 - lr * weight_decay)                    decoupled weight decay
-        m  <- beta1 * m + (1 - beta1) * g                    first moment
-        v  <- beta2 * v + (1 - beta2) * g^2                  second moment
-        p  <- p - lr / (1 - beta1^t) * m / (sqrt(v / (1 - beta2^t)) + eps)
-
-    torch.optim.AdamW's update exactly as its single-tensor path computes it (the path it takes on a
-    CPU), so a run is bit for bit the same with either (tests/test_train.py). Why our own: building a
-    torch.optim optimiser imports torch._dynamo (torch 2.13 wraps Optimizer.__init__ in
-    _disable_dynamo), 1.8 s of every process that trains, where a nano model's whole stage can take
-    seconds. On a GPU torch's foreach path would launch fewer kernels (this loop: ~7 per parameter).
-    `param_groups`, `state_dict` and `load_state_dict` work as torch's, for the schedule and resuming.
-    """
-
-    def __init__(self, groups: list[dict], lr: float, betas=(0.9, 0.95), eps: float = 1e-8):
-        self.param_groups = [{"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": 0.0, **g,
-                              "params": list(g["params"])} for g in groups]
-        self.state: dict[torch.Tensor, dict] = {}  # parameter -> {"step", "exp_avg", "exp_avg_sq"}
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        assert set_to_none, "gradients are always dropped, as torch's default"
-        for group in self.param_groups:
-            for p in group["params"]:
-                p.grad = None
-
-    @torch.no_grad()
-    def step(self) -> None:
-        for group in self.param_groups:
-            lr, (beta1, beta2), eps, decay = group["lr"], group["betas"], group["eps"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state.get(p)
-                if state is None:
-                    state = self.state[p] = {"step": 0, "exp_avg": torch.zeros_like(p),
-                                             "exp_avg_sq": torch.zeros_like(p)}
-                state["step"] += 1
-                t, m, v, g = state["step"], state["exp_avg"], state["exp_avg_sq"], p.grad
-                if decay != 0:
-                    p.mul_(1 - lr * decay)
-                m.lerp_(g, 1 - beta1)
-                v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-                denom = (v.sqrt() / (1 - beta2 ** t) ** 0.5).add_(eps)
-                p.addcdiv_(m, denom, value=-lr / (1 - beta1 ** t))
-
-    def state_dict(self) -> dict:
-        """As torch's: parameters by their index over the groups, so a checkpoint holds no tensor twice."""
-        index = {p: i for i, p in enumerate(p for group in self.param_groups for p in group["params"])}
-        return {"state": {index[p]: dict(s) for p, s in self.state.items()},
-                "param_groups": [{**group, "params": [index[p] for p in group["params"]]}
-                                 for group in self.param_groups]}
-
-    def load_state_dict(self, saved: dict) -> None:
-        params = [p for group in self.param_groups for p in group["params"]]
-        sizes = [len(g["params"]) for g in saved["param_groups"]]
-        assert sizes == [len(g["params"]) for g in self.param_groups], f"parameter groups of {sizes} parameters"
-        for group, saved_group in zip(self.param_groups, saved["param_groups"]):
-            group.update({k: v for k, v in saved_group.items() if k != "params"})
-            group["betas"] = tuple(group["betas"])
-        self.state = {params[i]: {"step": int(s["step"]), "exp_avg": s["exp_avg"].to(params[i]),
-                                  "exp_avg_sq": s["exp_avg_sq"].to(params[i])} for i, s in saved["state"].items()}
-
-
-def make_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> AdamW:
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    return AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
-
-
-def set_lr(opt: AdamW, step: int, steps: int, cfg: OptimConfig) -> float:
-    """Give every parameter group the scheduled learning rate of `step` (of `steps`); returns it."""
-    lr = lr_at(step, steps, cfg)
-    for group in opt.param_groups:
-        group["lr"] = lr
-    return lr
-
-
-def optimizer_step(opt: AdamW, loss: torch.Tensor, params: list, grad_clip: float) -> float:
-    """Backward, gradients averaged over ranks, norm clipped, one step. Returns the (global) gradient norm."""
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    distributed.average_gradients(params)
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip).item()
-    opt.step()
-    return grad_norm
 
 
 def read_metrics(path) -> list[dict]:

@@ -11,7 +11,7 @@ from nanobias.checkpoint import load_policy
 from nanobias.grpo import GRPOConfig, group_advantages, grpo_loss, grpo_step, grpo_update, train_grpo
 from nanobias.presets import get_preset
 from nanobias.sampling import completion_logprobs
-from nanobias.train import make_optimizer
+from nanobias.optim import make_optimizer
 
 
 def rollout_of(policy_ckpt, splits, rl_cfg, step=0):

@@ -62,6 +62,16 @@ def test_config_validates_position():
     assert GPTConfig(n_embd=18, n_head=2).position == "learned"  # an odd head dim is fine without rotary
 
 
+def test_config_picks_the_gelu_form_of_every_mlp():
+    with pytest.raises(ValueError, match=r"model.gelu_approximate: expected one of \('tanh', 'none'\), got 'erf'"):
+        GPTConfig(gelu_approximate="erf")
+    assert GPTConfig().gelu_approximate == "tanh"  # GPT-2's, and what a checkpoint without the field had
+    exact = tiny_model(gelu_approximate="none")
+    assert all(site.approximate == "none" for site in exact.neuron_sites)
+    h = torch.linspace(-4, 4, 64).view(1, 1, 64)
+    torch.testing.assert_close(exact.neuron_sites[0](h), 0.5 * h * (1 + torch.erf(h / 2 ** 0.5)))
+
+
 def test_old_configs_without_position_load_as_learned(tmp_path):
     from dataclasses import asdict
 
@@ -263,15 +273,16 @@ def test_hook_capture_records_last_token_and_site_is_plain_gelu_by_default():
     torch.testing.assert_close(recorded[0][0], expected, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("approximate", ["tanh", "none"])
 @pytest.mark.parametrize("last_only", [True, False])
-def test_neuron_site_clamp_outputs_value_with_zero_gradient(last_only):
+def test_neuron_site_clamp_outputs_value_with_zero_gradient(last_only, approximate):
     H = 64
     mask = torch.zeros(H, dtype=torch.bool)
     mask[[3, 17, 40]] = True
     value = torch.zeros(H).index_copy_(0, torch.tensor([3, 17, 40]), torch.tensor([0.5, -1.0, 2.0]))
     h = torch.randn(2, 5, H, generator=torch.Generator().manual_seed(6), requires_grad=True)
-    plain = F.gelu(h, approximate="tanh")
-    site = NeuronSite()
+    plain = F.gelu(h, approximate=approximate)
+    site = NeuronSite(approximate)
     site.clamp = (mask, value, last_only)
     a = site(h)
     clamped = slice(-1, None) if last_only else slice(None)  # the positions the clamp acts on

@@ -24,7 +24,7 @@ from nanobias.grpo import fixed_logprobs, group_advantages, grpo_loss, grpo_upda
 from nanobias.kernels.dispatch import resolve_backend  # noqa: E402
 from nanobias.render import render_prompt  # noqa: E402
 from nanobias.sampling import completion_logits, completion_logprobs, completion_texts, sample  # noqa: E402
-from nanobias.train import make_optimizer  # noqa: E402
+from nanobias.optim import make_optimizer  # noqa: E402
 
 preset = common.tutorial_preset(args.tiny)
 splits = common.world(preset)

@@ -10,8 +10,8 @@ next to their PyTorch references.
                     eps_low, eps_high, beta, temperature=1.0, inplace_backward=False)
         -> (loss, kl [N, T], clipped [N, T])
         the GRPO loss of nanobias/grpo.py in one pass per row; Triton only
-    masked_gelu(x [..., H], mask [H], value [H], backend="auto") -> [..., H]
-        where(mask, value, gelu_tanh(x)): the neuron intervention inside the MLP
+    masked_gelu(x [..., H], mask [H], value [H], backend="auto", approximate="tanh") -> [..., H]
+        where(mask, value, gelu(x)): the neuron intervention inside the MLP; GELU exact ("none") or tanh
 
 Backends (`dispatch.py`): "triton" (the kernels; on CPU through the interpreter, which needs
 TRITON_INTERPRET=1 before this package is imported), "torch" (PyTorch, memory-efficient: chunked

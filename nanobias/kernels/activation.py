@@ -1,7 +1,10 @@
 """Masked GELU: the MLP activation with the neuron intervention fused in.
 
     out[..., h] = value[h]            if mask[h]     (the neuron is clamped, zero gradient)
-                  gelu_tanh(x[..., h]) otherwise
+                  gelu(x[..., h])      otherwise
+
+with GELU in the form the model uses: `approximate` "tanh" (GPT-2's) or "none" (the exact erf form),
+as torch.nn.functional.gelu takes it.
 
 This is the median replacement of Shinoda et al. (2026): the bias neurons of the
 reward model take their validation medians. Backends: "triton" (`activation_triton.py`);
@@ -12,16 +15,19 @@ elementwise already and so has nothing to chunk. `value` is a constant (gets no 
 import torch
 
 from . import dispatch, reference
+from .reference import GELU_FORMS
 
 if dispatch.HAVE_TRITON:
     from . import activation_triton
 
 
 def masked_gelu(x: torch.Tensor, mask: torch.Tensor | None, value: torch.Tensor | None,
-                backend: str = "auto") -> torch.Tensor:
-    """x [..., H] floating, mask [H] bool (None: plain gelu_tanh), value [H] -> [..., H], x's dtype."""
+                backend: str = "auto", approximate: str = "tanh") -> torch.Tensor:
+    """x [..., H] floating, mask [H] bool (None: plain GELU), value [H] -> [..., H], x's dtype."""
     op = "kernels.masked_gelu"
     chosen = dispatch.resolve_backend(backend, x.device, op)
+    if approximate not in GELU_FORMS:
+        raise ValueError(f"{op}: approximate must be one of {GELU_FORMS} (as torch's gelu), got {approximate!r}")
     if not x.is_floating_point() or x.dim() < 1:
         raise ValueError(f"{op}: x must be a floating tensor [..., H], got {x.dtype} {tuple(x.shape)}")
     H = x.shape[-1]
@@ -32,8 +38,9 @@ def masked_gelu(x: torch.Tensor, mask: torch.Tensor | None, value: torch.Tensor 
             raise ValueError(f"{op}: value must have shape [H] = ({H},) when mask is set, "
                              f"got {None if value is None else tuple(value.shape)}")
     if chosen != "triton":
-        return reference.masked_gelu(x, mask, value)
+        return reference.masked_gelu(x, mask, value, approximate)
     if x.numel() == 0:
         return x.clone()
-    out = activation_triton.MaskedGelu.apply(x.reshape(-1, H).contiguous(), mask, value)  # [M, H]
+    exact = approximate == "none"
+    out = activation_triton.MaskedGelu.apply(x.reshape(-1, H).contiguous(), mask, value, exact)  # [M, H]
     return out.view(x.shape)

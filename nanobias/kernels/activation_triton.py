@@ -1,8 +1,13 @@
 """Triton kernels for the masked GELU (reference: `reference.masked_gelu`).
 
-    out = where(mask, value, gelu_tanh(x)),  gelu_tanh(x) = x * sigmoid(2u),
-    u = sqrt(2/pi) * (x + 0.044715 x^3)      (0.5 * (1 + tanh(u)) = sigmoid(2u))
-    dx  = where(mask, 0, dout * (s + 2 x s (1 - s) du/dx)),  s = sigmoid(2u), du/dx = sqrt(2/pi) (1 + 3 * 0.044715 x^2)
+    out = where(mask, value, gelu(x)),   dx = where(mask, 0, dout * gelu'(x))
+
+in either form (EXACT, a compile-time switch: one kernel per form, no branch per element):
+
+    exact:  gelu(x) = x * Phi(x),        Phi(x) = 0.5 * (1 + erf(x / sqrt(2)))
+            gelu'(x) = Phi(x) + x * exp(-x^2 / 2) / sqrt(2 pi)
+    tanh:   gelu(x) = x * s,   s = sigmoid(2u) = 0.5 * (1 + tanh(u)),   u = sqrt(2/pi) * (x + 0.044715 x^3)
+            gelu'(x) = s + 2 x s (1 - s) du/dx,   du/dx = sqrt(2/pi) (1 + 3 * 0.044715 x^2)
 
 Elementwise over x [M, H] in 2-D tiles, so each tile loads its columns' mask and value once.
 Loads are converted to fp32; outputs are stored in x's dtype.
@@ -15,6 +20,8 @@ import triton.language as tl
 from . import dispatch
 
 SQRT_2_OVER_PI = tl.constexpr(0.7978845608028654)  # jit functions read only constexpr globals
+SQRT_HALF = tl.constexpr(0.7071067811865476)
+INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
 
 
 @triton.jit
@@ -34,12 +41,15 @@ def _sigmoid_2u(x):
 
 
 @triton.jit
-def masked_gelu_fwd_kernel(x_ptr, mask_ptr, value_ptr, out_ptr, M, H,
-                           HAS_MASK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr):
+def masked_gelu_fwd_kernel(x_ptr, mask_ptr, value_ptr, out_ptr, M, H, HAS_MASK: tl.constexpr, EXACT: tl.constexpr,
+                           BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr):
     rows, cols, inside = _tile(M, H, BLOCK_M, BLOCK_H)
     offsets = rows[:, None] * H + cols[None, :]
     x = tl.load(x_ptr + offsets, mask=inside, other=0.0).to(tl.float32)
-    out = x * _sigmoid_2u(x)
+    if EXACT:
+        out = x * 0.5 * (1.0 + tl.math.erf(x * SQRT_HALF))
+    else:
+        out = x * _sigmoid_2u(x)
     if HAS_MASK:
         masked = tl.load(mask_ptr + cols, mask=cols < H, other=0) != 0
         value = tl.load(value_ptr + cols, mask=cols < H, other=0.0)
@@ -48,15 +58,18 @@ def masked_gelu_fwd_kernel(x_ptr, mask_ptr, value_ptr, out_ptr, M, H,
 
 
 @triton.jit
-def masked_gelu_bwd_kernel(x_ptr, mask_ptr, dout_ptr, dx_ptr, M, H,
-                           HAS_MASK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr):
+def masked_gelu_bwd_kernel(x_ptr, mask_ptr, dout_ptr, dx_ptr, M, H, HAS_MASK: tl.constexpr, EXACT: tl.constexpr,
+                           BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr):
     rows, cols, inside = _tile(M, H, BLOCK_M, BLOCK_H)
     offsets = rows[:, None] * H + cols[None, :]
     x = tl.load(x_ptr + offsets, mask=inside, other=0.0).to(tl.float32)
     dout = tl.load(dout_ptr + offsets, mask=inside, other=0.0).to(tl.float32)
-    s = _sigmoid_2u(x)
-    du = SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * x * x)
-    dx = dout * (s + 2.0 * x * s * (1.0 - s) * du)
+    if EXACT:  # exp(-x^2 / 2) underflows to 0 for |x| > ~14: the slope is then Phi's 0 or 1, as it should be
+        dx = dout * (0.5 * (1.0 + tl.math.erf(x * SQRT_HALF)) + x * tl.exp(-0.5 * x * x) * INV_SQRT_2PI)
+    else:
+        s = _sigmoid_2u(x)
+        du = SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * x * x)
+        dx = dout * (s + 2.0 * x * s * (1.0 - s) * du)
     if HAS_MASK:
         masked = tl.load(mask_ptr + cols, mask=cols < H, other=0) != 0
         dx = tl.where(masked[None, :], 0.0, dx)
@@ -71,19 +84,20 @@ def _launch(M: int, H: int):
 
 
 class MaskedGelu(torch.autograd.Function):
-    """x [M, H] contiguous, mask [H] bool or None, value [H] or None -> [M, H] in x's dtype."""
+    """x [M, H] contiguous, mask [H] bool or None, value [H] or None, exact (erf GELU, else tanh) -> [M, H]
+    in x's dtype."""
 
     @staticmethod
-    def forward(ctx, x, mask, value):
+    def forward(ctx, x, mask, value, exact):
         M, H = x.shape
         grid, blocks = _launch(M, H)
         has_mask = mask is not None
         mask_i8 = mask.to(torch.int8).contiguous() if has_mask else x  # x: a pointer the kernel will not read
         value_f32 = value.detach().float().contiguous() if has_mask else x
         out = dispatch.empty_output(x.shape, x.dtype, x.device)
-        masked_gelu_fwd_kernel[grid](x, mask_i8, value_f32, out, M, H, HAS_MASK=has_mask, **blocks)
+        masked_gelu_fwd_kernel[grid](x, mask_i8, value_f32, out, M, H, HAS_MASK=has_mask, EXACT=exact, **blocks)
         ctx.save_for_backward(x, mask_i8)
-        ctx.has_mask = has_mask
+        ctx.has_mask, ctx.exact = has_mask, exact
         return out
 
     @staticmethod
@@ -92,5 +106,6 @@ class MaskedGelu(torch.autograd.Function):
         M, H = x.shape
         grid, blocks = _launch(M, H)
         dx = dispatch.empty_output(x.shape, x.dtype, x.device)
-        masked_gelu_bwd_kernel[grid](x, mask_i8, dout.contiguous(), dx, M, H, HAS_MASK=ctx.has_mask, **blocks)
-        return dx, None, None
+        masked_gelu_bwd_kernel[grid](x, mask_i8, dout.contiguous(), dx, M, H, HAS_MASK=ctx.has_mask, EXACT=ctx.exact,
+                                     **blocks)
+        return dx, None, None, None

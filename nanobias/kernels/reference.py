@@ -4,7 +4,7 @@
   materialising the full `[N, T, V]` log-softmax in fp32: simple and exact, and the memory cost
   the "torch" and "triton" backends remove. Gradients come from autograd.
 - Masked GELU, the MLP activation with the neuron intervention fused in:
-  `where(mask, value, gelu_tanh(x))` per neuron; masked neurons get zero gradient.
+  `where(mask, value, gelu(x))` per neuron, GELU exact or tanh-approximated; masked neurons get zero gradient.
 
 The GRPO loss that `fused_grpo_loss` computes is defined in nanobias/grpo.py (`grpo_loss`).
 """
@@ -20,9 +20,13 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: flo
     return logp_all.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
 
 
-def masked_gelu(x: torch.Tensor, mask: torch.Tensor | None, value: torch.Tensor | None) -> torch.Tensor:
-    """x [..., H], mask [H] bool, value [H] -> [..., H]; mask None is plain gelu_tanh."""
-    a = F.gelu(x, approximate="tanh")
+GELU_FORMS = ("tanh", "none")  # torch's `approximate`: GPT-2's tanh approximation, or the exact erf form
+
+
+def masked_gelu(x: torch.Tensor, mask: torch.Tensor | None, value: torch.Tensor | None,
+                approximate: str = "tanh") -> torch.Tensor:
+    """x [..., H], mask [H] bool, value [H] -> [..., H]; mask None is plain GELU."""
+    a = F.gelu(x, approximate=approximate)
     if mask is None:
         return a
     return torch.where(mask, value.detach().to(a.dtype), a)
