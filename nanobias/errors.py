@@ -2,7 +2,7 @@
 
 The CLI prints it as one line (`nanobias <command>: error: ...`) and exits non-zero; `--debug` or
 NANOBIAS_DEBUG=1 shows the traceback instead. Its message names the file, line, field or flag,
-what was expected, and what to do.
+what was expected, and what to do. `check` is how every config dataclass rejects a bad setting.
 """
 
 

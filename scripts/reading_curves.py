@@ -1,6 +1,6 @@
 """The README's pretraining figure: the reading curves of several `nanobias pretrain` folders in one plot.
 
-    python scripts/reading_curves.py OLD_DIR NEW_DIR --out docs/reading_curves.png
+    python scripts/reading_curves.py DIR [DIR ...] --out docs/reading_curves.png
 
 Each folder's policy.metrics.jsonl must hold the reading evaluations (pretrain.eval_prompts > 0).
 """

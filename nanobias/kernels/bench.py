@@ -14,6 +14,8 @@ and the masked GELU (x [M, H], a third of the neurons clamped). Providers:
 - "torch_inplace": the same with inplace_backward=True: backward writes dlogits into the logits
   (the leaf) itself, so its .grad aliases it and later repetitions run on the previous gradient
   as logits (the values change, the work and memory do not).
+- "eager_exact", "triton_exact" (the GELU only): the exact (erf) GELU of the presets, where the
+  other GELU providers compute GPT-2's tanh form.
 Modes: "fwd" (forward with the graph kept, what training holds until backward) and "fwd+bwd".
 
 Figures per row:
@@ -86,11 +88,13 @@ def providers(op: str, device: torch.device) -> dict:
             table |= {"compile": call(torch.compile(grpo_loss), backend="reference"),
                       "triton": call(grpo_loss, backend="triton")} | liger_provider()
         return table
-    table = {"eager": lambda i: reference.masked_gelu(i["leaf"], i["mask"], i["value"])}
+    table = {"eager": lambda i: reference.masked_gelu(i["leaf"], i["mask"], i["value"]),
+             "eager_exact": lambda i: reference.masked_gelu(i["leaf"], i["mask"], i["value"], "none")}
     if device.type == "cuda":
         compiled = torch.compile(reference.masked_gelu)
         table |= {"compile": lambda i: compiled(i["leaf"], i["mask"], i["value"]),
-                  "triton": lambda i: masked_gelu(i["leaf"], i["mask"], i["value"], backend="triton")}
+                  "triton": lambda i: masked_gelu(i["leaf"], i["mask"], i["value"], backend="triton"),
+                  "triton_exact": lambda i: masked_gelu(i["leaf"], i["mask"], i["value"], "triton", "none")}
     return table
 
 
