@@ -148,7 +148,7 @@ def newton_schulz(G: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torch.T
 class Muon(AdamW):
     """Muon for the parameter groups marked "muon" (module docstring), AdamW for the others. The matrices
     of one shape are orthogonalised together, one batched product per Newton-Schulz step instead of
-    one per matrix: the `cpu` model's 16 matrices in 3 batches."""
+    one per matrix: the `cpu` model's 16 matrices in 4 batches."""
 
     def __init__(self, groups: list[dict], lr: float, betas=(0.9, 0.95), eps: float = 1e-8, momentum: float = 0.95):
         super().__init__(groups, lr, betas, eps)
@@ -157,7 +157,10 @@ class Muon(AdamW):
     @torch.no_grad()
     def step(self) -> None:
         for group in self.param_groups:
-            self.muon(group) if group.get("muon") else self.adamw(group)
+            if group.get("muon"):
+                self.muon(group)
+            else:
+                self.adamw(group)
 
     def muon(self, group: dict) -> None:
         mu, lr, decay = self.momentum, group["lr"], group["weight_decay"]

@@ -31,7 +31,6 @@ def test_lr_schedule_warmup_then_cosine():
     assert lr_at(55, 100, cfg) == pytest.approx(0.55)  # half-way down the cosine: the mean of max and min
 
 
-
 def train_steps(model, opt, steps, start=0):
     for step in range(start, start + steps):
         for group in opt.param_groups:

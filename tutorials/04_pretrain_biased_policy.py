@@ -40,9 +40,10 @@ cfg = preset.pretrain
 common.say(f"""
     Exactly what `nanobias pretrain` does: pretrain_policy makes these documents, trains the
     tokenizer on them (tutorial 01), then pretrains a fresh GPT (tutorial 03) at the
-    '{preset.name}' preset's size with AdamW, warmup and cosine decay. The loss is next-token
-    cross-entropy on the answer tokens only, given the prompt: the prompt is predictable template
-    text, so on a small budget every gradient goes to choosing the answer. {cfg.steps} steps x {cfg.batch_size} documents here
+    '{preset.name}' preset's size with {cfg.optimizer} (nanobias/optim.py), warmup and cosine
+    decay. The loss is next-token cross-entropy on the answer tokens only, given the prompt: the
+    prompt is predictable template text, so on a small budget every gradient goes to choosing the
+    answer. {cfg.steps} steps x {cfg.batch_size} documents here
     ({'a few steps: tiny mode' if args.tiny else 'a short run; the full cpu preset trains longer'}).
 """)
 with common.output_dir(args) as out:

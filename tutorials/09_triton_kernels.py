@@ -125,8 +125,9 @@ print(f"float64 truth: loss {truth.item():+.6f}  kl {truth_stats['kl'].item():.5
 common.section("4. The masked GELU")
 common.say("""
     The neuron intervention of tutorial 06 fused into the MLP activation:
-    out = where(mask, value, gelu_tanh(x)). A clamped neuron outputs its fixed value and passes
-    no gradient back; every other neuron is a plain GELU.
+    out = where(mask, value, gelu(x)). A clamped neuron outputs its fixed value and passes
+    no gradient back; every other neuron is a plain GELU, in GPT-2's tanh form here (the default;
+    approximate="none" is the exact form the presets' models use).
 """)
 M, H = (8, 64) if args.tiny else (32, 512)
 x0 = torch.randn(M, H, generator=g).to(device)
