@@ -34,11 +34,11 @@ from nanobias.bench_hf import INSTALL, hf_available, hf_workloads
 from nanobias.checkpoint import write_json
 from nanobias.errors import UserError
 from nanobias.model import GPT, GPTConfig
+from nanobias.optim import make_optimizer
 from nanobias.presets import get_preset
 from nanobias.pretrain import lm_loss
 from nanobias.progress import format_seconds
 from nanobias.sampling import sample
-from nanobias.optim import make_optimizer
 
 ROUNDS = 5
 SEQ_LEN, PROMPTS, PROMPT_LEN, NEW_TOKENS = 128, 16, 64, 64

@@ -32,11 +32,10 @@ import torch
 import torch.nn.functional as F
 
 from nanobias import device, distributed, rl
+from nanobias.optim import optimizer_step, stop_if_diverged
 from nanobias.preferences import Pair, PairConfig, make_pairs
 from nanobias.reward import length_batches
 from nanobias.sampling import Samples, completion_batch, completion_logprobs
-from nanobias.optim import optimizer_step
-from nanobias.train import stop_if_diverged
 
 LOSSES = ("dpo", "ipo")
 

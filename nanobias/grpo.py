@@ -38,9 +38,8 @@ import torch
 
 from nanobias import device, distributed, rl
 from nanobias.kernels import dispatch, fused_grpo_loss, token_logprobs
+from nanobias.optim import optimizer_step, stop_if_diverged
 from nanobias.sampling import Samples, completion_logits
-from nanobias.optim import optimizer_step
-from nanobias.train import stop_if_diverged
 
 SCALES = ("group", "batch", "none")
 AGGS = ("grpo", "dapo", "dr_grpo")

@@ -30,7 +30,8 @@ import torch.nn as nn
 
 from nanobias.checkpoint import read_json, write_json
 from nanobias.errors import UserError
-from nanobias.model import GPT, KVCache
+from nanobias.kvcache import KVCache
+from nanobias.model import GPT
 from nanobias.reward import RewardModel, encode, length_batches
 from nanobias.sampling import left_pad
 

@@ -27,16 +27,13 @@ GPT-2 (RWKV's token shift, Peng et al., 2023; a Canon layer at the input, Allen-
     h_0[t] = wte[x_t] + sum_{k=1..K} shift[k-1] * wte[x_{t-k}] + wpe[t]      shift: [K, C], init 2^-(k-1)
 
 x_{t-k} being the k-th real token before t in its document (no term where there is none). To say
-who struggled, the policy must find the name after ". The" in the context's second sentence;
-without the shift it must first learn heads that look a few positions back from absolute positions
-alone, and it reads disambiguated contexts only after ~2500 pretraining steps instead of ~1250
-(README, "Speed"). The KV cache keeps the token ids, so a decode step finds the tokens before it.
+who struggled, the policy must find the name after ". The"; without the shift it first has to learn
+heads that look a few positions back, and reads disambiguated contexts much later (README, "Speed").
+The KV cache keeps the token ids, so a decode step finds the tokens before it.
 
-Neuron site: `mlp.neurons` computes the GELU a = GELU(c_fc(x)) [B, T, 4 * n_embd], the one place
-where the neuron intervention of Shinoda et al. (2026) acts: with `site.clamp` set, the masked
-neurons output fixed values at the last position (or every one) and get no gradient (`masked_gelu`);
-with `clamp` None it is a plain GELU. Forward hooks read it (intervention.py), and read and clamp the
-other sites, the MLP's pre-activation `mlp.c_fc(x)` and the attention query (`attn.c_attn`'s first C).
+Neuron sites: `mlp.neurons` (NeuronSite) is where the intervention of Shinoda et al. (2026) clamps
+the MLP's activation; forward hooks read it and the other sites, the pre-activation `mlp.c_fc(x)` and
+the attention query (`attn.c_attn`'s first C) (intervention.py).
 """
 
 import math
@@ -47,6 +44,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from nanobias.kernels import masked_gelu
+from nanobias.kvcache import KVCache
 from nanobias.kernels.reference import GELU_FORMS
 
 POSITIONS = ("learned", "rotary")
@@ -64,8 +62,7 @@ class GPTConfig:
     bias: bool = True  # GPT-2 has biases in Linear and LayerNorm
     position: str = "learned"  # "learned" (GPT-2's table wpe) | "rotary" (RoPE on queries and keys)
     token_shift: int = 0  # K: the embeddings of the K tokens before each token join its input (module docstring)
-    # GELU as torch's `approximate`: "tanh" is GPT-2's; "none", the exact erf form, runs ~4x faster on a CPU
-    # (torch 2.13: 0.47 against 1.91 ms for [2048, 512]), which is ~15% of a nano model's forward pass
+    # GELU as torch's `approximate`: "tanh" is GPT-2's; "none", the exact erf form, is faster on a CPU
     gelu_approximate: str = "tanh"
 
     def __post_init__(self):
@@ -85,32 +82,6 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     x1, x2 = x[..., 0::2], x[..., 1::2]  # [B, H, T, D/2]; bf16 * fp32 tables computes in fp32
     out = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)  # [B, H, T, D/2, 2]
     return out.flatten(-2).type_as(x)  # interleaved back to [B, H, T, D]
-
-
-class KVCache:
-    """Keys and values of every layer for the tokens seen so far, preallocated, and their token ids.
-
-    k[layer], v[layer]: [B, n_head, max_len, head_dim]; ids: [B, max_len]; `length` tokens are filled.
-    A tensor per layer: autograd refuses a write into a tensor whose earlier values it saved, and
-    sampling.completion_logits trains through a prompt's cached keys (shared by its group)."""
-
-    def __init__(self, config: GPTConfig, batch_size: int, max_len: int, device=None, dtype=torch.float32):
-        if max_len > config.block_size:
-            raise ValueError(f"KV cache of {max_len} tokens exceeds block_size={config.block_size}")
-        shape = (batch_size, config.n_head, max_len, config.n_embd // config.n_head)
-        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
-        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
-        self.ids = torch.zeros((batch_size, max_len), device=device, dtype=torch.long)  # for token_shift
-        self.length = 0
-
-    def repeat_interleave(self, repeats: int) -> "KVCache":
-        """Row b becomes rows b*repeats .. b*repeats+repeats-1: one prefilled prompt serves a group."""
-        out = KVCache.__new__(KVCache)
-        out.k = [k.repeat_interleave(repeats, dim=0) for k in self.k]
-        out.v = [v.repeat_interleave(repeats, dim=0) for v in self.v]
-        out.ids = self.ids.repeat_interleave(repeats, dim=0)
-        out.length = self.length
-        return out
 
 
 class CausalSelfAttention(nn.Module):

@@ -2,7 +2,8 @@
 
 Learning rate: linear warmup over `warmup` steps, then cosine decay to `min_lr_frac * lr` (`lr_at`).
 Each step: backward, gradients averaged over ranks, the global norm clipped to `grad_clip`, one
-update (`optimizer_step`). Weight decay acts on matrices only.
+update (`optimizer_step`); a non-finite loss stops the run first (`stop_if_diverged`). Weight decay
+acts on matrices only.
 
 `optimizer` "adamw" (the default) updates every parameter by AdamW. "muon" (the `cpu` preset's
 pretraining; the `gpu` preset's is not yet measured with it) updates the 2-D weights of the
@@ -34,7 +35,7 @@ from dataclasses import dataclass
 import torch
 
 from nanobias import distributed
-from nanobias.errors import check
+from nanobias.errors import TrainingDiverged, check
 
 OPTIMIZERS = ("adamw", "muon")
 
@@ -215,3 +216,12 @@ def optimizer_step(opt: AdamW, loss: torch.Tensor, params: list, grad_clip: floa
     grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip).item()
     opt.step()
     return grad_norm
+
+
+def stop_if_diverged(value: torch.Tensor, quantity: str, causes: str = "") -> None:
+    """Raise TrainingDiverged if `value` (any shape) is not finite on any process (they all stop together);
+    `causes`, if given, names what likely made it so (else the caller's rl.at_step does)."""
+    if not torch.isfinite(distributed.all_sum(value.detach().float().sum())):
+        values = value.detach().flatten()
+        raise TrainingDiverged(f"{quantity} is {values[~torch.isfinite(values)][0].item()}; stopped."
+                               + (f" Likely cause: {causes}" if causes else ""))

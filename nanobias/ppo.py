@@ -31,9 +31,8 @@ import torch.nn as nn
 
 from nanobias import device, distributed, rl
 from nanobias.kernels import token_logprobs
+from nanobias.optim import optimizer_step, stop_if_diverged
 from nanobias.sampling import Samples, completion_logits
-from nanobias.optim import optimizer_step
-from nanobias.train import stop_if_diverged
 
 
 @dataclass

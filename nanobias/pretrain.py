@@ -24,11 +24,10 @@ from nanobias import distributed
 from nanobias.checkpoint import load_checkpoint, policy_meta
 from nanobias.curves import answer_metrics, curve_prompts
 from nanobias.data import Splits
-from nanobias.errors import UserError
+from nanobias.errors import UserError, check
 from nanobias.model import GPT, GPTConfig
 from nanobias.render import ANSWER_CUE, pretraining_documents
 from nanobias.tokenizer import get_tokenizer, load_tokenizer, save_tokenizer, train_bpe
-from nanobias.errors import check
 from nanobias.train import TrainConfig, train
 
 
@@ -198,7 +197,8 @@ def pretrain(cfg: PretrainConfig, model_cfg: GPTConfig, enc, train_docs: list[st
 def pretrain_policy(splits: Splits, cfg: PretrainConfig, model_cfg: GPTConfig, out_dir, seed: int = 0,
                     resume: bool = False, init_dir=None):
     """The whole stage: documents, tokenizer (out_dir/tokenizer.json), pretraining (out_dir/policy.pt; with
-    cfg.eval_prompts, its reading curve out_dir/reading.png). Returns (model, enc). `nanobias pretrain`, `reproduce`, the tutorials and the tests all call this."""
+    cfg.eval_prompts, its reading curve out_dir/reading.png). Returns (model, enc). `nanobias pretrain`,
+    `reproduce`, the tutorials and the tests all call this."""
     train_docs, val_docs = corpus(splits, cfg, seed)
     ckpt = out_dir / "policy.pt"
     if resume and ckpt.is_file():  # checked before the tokenizer beside it is rewritten

@@ -39,7 +39,8 @@ from nanobias.answers import extract_answer
 from nanobias.bbq import Example
 from nanobias.checkpoint import load_model, load_policy, policy_meta
 from nanobias.errors import UserError
-from nanobias.model import GPT, GPTConfig, KVCache
+from nanobias.kvcache import KVCache
+from nanobias.model import GPT, GPTConfig
 from nanobias.preferences import Pair, PairConfig, make_pair, make_pairs, planted_rates, right_answer, swap_styles
 from nanobias.sampling import left_pad
 from nanobias.train import TrainConfig, train
@@ -215,14 +216,15 @@ def pair_loss(rm: RewardModel, enc, pairs: list[Pair], loss: str, chunk: int = 1
     """One batch of pairs -> (loss, stats). The 2P sequences run `chunk` at a time, each pair's two
     sides on one pass of its prompt (`rewards`); the loss only needs their rewards."""
     r_c, r_r = pair_rewards(rm, enc, pairs, batch_size=chunk, grad=True)  # [P] each
+    r = torch.cat([r_c, r_r])  # [2P]: chosen sides first
     if loss == "bt":
         value = bradley_terry_loss(r_c, r_r)
     elif loss == "regression":
-        value = regression_loss(torch.cat([r_c, r_r]), torch.cat([torch.ones_like(r_c), torch.zeros_like(r_r)]))
+        value = regression_loss(r, torch.cat([torch.ones_like(r_c), torch.zeros_like(r_r)]))
     else:
-        targets = [graded_target(p.example, t) for p, t in zip(pairs * 2, [p.chosen.text for p in pairs]
-                                                                         + [p.rejected.text for p in pairs])]
-        value = regression_loss(torch.cat([r_c, r_r]), torch.tensor(targets, dtype=r_c.dtype, device=r_c.device))
+        targets = [graded_target(p.example, p.chosen.text) for p in pairs] + \
+                  [graded_target(p.example, p.rejected.text) for p in pairs]
+        value = regression_loss(r, torch.tensor(targets, dtype=r.dtype, device=r.device))
     return value, {"acc": (r_c > r_r).float().mean().item(), "margin": (r_c - r_r).mean().item()}
 
 

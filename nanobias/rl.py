@@ -36,13 +36,11 @@ import torch
 from nanobias import curves, device, distributed, plots
 from nanobias.bbq import Example
 from nanobias.checkpoint import load_policy, save_policy, write_json
-from nanobias.errors import TrainingDiverged
+from nanobias.errors import TrainingDiverged, check
+from nanobias.optim import AdamW, OptimConfig, make_optimizer, set_lr, stop_if_diverged
 from nanobias.progress import Progress
 from nanobias.render import render_prompt
 from nanobias.sampling import Samples, completion_texts, sample
-from nanobias.errors import check
-from nanobias.optim import AdamW, OptimConfig, make_optimizer, set_lr
-from nanobias.train import stop_if_diverged
 
 ScoreFn = Callable[[list[Example], list[str], list[str]], torch.Tensor]
 

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import torch
 
 from nanobias.errors import TrainingDiverged, UserError
-from nanobias.model import GPT, KVCache
+from nanobias.kvcache import KVCache
+from nanobias.model import GPT
 
 
 @dataclass

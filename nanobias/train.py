@@ -37,15 +37,6 @@ class TrainConfig(OptimConfig):
               "steps, batch_size, eval_every, ckpt_every >= 1")
 
 
-def stop_if_diverged(value: torch.Tensor, quantity: str, causes: str = "") -> None:
-    """Raise TrainingDiverged if `value` (any shape) is not finite on any process (they all stop together);
-    `causes`, if given, names what likely made it so (else the caller's rl.at_step does)."""
-    if not torch.isfinite(distributed.all_sum(value.detach().float().sum())):
-        values = value.detach().flatten()
-        raise TrainingDiverged(f"{quantity} is {values[~torch.isfinite(values)][0].item()}; stopped."
-                               + (f" Likely cause: {causes}" if causes else ""))
-
-
 def read_metrics(path) -> list[dict]:
     """The records of a metrics JSONL file. A torn last line (the run was killed mid-write) is dropped;
     any other line that is not a JSON record with a "step" is a UserError naming the file and line."""

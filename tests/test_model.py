@@ -4,7 +4,8 @@ import torch
 import torch.nn.functional as F
 
 from nanobias.intervention import last_token_recorded
-from nanobias.model import GPT, GPTConfig, KVCache, NeuronSite, rotate
+from nanobias.kvcache import KVCache
+from nanobias.model import GPT, GPTConfig, NeuronSite, rotate
 from nanobias.sampling import sample
 
 # the position schemes, and learned positions with the embeddings of the 3 tokens before mixed in (token_shift)

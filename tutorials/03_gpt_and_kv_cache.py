@@ -19,7 +19,8 @@ args = common.parse_args(__doc__)
 
 import torch  # noqa: E402
 
-from nanobias.model import GPT, KVCache  # noqa: E402
+from nanobias.kvcache import KVCache  # noqa: E402
+from nanobias.model import GPT  # noqa: E402
 from nanobias.pretrain import corpus  # noqa: E402
 from nanobias.render import render_prompt  # noqa: E402
 from nanobias.sampling import completion_texts, left_pad, sample  # noqa: E402

@@ -7,15 +7,12 @@ and the masked GELU (x [M, H], a third of the neurons clamped). Providers:
   "reference" (materialises the fp32 [N*T, V] log-softmax) and `reference.masked_gelu`,
 - "compile": `torch.compile` of the same (CUDA only),
 - "liger": Liger-Kernel's `triton_grpo_loss`, when it is installed (CUDA only; `liger_provider`),
-- "triton": the Triton kernels (`fused_grpo_loss`, `masked_gelu`; CUDA only: the interpreter
-  would measure Python, not the kernel),
-- "torch": grpo_loss with the chunked log-probs (log-prob ops only; for the GELU it *is* the
-  reference),
+- "triton": the Triton kernels (`fused_grpo_loss`, `masked_gelu`; CUDA only: interpreted, it times Python),
+- "torch": grpo_loss with the chunked log-probs (GRPO only: for the GELU it *is* the reference),
 - "torch_inplace": the same with inplace_backward=True: backward writes dlogits into the logits
   (the leaf) itself, so its .grad aliases it and later repetitions run on the previous gradient
   as logits (the values change, the work and memory do not).
-- "eager_exact", "triton_exact" (the GELU only): the exact (erf) GELU of the presets, where the
-  other GELU providers compute GPT-2's tanh form.
+- "eager_exact", "triton_exact": the GELU in the presets' exact (erf) form; the others: GPT-2's tanh.
 Modes: "fwd" (forward with the graph kept, what training holds until backward) and "fwd+bwd".
 
 Figures per row:
@@ -88,13 +85,12 @@ def providers(op: str, device: torch.device) -> dict:
             table |= {"compile": call(torch.compile(grpo_loss), backend="reference"),
                       "triton": call(grpo_loss, backend="triton")} | liger_provider()
         return table
-    table = {"eager": lambda i: reference.masked_gelu(i["leaf"], i["mask"], i["value"]),
-             "eager_exact": lambda i: reference.masked_gelu(i["leaf"], i["mask"], i["value"], "none")}
+    def gelu(impl, *args):  # args after (x, mask, value): the backend, the form ("none": exact)
+        return lambda i: impl(i["leaf"], i["mask"], i["value"], *args)
+    table = {"eager": gelu(reference.masked_gelu), "eager_exact": gelu(reference.masked_gelu, "none")}
     if device.type == "cuda":
-        compiled = torch.compile(reference.masked_gelu)
-        table |= {"compile": lambda i: compiled(i["leaf"], i["mask"], i["value"]),
-                  "triton": lambda i: masked_gelu(i["leaf"], i["mask"], i["value"], backend="triton"),
-                  "triton_exact": lambda i: masked_gelu(i["leaf"], i["mask"], i["value"], "triton", "none")}
+        table |= {"compile": gelu(torch.compile(reference.masked_gelu)), "triton": gelu(masked_gelu, "triton"),
+                  "triton_exact": gelu(masked_gelu, "triton", "none")}
     return table
 
 
