@@ -19,8 +19,7 @@ Muon (Jordan et al., 2024) orthogonalises the momentum of each weight matrix W [
 so every direction of the update moves by about the same amount, however small its share of the
 gradient. The factor 0.2 * sqrt(max(m, n)) gives O the RMS of an AdamW update (Liu et al., 2025,
 "Muon is Scalable for LLM Training"), so AdamW's learning rate and weight decay carry over: one lr
-for both optimisers. On the `cpu` preset the policy reads disambiguated contexts by step ~750-1000
-with Muon, ~1250-1500 with AdamW (README, "Speed").
+for both optimisers. What it buys the `cpu` preset's pretraining: README, "Speed".
 
 Both are written out here rather than taken from torch.optim: building a torch.optim optimiser imports
 torch._dynamo (torch 2.13 wraps Optimizer.__init__ in _disable_dynamo), 1.8 s of every process that

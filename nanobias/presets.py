@@ -79,9 +79,9 @@ PRESETS = {
         # token_shift: the 4 tokens before each token join its input (model.py); reading a disambiguated
         # context, learned in a late, sudden jump, then comes by step ~1250 instead of ~2500 (README, "Speed")
         "model.block_size": 256, "model.n_layer": 4, "model.n_head": 4, "model.n_embd": 128, "model.token_shift": 4,
-        "model.gelu_approximate": "none",  # the exact GELU: ~4x faster than GPT-2's tanh form on a CPU (model.py)
+        "model.gelu_approximate": "none",  # the exact GELU: faster than GPT-2's tanh form on a CPU (README, "Speed")
         "pretrain.vocab_size": 1024, "pretrain.bias_rate": 0.8, "pretrain.long_rate": 0.3,
-        # Muon for the blocks' matrices (optim.py): reading comes by step ~1000 instead of ~1500 under AdamW
+        # Muon for the blocks' matrices (optim.py): reading is learned in fewer steps (README, "Speed")
         "pretrain.steps": 1250, "pretrain.batch_size": 16, "pretrain.lr": 2e-3, "pretrain.warmup": 50,
         "pretrain.optimizer": "muon",
         "pretrain.eval_every": 250, "pretrain.ckpt_every": 250,
