@@ -77,7 +77,7 @@ PRESETS = {
     "cpu": {
         "variants_per_template": 32, "eval_examples": 576, "cuda_fast": False, "seeds": 3,
         # token_shift: the 4 tokens before each token join its input (model.py); reading a disambiguated
-        # context, learned in a late, sudden jump, then comes by step ~1250 instead of ~2500 (README, "Speed")
+        # context, learned in a late, sudden jump, then comes much earlier (README, "Speed")
         "model.block_size": 256, "model.n_layer": 4, "model.n_head": 4, "model.n_embd": 128, "model.token_shift": 4,
         "model.gelu_approximate": "none",  # the exact GELU: faster than GPT-2's tanh form on a CPU (README, "Speed")
         "pretrain.vocab_size": 1024, "pretrain.bias_rate": 0.8, "pretrain.long_rate": 0.3,
