@@ -77,7 +77,7 @@ def test_the_smoke_budget_is_the_same_for_grpo_ppo_and_dpo():
 
     p = get_preset("smoke")
     calls = p.rl.calls_per_step * p.rl.steps
-    assert calls == p.rl.prompts_per_step * p.rl.group_size * p.rl.steps == 4 * 8 * 6
+    assert calls == p.rl.prompts_per_step * p.rl.group_size * p.rl.steps == 4 * 8 * 4
     b = budget(p)
     assert b["reward_model_calls"] == {"grpo": calls, "grpo_cirm": calls, "ppo": calls}
     assert b["dpo_preference_pairs"] == calls

@@ -32,3 +32,12 @@ def test_one_worker_runs_in_this_process():
 def test_a_workers_error_reaches_the_caller_with_its_message():
     with pytest.raises(UserError, match="bad flag --x"):
         run_jobs([(threads_and_square, 1), (fails, "bad flag --x")], workers=2)
+
+
+def test_later_batches_reuse_the_workers_also_after_an_error():
+    first = {pid for _, _, pid in run_jobs([(threads_and_square, x) for x in range(4)], workers=2)}
+    with pytest.raises(UserError):
+        run_jobs([(fails, "once")], workers=2)
+    again = run_jobs([(threads_and_square, x) for x in range(4)], workers=2)
+    assert [square for _, square, _ in again] == [0, 1, 4, 9]
+    assert len(first | {pid for _, _, pid in again}) <= 2  # the same two processes: a new pool would add its own
