@@ -15,6 +15,7 @@ spends 2-3 s of CPU importing torch and nanobias, and a reproduction has 3 + see
 
 import ctypes
 import multiprocessing
+import os
 import signal
 from concurrent.futures import ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -27,6 +28,9 @@ def _start_worker() -> None:
     import torch
 
     torch.set_num_threads(1)
+    # Ctrl-C reaches every process of the terminal's group: a worker then ends at once, without a
+    # traceback and without taking the next job; the main process prints the one line (cli.py)
+    signal.signal(signal.SIGINT, lambda signum, frame: os._exit(130))
     try:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, AttributeError):  # not Linux: a worker outlives a killed parent until its job ends
@@ -43,9 +47,9 @@ def run_jobs(jobs: list[tuple], workers: int) -> list:
         _pools[workers] = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                               initializer=_start_worker)
     futures = [_pools[workers].submit(fn, *args) for fn, *args in jobs]
-    wait(futures)
     try:
+        wait(futures)
         return [f.result() for f in futures]
-    except BrokenProcessPool:  # a worker died (killed, out of memory): the next batch starts a new pool
-        _pools.pop(workers).shutdown(wait=False)
+    except (KeyboardInterrupt, BrokenProcessPool):  # Ctrl-C, or a worker died (killed, out of memory):
+        _pools.pop(workers).shutdown(wait=False, cancel_futures=True)  # no queued job starts; new workers next time
         raise
