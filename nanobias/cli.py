@@ -168,7 +168,8 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         if debug:
             raise
-        sys.exit(f"nanobias {command}: interrupted; run the same command again to resume")
+        print(f"nanobias {command}: interrupted; run the same command again to resume", file=sys.stderr)
+        sys.exit(130)  # a shell's code for a command ended by Ctrl-C (128 + SIGINT)
     except UserError as e:
         if debug:
             raise

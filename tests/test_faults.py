@@ -120,7 +120,7 @@ def test_ctrl_c_is_one_line(tmp_path):
     time.sleep(1)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode != 0 and "Traceback" not in err
+    assert proc.returncode == 130 and "Traceback" not in err
     assert "interrupted; run the same command again to resume" in err.strip().splitlines()[-1]
 
 
