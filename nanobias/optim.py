@@ -171,7 +171,9 @@ class Muon(AdamW):
         for shape, params in by_shape.items():
             updates = []
             for p in params:
-                buf = self.state.setdefault(p, {"momentum_buffer": torch.zeros_like(p)})["momentum_buffer"]
+                if p not in self.state:  # not setdefault: that would allocate a new zero buffer every step
+                    self.state[p] = {"momentum_buffer": torch.zeros_like(p)}
+                buf = self.state[p]["momentum_buffer"]
                 buf.lerp_(p.grad, 1 - mu)
                 updates.append(p.grad.lerp(buf, mu))
             orthogonal = newton_schulz(torch.stack(updates).float())  # [N, m, n]
