@@ -1,6 +1,7 @@
 """nanobias.kernels.dispatch: which backend serves a call, Triton as an optional dependency, and
 the package's place (`nanobias.kernels`; nothing named `kernels` at the top level)."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -57,6 +58,30 @@ def test_kernels_import_and_run_without_triton():
         "print('ok')\n"
     )
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
+
+
+def test_a_cpu_run_never_imports_triton_and_the_interpreter_can_still_be_chosen_later():
+    """Triton costs ~0.3 s of every process's start, so a CPU run that does not interpret the kernels
+    never imports it; TRITON_INTERPRET=1 set later still builds interpreted kernels on their first call."""
+    script = (
+        "import os, sys\n"
+        "import torch\n"
+        "from nanobias import kernels, reproduce, rl\n"
+        "from nanobias.kernels import dispatch\n"
+        "logits, targets = torch.randn(2, 3, 5), torch.zeros(2, 3, dtype=torch.long)\n"
+        "ref = torch.log_softmax(logits, -1)[..., 0]\n"
+        "assert torch.allclose(kernels.token_logprobs(logits, targets), ref)\n"
+        "kernels.masked_gelu(torch.randn(2, 4), torch.tensor([True, False] * 2), torch.zeros(4))\n"
+        "assert dispatch.HAVE_TRITON and 'triton' not in sys.modules, sorted(sys.modules)\n"
+        "os.environ['TRITON_INTERPRET'] = '1'\n"
+        "assert dispatch.resolve_backend('auto', torch.device('cpu'), 'op') == 'triton'\n"
+        "assert torch.allclose(kernels.token_logprobs(logits, targets), ref)\n"
+        "print('ok')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
 
 

@@ -17,9 +17,6 @@ import torch
 from . import dispatch, reference
 from .reference import GELU_FORMS
 
-if dispatch.HAVE_TRITON:
-    from . import activation_triton
-
 
 def masked_gelu(x: torch.Tensor, mask: torch.Tensor | None, value: torch.Tensor | None,
                 backend: str = "auto", approximate: str = "tanh") -> torch.Tensor:
@@ -41,6 +38,8 @@ def masked_gelu(x: torch.Tensor, mask: torch.Tensor | None, value: torch.Tensor 
         return reference.masked_gelu(x, mask, value, approximate)
     if x.numel() == 0:
         return x.clone()
+    from . import activation_triton  # imports Triton, on the first call only (dispatch.py)
+
     exact = approximate == "none"
     out = activation_triton.MaskedGelu.apply(x.reshape(-1, H).contiguous(), mask, value, exact)  # [M, H]
     return out.view(x.shape)

@@ -2,8 +2,9 @@
 
 Backends (the `backend=` argument of token_logprobs and masked_gelu; fused_grpo_loss is Triton only):
 - "triton": the Triton kernels. On CUDA tensors they run compiled; on CPU tensors they run
-  through Triton's interpreter, which needs `TRITON_INTERPRET=1` set before `nanobias.kernels`
-  is first imported (Triton decides at decoration time whether a kernel is interpreted).
+  through Triton's interpreter, which needs `TRITON_INTERPRET=1` set before the first kernel
+  call imports the kernel modules (Triton decides at decoration time whether a kernel is
+  interpreted); setting it before `nanobias.kernels` is imported is always early enough.
 - "torch": PyTorch only, memory-efficient: the log-prob ops walk the rows in chunks and never
   hold a full fp32 `[N*T, V]` log-softmax; backward recomputes each chunk's softmax.
 - "reference": `reference.py`, the readable full-materialisation definition.
@@ -11,22 +12,27 @@ Backends (the `backend=` argument of token_logprobs and masked_gelu; fused_grpo_
   "torch" otherwise (including every platform without Triton, which is optional off Linux).
 """
 
+import importlib.util
+import os
+import sys
+
 import torch
 
-try:  # Triton is optional off Linux (pyproject); without it every op runs on the torch backend
-    import triton  # noqa: F401
-except ImportError:
-    HAVE_TRITON = False
-else:
-    HAVE_TRITON = True
+# Triton is optional off Linux (pyproject); without it every op runs on the torch backend. It is
+# found here, not imported: importing it costs ~0.3 s of every process's start, and a CPU run that
+# does not interpret the kernels never needs it (the kernel modules import it on first use).
+HAVE_TRITON = importlib.util.find_spec("triton") is not None
 
 BACKENDS = ("auto", "triton", "torch", "reference")
 
 
 def triton_interpreted() -> bool:
-    """True when the Triton kernels were built for the interpreter (TRITON_INTERPRET=1 at import)."""
+    """True when the Triton kernels were built for the interpreter (TRITON_INTERPRET=1 at import), or
+    would be if they were built now."""
     if not HAVE_TRITON:
         return False
+    if f"{__package__}.activation_triton" not in sys.modules and "TRITON_INTERPRET" not in os.environ:
+        return False  # not built yet, and Triton would compile them: no need to import it to know
     from triton.runtime.interpreter import InterpretedFunction
 
     from .activation_triton import masked_gelu_fwd_kernel

@@ -32,9 +32,6 @@ import torch
 
 from . import dispatch, reference
 
-if dispatch.HAVE_TRITON:
-    from . import logprob_triton
-
 # 2^20 logits = 4 MiB per fp32 temporary. Smaller chunks save a little memory but multiply the
 # number of multi-threaded ops, each of which stalls while another job holds a core: on a busy
 # 2-core machine 2^18 measured 1.2-6x eager time, 2^20 0.7-1.2x (BENCHMARKS.md).
@@ -126,6 +123,8 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: flo
         return reference.token_logprobs(logits, targets, temperature)
     targets = targets.reshape(rows.shape[:2])
     if chosen == "triton":
+        from . import logprob_triton  # imports Triton, on the first call only (dispatch.py)
+
         logp = logprob_triton.TokenLogprobs.apply(rows, targets, temperature, inplace_backward)
     else:
         logp = ChunkedTokenLogprobs.apply(rows, targets, temperature, inplace_backward)
@@ -175,6 +174,8 @@ def fused_grpo_loss(
     dispatch.resolve_backend("triton", logits.device, op)  # raises unless Triton can run here
     rows = _check_rows(logits, targets, temperature, op, dims=(3,))
     _check_fused_grpo(*logits.shape[:2], advantages, weights, logp_old, logp_ref, eps_low, eps_high, beta)
+    from . import logprob_triton
+
     return logprob_triton.GRPOLoss.apply(
         rows, targets, advantages, weights, logp_old, logp_ref, 1 - eps_low, 1 + eps_high, beta, temperature,
         inplace_backward,
