@@ -1,12 +1,16 @@
 """Every tutorial runs start to finish in its tiny mode and prints its result.
 
-Each script runs as a student would run it (`python tutorials/NN_name.py`, from the repository
-root) with `--tiny` (the smoke preset cut to a few steps) and `--out` pointing at one folder
-shared by the whole module: tutorials 05-08 then reuse the policy and reward model that 04 and
-05 wrote there, exactly as they reuse runs/tutorial/ in real mode. A test run alone (or in
-another order) finds nothing to reuse and builds what it needs, which checks that path too.
+Each script runs as a student would run it (`python tutorials/NN_name.py --tiny`, from the
+repository root: as `__main__`, with tutorials/ first on the path and its own fresh `common`), with
+`--out` pointing at one folder shared by the whole module: tutorials 05-08 then reuse the policy
+and reward model that 04 and 05 wrote there, exactly as they reuse runs/tutorial/ in real mode.
+
+The scripts run one after another in two Python processes, not nine: a new interpreter spends ~2 s
+importing torch, which was a third of this module's time. One process runs the tutorials on a
+CPU's path, the other those that show the Triton kernels, through Triton's interpreter.
 """
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -51,22 +55,56 @@ def test_every_tutorial_is_tested():
     assert scripts == sorted(TUTORIALS)
 
 
+# python -c RUNNER OUT SCRIPT...: runs each script as `python SCRIPT --tiny --out OUT` would, one after
+# another, and prints {script: {"rc", "stdout", "stderr"}} as JSON
+RUNNER = """
+import contextlib, io, json, os, runpy, sys, traceback
+out, scripts, results, real_stdout = sys.argv[1], sys.argv[2:], {}, sys.stdout
+for script in scripts:
+    sys.path.insert(0, os.path.dirname(script))  # what `python SCRIPT` puts first on the path
+    sys.modules.pop("common", None)  # each script imports tutorials/common.py afresh
+    sys.argv = [script, "--tiny", "--out", out]
+    stdout, stderr, rc = io.StringIO(), io.StringIO(), 0
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            runpy.run_path(script, run_name="__main__")
+        except SystemExit as e:  # sys.exit(message): the message on stderr, exit status 1
+            rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+            if isinstance(e.code, str):
+                print(e.code, file=sys.stderr)
+        except BaseException:
+            traceback.print_exc()
+            rc = 1
+    del sys.path[0]
+    results[script] = {"rc": rc, "stdout": stdout.getvalue(), "stderr": stderr.getvalue()}
+json.dump(results, real_stdout)
+"""
+
+
 @pytest.fixture(scope="module")
-def shared_out(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("tutorials")
+def runs(tmp_path_factory) -> tuple[Path, dict]:
+    """(the shared --out folder, {script name: {"rc", "stdout", "stderr"}}) of every tutorial."""
+    out, results = tmp_path_factory.mktemp("tutorials"), {}
+    cpu_path = [name for name in TUTORIALS if name not in INTERPRETED]
+    for names, interpret in ((cpu_path, {}), ([n for n in TUTORIALS if n in INTERPRETED], {"TRITON_INTERPRET": "1"})):
+        # one thread (conftest), since CI's two cores are shared with other jobs
+        env = {**CLI_ENV, "OMP_NUM_THREADS": "1", **interpret}
+        proc = subprocess.run([sys.executable, "-c", RUNNER, str(out), *(str(REPO / "tutorials" / n) for n in names)],
+                              cwd=REPO, env=env, capture_output=True, text=True,
+                              timeout=1800)  # a guard against a hang, not a speed requirement
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        results.update({Path(script).name: r for script, r in json.loads(proc.stdout).items()})
+    return out, results
 
 
 @pytest.mark.parametrize("script", list(TUTORIALS))
-def test_tutorial_tiny(script, shared_out):
+def test_tutorial_tiny(script, runs):
+    out, results = runs
     lines, files = TUTORIALS[script]
-    # one thread each (conftest), since CI's two cores are shared with other jobs
-    env = {**CLI_ENV, "OMP_NUM_THREADS": "1", **({"TRITON_INTERPRET": "1"} if script in INTERPRETED else {})}
-    proc = subprocess.run([sys.executable, str(REPO / "tutorials" / script), "--tiny", "--out", str(shared_out)],
-                          cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=900)  # a guard against a hang, not a speed requirement
-    report = f"--- stdout (end)\n{proc.stdout[-4000:]}\n--- stderr (end)\n{proc.stderr[-4000:]}"
-    assert proc.returncode == 0, report
+    run = results[script]
+    report = f"--- stdout (end)\n{run['stdout'][-4000:]}\n--- stderr (end)\n{run['stderr'][-4000:]}"
+    assert run["rc"] == 0, report
     for line in lines:
-        assert line in proc.stdout, f"expected {line!r} in the output\n{report}"
+        assert line in run["stdout"], f"expected {line!r} in the output\n{report}"
     for name in files:
-        assert (shared_out / name).is_file(), f"{script} did not write {name} into --out"
+        assert (out / name).is_file(), f"{script} did not write {name} into --out"
