@@ -68,7 +68,7 @@ PRESETS = {
         "reward.steps": 4, "reward.batch_size": 4, "reward.lr": 1e-3, "reward.warmup": 1,
         "reward.eval_every": 4, "reward.ckpt_every": 4,
         "reward_eval.sensitivity_completions": 8,
-        "rl.steps": 4, "rl.prompts_per_step": 4, "rl.group_size": 8, "rl.max_new_tokens": 8,
+        "rl.steps": 4, "rl.prompts_per_step": 4, "rl.group_size": 4, "rl.max_new_tokens": 8,
         "rl.eval_points": 3, "rl.eval_prompts": 8,
         "grpo.lr": 2e-3, "grpo.warmup": 2, "grpo.beta": 0.04,
         "ppo.lr": 1e-3, "ppo.warmup": 2, "ppo.beta": 0.04,

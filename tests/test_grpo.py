@@ -240,7 +240,7 @@ def test_grpo_with_the_oracle_reward_raises_the_reward(smoke_policy, sampled_ora
     # 8 training prompts (4 ambiguous, 4 disambiguated), so that 10 steps make a clear difference on them
     train = ([ex for ex in splits.train if ex.context_condition == "ambig"][:4]
              + [ex for ex in splits.train if ex.context_condition == "disambig"][:4])
-    rl_cfg = replace(preset.rl, steps=10)
+    rl_cfg = replace(preset.rl, steps=10, group_size=8)  # groups of 8, as the margin below was measured with
     out = train_grpo(replace(splits, train=train), policy, tmp_path / "grpo.pt", rl.make_scorer(oracle=True),
                      rl_cfg, preset.grpo, seed=0, backend="torch")
     history = out["history"]

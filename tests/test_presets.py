@@ -77,7 +77,7 @@ def test_the_smoke_budget_is_the_same_for_grpo_ppo_and_dpo():
 
     p = get_preset("smoke")
     calls = p.rl.calls_per_step * p.rl.steps
-    assert calls == p.rl.prompts_per_step * p.rl.group_size * p.rl.steps == 4 * 8 * 4
+    assert calls == p.rl.prompts_per_step * p.rl.group_size * p.rl.steps == 4 * 4 * 4
     b = budget(p)
     assert b["reward_model_calls"] == {"grpo": calls, "grpo_cirm": calls, "ppo": calls}
     assert b["dpo_preference_pairs"] == calls
@@ -104,7 +104,7 @@ def test_the_trainers_spend_that_budget(smoke_policy, tmp_path):
     train_ppo(splits, policy, tmp_path / "ppo.pt", counting("ppo"), p.rl, p.ppo, backend="torch")
     dpo = train_dpo(splits, policy, tmp_path / "dpo.pt", p.rl, p.dpo, p.pairs, backend="torch")
     calls = p.rl.calls_per_step * p.rl.steps
-    assert scored == {"grpo": calls, "ppo": calls} and dpo["pairs"] == calls == 64
+    assert scored == {"grpo": calls, "ppo": calls} and dpo["pairs"] == calls == 32
 
 
 # ---------------------------------------------------------------- parse_setting

@@ -23,10 +23,10 @@ def stage_result(folder, name):
 
 @pytest.fixture(scope="module")
 def group_sweep(smoke_run, tmp_path_factory):
-    """`nanobias sweep rl.group_size=4,8 --seeds 1` from the smoke run: (base listing before, out, printed)."""
+    """`nanobias sweep rl.group_size=2,4 --seeds 1` from the smoke run: (base listing before, out, printed)."""
     before = listing(smoke_run)
     out = tmp_path_factory.mktemp("sweep") / "G"
-    printed = run_cli(["sweep", "rl.group_size=4,8", "--base", str(smoke_run), "--seeds", "1", "--out", str(out)])
+    printed = run_cli(["sweep", "rl.group_size=2,4", "--base", str(smoke_run), "--seeds", "1", "--out", str(out)])
     return before, out, printed
 
 
@@ -42,44 +42,44 @@ def test_a_group_size_sweep_spends_equal_calls_and_writes_its_outputs(group_swee
     before, out, printed = group_sweep
     assert listing(smoke_run) == before  # the base run is read, never written
     sweep = json.loads((out / "sweep.json").read_text())
-    assert sweep["labels"] == ["4", "8"] and sweep["methods"] == ["grpo"] and sweep["seeds"] == [0]
-    budgets = [sweep["runs"][v]["budget"] for v in ("4", "8")]
-    assert [(b["prompts_per_step"], b["group_size"]) for b in budgets] == [(8, 4), (4, 8)]
+    assert sweep["labels"] == ["2", "4"] and sweep["methods"] == ["grpo"] and sweep["seeds"] == [0]
+    budgets = [sweep["runs"][v]["budget"] for v in ("2", "4")]
+    assert [(b["prompts_per_step"], b["group_size"]) for b in budgets] == [(8, 2), (4, 4)]
     assert budgets[0]["reward_model_calls"] == budgets[1]["reward_model_calls"]
-    for v, b in zip(("4", "8"), budgets):  # the trainer ran with that budget: its steps' reward batches
+    for v, b in zip(("2", "4"), budgets):  # the trainer ran with that budget: its steps' reward batches
         history = stage_result(out / f"rl.group_size={v}", "grpo")["history"]
         assert len(history) == b["steps"]
     report = (out / "sweep.md").read_text()
-    assert "| 4 | grpo |" in report and "| 8 | grpo |" in report and "Equal reward-model calls" in report
+    assert "| 2 | grpo |" in report and "| 4 | grpo |" in report and "Equal reward-model calls" in report
     assert (out / "sweep.png").read_bytes()[:4] == b"\x89PNG"
-    assert (out / "rl.group_size=4" / "grpo.pt").is_file() and not (out / "rl.group_size=4" / "ppo.pt").exists()
-    runs = [sweep["runs"][v]["methods"]["grpo"] for v in ("4", "8")]
+    assert (out / "rl.group_size=2" / "grpo.pt").is_file() and not (out / "rl.group_size=2" / "ppo.pt").exists()
+    runs = [sweep["runs"][v]["methods"]["grpo"] for v in ("2", "4")]
     assert runs[0]["stability_seeds"] != runs[1]["stability_seeds"]
     assert [r["policy_seeds"][0]["n"] for r in runs] == [r["policy"]["n"] for r in runs]
 
 
 def test_the_base_value_reproduces_the_base_run(group_sweep, smoke_run):
-    """G = 8 is the smoke preset's: same policy, reward model, seed and code -> the base run's GRPO exactly."""
+    """G = 4 is the smoke preset's: same policy, reward model, seed and code -> the base run's GRPO exactly."""
     _, out, _ = group_sweep
     sweep = json.loads((out / "sweep.json").read_text())
     results = json.loads((smoke_run / "results.json").read_text())
-    assert sweep["runs"]["8"]["methods"]["grpo"]["policy_seeds"] == results["policy_seeds"]["grpo"]
-    assert sweep["runs"]["8"]["methods"]["grpo"]["stability_seeds"] == results["stability_seeds"]["grpo"]
-    assert stage_result(out / "rl.group_size=8", "grpo") == stage_result(smoke_run, "grpo")
+    assert sweep["runs"]["4"]["methods"]["grpo"]["policy_seeds"] == results["policy_seeds"]["grpo"]
+    assert sweep["runs"]["4"]["methods"]["grpo"]["stability_seeds"] == results["stability_seeds"]["grpo"]
+    assert stage_result(out / "rl.group_size=4", "grpo") == stage_result(smoke_run, "grpo")
 
 
 def test_a_rerun_skips_every_stage_and_more_seeds_train_only_the_new_one(group_sweep, smoke_run, tmp_path):
     before, out, _ = group_sweep
     copy = tmp_path / "G"
     shutil.copytree(out, copy)
-    argv = ["sweep", "rl.group_size=4,8", "--base", str(smoke_run), "--out", str(copy)]
+    argv = ["sweep", "rl.group_size=2,4", "--base", str(smoke_run), "--out", str(copy)]
     printed = run_cli([*argv, "--seeds", "1"])
     assert "start" not in printed and printed.count("already done") == 4  # 2 values x (grpo, eval-grpo)
     printed = run_cli([*argv, "--seeds", "2"])
     assert "[grpo] start" not in printed and printed.count("[grpo@seed-1] start") == 2
     assert printed.count("[eval-grpo@seed-1] start") == 2 and "[eval-grpo] start" not in printed
     sweep = json.loads((copy / "sweep.json").read_text())
-    assert sweep["seeds"] == [0, 1] and len(sweep["runs"]["4"]["methods"]["grpo"]["policy_seeds"]) == 2
+    assert sweep["seeds"] == [0, 1] and len(sweep["runs"]["2"]["methods"]["grpo"]["policy_seeds"]) == 2
     assert "± " in (copy / "sweep.md").read_text() and listing(smoke_run) == before
 
 
@@ -103,7 +103,7 @@ def test_a_reward_key_trains_a_reward_model_per_value(smoke_run, tmp_path):
     (["model.n_layer=1,2"], "sweep model.n_layer: a sweep starts from --base's policy"),
     (["grpo.nope=1,2"], "sweep 'grpo.nope=1': expected KEY=VALUE"),
     (["rl.group_size=4,x"], "sweep 'rl.group_size=x': rl.group_size takes a int"),
-    (["rl.group_size=4,5"], "sweep rl.group_size=5: the base run's B*G = 32 reward-model calls"),
+    (["rl.group_size=4,5"], "sweep rl.group_size=5: the base run's B*G = 16 reward-model calls"),
     (["rl.group_size="], "sweep 'rl.group_size=': expected KEY=V1,V2,..."),
     (["rl.group_size=4,4"], "a value is given twice"),
     (["grpo.beta=0.1", "--methods", "grpo,sft"], "--methods grpo,sft: expected names from"),
