@@ -97,6 +97,16 @@ def sampled_oracle_reward():
 
 
 @pytest.fixture
+def cpu_path(monkeypatch):
+    """Kernels take a CPU's path in this process, as in a user's `nanobias` command on a CPU: "auto"
+    resolves to the torch backend, not to the interpreted Triton kernels TRITON_INTERPRET selects here
+    (which run every masked GELU of an intervened reward model in NumPy, many times slower)."""
+    from nanobias.kernels import dispatch
+
+    monkeypatch.setattr(dispatch, "triton_interpreted", lambda: False)
+
+
+@pytest.fixture
 def poison_outputs(monkeypatch):
     """Kernel output buffers start as NaN, so an element a kernel forgets to write fails the test
     (the kernel test modules use it for every test); their tensors are made on TEST_DEVICE."""

@@ -94,11 +94,12 @@ def test_a_finished_folder_refuses_other_settings_and_names_them(smoke_run, tmp_
 def test_a_killed_run_resumes_to_the_same_results(smoke_run, tmp_path):
     out = tmp_path / "killed"
     rng = random.Random(int(time.time()))
-    # SIGKILL at a random moment of the pipeline (another each run of the suite), then let it finish
+    # SIGKILL at a random moment of the pipeline (another each run of the suite; a smoke run takes ~15 s
+    # alone, more on a busy machine), then let it finish
     proc = subprocess.Popen([sys.executable, "-m", "nanobias", *SMOKE_REPRODUCE, "--out", str(out)], cwd=tmp_path,
                             env=CLI_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        proc.wait(timeout=rng.uniform(3, 25))  # a run that ends before its moment is not killed
+        proc.wait(timeout=rng.uniform(2, 14))  # a run that ends before its moment is not killed
     except subprocess.TimeoutExpired:
         proc.send_signal(signal.SIGKILL)
         proc.wait()

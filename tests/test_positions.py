@@ -39,7 +39,7 @@ def test_summarise_splits_the_length_sensitivity_and_pairs_the_edits_with_their_
     assert v["neurons_edited"] == [8 / 2048] * 2
 
 
-def test_positions_runs_both_schemes_and_a_rerun_adds_only_new_seeds(tmp_path, capsys):
+def test_positions_runs_both_schemes_and_a_rerun_adds_only_new_seeds(tmp_path, capsys, cpu_path):
     out = tmp_path / "pos"
     main(["positions", *TINY, "--seeds", "1", "--out", str(out)])
     results = json.loads((out / "positions.json").read_text())

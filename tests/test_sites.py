@@ -191,7 +191,7 @@ def folder_state(folder):
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_sites_command_on_the_smoke_run_writes_the_table_and_leaves_the_run_alone(smoke_run, tmp_path, capsys):
+def test_sites_command_on_the_smoke_run_writes_the_table_and_leaves_the_run_alone(smoke_run, tmp_path, capsys, cpu_path):
     before = folder_state(smoke_run)
     out = tmp_path / "sites"
     main(["sites", "--base", str(smoke_run), "--out", str(out), "--threads", "1"])
