@@ -85,8 +85,9 @@ json.dump(results, real_stdout)
 def runs(tmp_path_factory) -> tuple[Path, dict]:
     """(the shared --out folder, {script name: {"rc", "stdout", "stderr"}}) of every tutorial."""
     out, results = tmp_path_factory.mktemp("tutorials"), {}
-    cpu_path = [name for name in TUTORIALS if name not in INTERPRETED]
-    for names, interpret in ((cpu_path, {}), ([n for n in TUTORIALS if n in INTERPRETED], {"TRITON_INTERPRET": "1"})):
+    groups = (([n for n in TUTORIALS if n not in INTERPRETED], {}),  # first: 07 reuses the policy of 04
+              ([n for n in TUTORIALS if n in INTERPRETED], {"TRITON_INTERPRET": "1"}))
+    for names, interpret in groups:
         # one thread (conftest), since CI's two cores are shared with other jobs
         env = {**CLI_ENV, "OMP_NUM_THREADS": "1", **interpret}
         proc = subprocess.run([sys.executable, "-c", RUNNER, str(out), *(str(REPO / "tutorials" / n) for n in names)],
