@@ -44,8 +44,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from nanobias.kernels import masked_gelu
-from nanobias.kvcache import KVCache
 from nanobias.kernels.reference import GELU_FORMS
+from nanobias.kvcache import KVCache
 
 POSITIONS = ("learned", "rotary")
 ROPE_BASE = 10000.0
