@@ -15,7 +15,7 @@ Both are derived, not stored, because BBQ's files spell them loosely: the unknow
 one whose group label is "unknown" or whose text is one of BBQ's ten wordings (`UNKNOWN_PHRASES`,
 compared without case, spacing, curly apostrophes or a final period); groups match without case,
 spaces or punctuation ("low SES" == "lowSES"), and only then by BBQ's other spellings
-("M-Black" -> "black", `_relaxed_group_keys`).
+("M-Black" -> "black", `relaxed_group_keys`).
 
 `load_bbq` reads BBQ's {Category}.jsonl files (one JSON object per line, the fields `_FIELDS`)
 and turns a bad line into a ValueError naming file, line and field: nothing is dropped silently.
@@ -50,7 +50,7 @@ def _norm_group(text: str) -> str:
 _GENDER_WORDS = {"man": "m", "men": "m", "boy": "m", "boys": "m", "woman": "f", "women": "f", "girl": "f", "girls": "f"}
 
 
-def _relaxed_group_keys(text: str) -> set[str]:
+def relaxed_group_keys(text: str) -> set[str]:
     """Second-chance forms of a group name, after BBQ's own analysis script:
     "M-Black"/"F-Black" -> "black", "trans_F"/"Transgender women" -> "trans", "woman" -> "f"."""
     key = _norm_group(re.sub(r"^[MF]-", "", text.strip()))
@@ -105,13 +105,13 @@ class Example:
 
         Matching ignores case, spaces and punctuation ("low SES" == "lowSES") and is exact, so
         "old" never matches "nonOld". Only if no option matches exactly are BBQ's other spellings
-        tried (`_relaxed_group_keys`). Exactly one option must match, else ValueError."""
+        tried (`relaxed_group_keys`). Exactly one option must match, else ValueError."""
         people = [i for i in range(3) if i != self.unknown_index]
         exact = {_norm_group(s) for s in self.stereotyped_groups}
         hits = [i for i in people if {_norm_group(s) for s in self.answer_info[f"ans{i}"]} & exact]
         if not hits:
-            relaxed = set().union(*(_relaxed_group_keys(s) for s in self.stereotyped_groups))
-            hits = [i for i in people if set().union(*map(_relaxed_group_keys, self.answer_info[f"ans{i}"])) & relaxed]
+            relaxed = set().union(*(relaxed_group_keys(s) for s in self.stereotyped_groups))
+            hits = [i for i in people if set().union(*map(relaxed_group_keys, self.answer_info[f"ans{i}"])) & relaxed]
         if len(hits) != 1:
             raise ValueError(f"field 'additional_metadata.stereotyped_groups': {list(self.stereotyped_groups)} must "
                              f"name exactly one option's word or group, matched {len(hits)} of "

@@ -1,0 +1,82 @@
+"""Swapped people: more pretraining examples from the same scenes, with other people of the same groups.
+
+A real BBQ template is filled with a few dozen pairs of people, and a small model trained on it for
+long learns each item's answer by the names in it rather than by reading: its reading of new
+people stops improving while its training loss falls towards zero (README, "Real BBQ data").
+`swap_people` adds `copies` more of each training example, in which the two people's words are
+replaced, wherever they occur in context, question and answers, by other words of the same group
+from the same category, drawn from the examples given:
+
+    "I saw a grandson and their grandfather ..."  ->  "I saw a teenager and their retiree ..."
+
+Groups, label and the biased answer stay as they were, so the planted bias is planted as before.
+A word that the stereotype itself names is kept (Nationality's stereotyped_groups list
+nationalities: "British" stays British), and only words it does not name replace the others. An
+example whose two words are not both found in its context is not copied.
+"""
+
+import random
+import re
+from collections import defaultdict
+from dataclasses import replace
+
+from nanobias.bbq import Example, relaxed_group_keys
+
+
+def people(ex: Example) -> list[tuple[int, str, str]]:
+    """The two people of an example: (option index, word, group) each."""
+    return [(i, *ex.answer_info[f"ans{i}"]) for i in range(3) if i != ex.unknown_index]
+
+
+def _found(word: str, text: str) -> bool:
+    return re.search(rf"\b{re.escape(word)}\b", text, re.I) is not None
+
+
+def swapped(ex: Example, new: dict[str, str]) -> Example:
+    """`ex` with each key of `new` (a person's word, matched whole and in any case) replaced by its value
+    in context, question, the people's answers and answer_info. Where the text capitalises a word that
+    answer_info writes in lower case ("Grandfather" opening a sentence), the new word is capitalised too."""
+    pattern = re.compile(r"\b(" + "|".join(map(re.escape, sorted(new, key=len, reverse=True))) + r")\b", re.I)
+    by_lower = {word.lower(): (word, value) for word, value in new.items()}
+
+    def substitute(text: str) -> str:
+        def one(match):
+            word, value = by_lower[match.group(0).lower()]
+            return value[:1].upper() + value[1:] if match.group(0) != word and match.group(0)[:1].isupper() else value
+        return pattern.sub(one, text)
+
+    info = dict(ex.answer_info)
+    answers = list(ex.answers)
+    for i, word, group in people(ex):
+        info[f"ans{i}"] = [new.get(word, word), group]
+        answers[i] = substitute(answers[i])
+    return replace(ex, context=substitute(ex.context), question=substitute(ex.question), answers=tuple(answers),
+                   answer_info=info)
+
+
+def swap_people(examples: list[Example], copies: int, seed: int = 0) -> list[Example]:
+    """The examples, then `copies` swapped copies of each (module docstring); the same seed, the same copies."""
+    if copies < 0:
+        raise ValueError(f"copies: expected 0 or more, got {copies}")
+    words = defaultdict(set)  # (category, group) -> the words of that group's people
+    for ex in examples:
+        for _, word, group in people(ex):
+            words[ex.category, group].add(word)
+    words = {key: sorted(found) for key, found in words.items()}
+    rng = random.Random(seed)
+    out = list(examples)
+    for ex in examples:
+        (_, a, group_a), (_, b, group_b) = people(ex)
+        if a.lower() == b.lower() or not (_found(a, ex.context) and _found(b, ex.context)):
+            continue
+        stereotyped = set().union(*map(relaxed_group_keys, ex.stereotyped_groups))
+        named = {w for w in words[ex.category, group_a] + words[ex.category, group_b] + [a, b]
+                 if relaxed_group_keys(w) & stereotyped}
+        for _ in range(copies):
+            new_a = a if a in named else rng.choice([w for w in words[ex.category, group_a]
+                                                     if w not in named and (b not in named or w.lower() != b.lower())])
+            others = [w for w in words[ex.category, group_b] if w not in named and w.lower() != new_a.lower()]
+            new_b = b if b in named or not others else rng.choice(others)
+            if new_a.lower() != new_b.lower():  # else the two would be one person
+                out.append(swapped(ex, {a: new_a, b: new_b}))
+    return out
