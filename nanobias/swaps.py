@@ -1,11 +1,11 @@
 """Swapped people: more pretraining examples from the same scenes, with other people of the same groups.
 
 A real BBQ template is filled with a few dozen pairs of people, and a small model trained on it for
-long learns each item's answer by the names in it rather than by reading: its reading of new
-people stops improving while its training loss falls towards zero (README, "Real BBQ data").
-`swap_people` adds `copies` more of each training example, in which the two people's words are
-replaced, wherever they occur in context, question and answers, by other words of the same group
-from the same category, drawn from the examples given:
+long learns each item's answer by the names in it: its validation loss turns up while its training
+loss falls towards zero. Copies with other people take that shortcut away (README, "Real BBQ data",
+measures what that buys and what it does not). `swap_people` adds `copies` more of each training
+example, in which the two people's words are replaced, wherever they occur in context, question and
+answers, by other words of the same group from the same category, drawn from the examples given:
 
     "I saw a grandson and their grandfather ..."  ->  "I saw a teenager and their retiree ..."
 
