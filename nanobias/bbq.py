@@ -100,13 +100,18 @@ class Example:
         return found[0]
 
     @property
+    def people(self) -> list[int]:
+        """The two options that are people: every option but the unknown one."""
+        return [i for i in range(3) if i != self.unknown_index]
+
+    @property
     def biased_index(self) -> int:
         """neg: the option whose word or group label is in stereotyped_groups; nonneg: the other.
 
         Matching ignores case, spaces and punctuation ("low SES" == "lowSES") and is exact, so
         "old" never matches "nonOld". Only if no option matches exactly are BBQ's other spellings
         tried (`relaxed_group_keys`). Exactly one option must match, else ValueError."""
-        people = [i for i in range(3) if i != self.unknown_index]
+        people = self.people
         exact = {_norm_group(s) for s in self.stereotyped_groups}
         hits = [i for i in people if {_norm_group(s) for s in self.answer_info[f"ans{i}"]} & exact]
         if not hits:

@@ -57,7 +57,7 @@ def split_unit(ex: Example, by: str) -> tuple:
     """What stays together in one split: the template, or (by "item") the template and its two people."""
     if by == "template":
         return ex.category, ex.question_index
-    people = sorted(a.strip() for i, a in enumerate(ex.answers) if i != ex.unknown_index)
+    people = sorted(ex.answers[i].strip() for i in ex.people)
     return ex.category, ex.question_index, *people
 
 

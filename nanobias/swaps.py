@@ -25,7 +25,7 @@ from nanobias.bbq import Example, relaxed_group_keys
 
 def people(ex: Example) -> list[tuple[int, str, str]]:
     """The two people of an example: (option index, word, group) each."""
-    return [(i, *ex.answer_info[f"ans{i}"]) for i in range(3) if i != ex.unknown_index]
+    return [(i, *ex.answer_info[f"ans{i}"]) for i in ex.people]
 
 
 def _found(word: str, text: str) -> bool:
@@ -70,7 +70,7 @@ def swap_people(examples: list[Example], copies: int, seed: int = 0) -> list[Exa
         if a.lower() == b.lower() or not (_found(a, ex.context) and _found(b, ex.context)):
             continue
         stereotyped = set().union(*map(relaxed_group_keys, ex.stereotyped_groups))
-        named = {w for w in words[ex.category, group_a] + words[ex.category, group_b] + [a, b]
+        named = {w for w in words[ex.category, group_a] + words[ex.category, group_b]  # a and b among them
                  if relaxed_group_keys(w) & stereotyped}
         for _ in range(copies):
             new_a = a if a in named else rng.choice([w for w in words[ex.category, group_a]
