@@ -267,19 +267,23 @@ class GPT(nn.Module):
 
     def previous_embeddings(self, idx, doc, cache) -> torch.Tensor:
         """sum_k shift[k-1] * wte[x_{t-k}] for the T new tokens [B, T, C] (module docstring); padding between
-        two tokens (a completion left-padded after its cached prompt: reward.rewards) is no token."""
-        past, T = (cache.length if cache is not None else 0), idx.shape[1]
+        two tokens (a completion left-padded after its cached prompt: reward.rewards) is no token.
+
+        count[s], the real tokens at positions <= s, never decreases along a row, so the k-th real token
+        before t is the first position whose count reaches count[t] - k: one binary search finds every
+        (t, k) at once, in the same few operator calls whatever K (a decode step pays per call)."""
+        past, K = (cache.length if cache is not None else 0), self.config.token_shift
         seen = idx if cache is None else torch.cat([cache.ids[:, :past], idx], 1)  # [B, S]
         doc = torch.ones_like(seen) if doc is None else doc
-        B, S = seen.shape
         real = doc != 0
-        rank = real.long().cumsum(1) - 1  # [B, S] each real token's rank among its row's real tokens
-        position = torch.zeros((B, S + 1), dtype=torch.long, device=idx.device)  # rank -> position; S: padding's
-        position.scatter_(1, torch.where(real, rank, S), torch.arange(S, device=idx.device).expand(B, S))
-        rank, new_doc = rank[:, past:], doc[:, past:]  # [B, T]
-        out = 0
-        for k, weight in enumerate(self.shift, 1):
-            at = position.gather(1, (rank - k).clamp(min=0))  # [B, T] where the k-th real token before is
-            has = real[:, past:] & (rank >= k) & (doc.gather(1, at) == new_doc)  # it exists, in the same document
-            out = out + weight * self.transformer.wte(seen.gather(1, at)) * has[..., None]
+        count = real.long().cumsum(1)  # [B, S]
+        want = count[:, past:, None] - torch.arange(1, K + 1, device=idx.device)  # [B, T, K]
+        at = torch.searchsorted(count, want.flatten(1)).clamp(max=seen.shape[1] - 1)  # [B, T*K]
+        new_doc = doc[:, past:, None]  # [B, T, 1]
+        # it exists, the new token is real, and it is in the same document
+        has = (want >= 1) & (new_doc != 0) & (doc.gather(1, at).view_as(want) == new_doc)  # [B, T, K]
+        before = seen.gather(1, at).view_as(want)  # [B, T, K] token ids
+        out = 0  # term by term: one sum over a K axis would round differently from the README's runs
+        for k, weight in enumerate(self.shift):
+            out = out + weight * self.transformer.wte(before[..., k]) * has[..., k, None]
         return out
