@@ -79,8 +79,9 @@ def write_report(out: Path, results: dict, histories: dict[str, list[list[dict]]
         format_table(results["policy"], std),
     ]
     if heldout:
+        heldout_std = {m: s["heldout"] for m, s in std.items()}
         lines += [f"Held-out categories ({', '.join(results['eval_categories'])}), never trained on:", "",
-                  format_table(heldout, {m: s["heldout"] for m, s in std.items()})]
+                  format_table(heldout, heldout_std), choice_table(heldout, heldout_std)]
     if any(v.get("choice") for v in results["policy"].values()):
         lines += ["The same test examples as multiple choice, as BBQ is usually reported for language models:",
                   "the option the policy finds most likely after \"Answer:\" (never invalid).", "",
