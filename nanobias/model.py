@@ -271,7 +271,7 @@ class GPT(nn.Module):
 
         count[s], the real tokens at positions <= s, never decreases along a row, so the k-th real token
         before t is the first position whose count reaches count[t] - k: one binary search finds every
-        (t, k) at once, in the same few operator calls whatever K (a decode step pays per call)."""
+        (t, k) at once (a decode step of a small model pays per operator call, not per element)."""
         past, K = (cache.length if cache is not None else 0), self.config.token_shift
         seen = idx if cache is None else torch.cat([cache.ids[:, :past], idx], 1)  # [B, S]
         doc = torch.ones_like(seen) if doc is None else doc
