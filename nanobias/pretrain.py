@@ -27,7 +27,7 @@ from nanobias.data import Splits
 from nanobias.errors import UserError, check
 from nanobias.model import GPT, GPTConfig
 from nanobias.render import ANSWER_CUE, pretraining_documents
-from nanobias.swaps import swap_people
+from nanobias.swaps import made_up_people, swap_people
 from nanobias.tokenizer import get_tokenizer, load_tokenizer, save_tokenizer, train_bpe
 from nanobias.train import TrainConfig, train
 
@@ -39,6 +39,8 @@ class PretrainConfig(TrainConfig):
     long_rate: float = 0.3  # share of completions in a long style (justification, filler, ...)
     # copies of each training example with its two people swapped for others of the same groups (swaps.py)
     people_swaps: int = 0
+    # copies of each disambiguated training example with two made-up people instead (swaps.py)
+    made_up_people: int = 0
     # the reading curve: test prompts (curves.curve_prompts) answered greedily at every evaluation, their
     # acc_disambig and biased_ambig logged beside val_loss; 0: none (it costs seconds per evaluation)
     eval_prompts: int = 0
@@ -47,15 +49,16 @@ class PretrainConfig(TrainConfig):
         super().__post_init__()
         check(self, {"vocab_size": self.vocab_size >= 257, "bias_rate": 0 <= self.bias_rate <= 1,
                      "long_rate": 0 <= self.long_rate <= 1, "eval_prompts": self.eval_prompts >= 0,
-                     "people_swaps": self.people_swaps >= 0},
+                     "people_swaps": self.people_swaps >= 0, "made_up_people": self.made_up_people >= 0},
               "vocab_size >= 257 (256 bytes + end-of-text); bias_rate, long_rate in [0, 1]; eval_prompts, "
-              "people_swaps >= 0")
+              "people_swaps, made_up_people >= 0")
 
 
 def corpus(splits: Splits, cfg: PretrainConfig, seed: int) -> tuple[list[str], list[str]]:
     """Pretraining documents for (train, val), the training examples with `cfg.people_swaps` swapped copies
-    of each (swaps.py); the synthetic world's val differs by template, real BBQ's by people (data.py)."""
-    train = swap_people(splits.train, cfg.people_swaps, seed)
+    of each and `cfg.made_up_people` copies of each disambiguated one with made-up people (swaps.py); the
+    synthetic world's val differs by template, real BBQ's by people (data.py)."""
+    train = swap_people(splits.train, cfg.people_swaps, seed) + made_up_people(splits.train, cfg.made_up_people, seed)
     return (pretraining_documents(train, cfg.bias_rate, seed, cfg.long_rate),
             pretraining_documents(splits.val, cfg.bias_rate, seed + 1, cfg.long_rate))
 

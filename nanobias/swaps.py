@@ -13,6 +13,17 @@ Groups, label and the biased answer stay as they were, so the planted bias is pl
 A word that the stereotype itself names is kept (Nationality's stereotyped_groups list
 nationalities: "British" stays British), and only words it does not name replace the others. An
 example whose two words are not both found in its context is not copied.
+
+Made-up people (`made_up_people`): a category never trained on names people whose words the policy
+has never seen, so it can answer only by copying them from the context and the options, a skill the
+training categories let it skip, since their people recur. Copies of the disambiguated examples with
+the two people replaced by made-up words, which recur nowhere, make that skill the only way to the
+answer, which the context decides:
+
+    "The grandfather forgot the keys"  ->  "The kavito forgot the keys"
+
+Ambiguous examples are not copied: with made-up people, no stereotype says whom the planted bias
+would pick.
 """
 
 import random
@@ -54,6 +65,13 @@ def swapped(ex: Example, new: dict[str, str]) -> Example:
                    answer_info=info)
 
 
+def copied_people(ex: Example) -> tuple[str, str] | None:
+    """The two people's words of an example that can be copied with others: both named in its context
+    and not the same word; else None."""
+    (_, a, _), (_, b, _) = people(ex)
+    return (a, b) if a.lower() != b.lower() and _found(a, ex.context) and _found(b, ex.context) else None
+
+
 def swap_people(examples: list[Example], copies: int, seed: int = 0) -> list[Example]:
     """The examples, then `copies` swapped copies of each (module docstring); the same seed, the same copies."""
     if copies < 0:
@@ -66,9 +84,9 @@ def swap_people(examples: list[Example], copies: int, seed: int = 0) -> list[Exa
     rng = random.Random(seed)
     out = list(examples)
     for ex in examples:
-        (_, a, group_a), (_, b, group_b) = people(ex)
-        if a.lower() == b.lower() or not (_found(a, ex.context) and _found(b, ex.context)):
+        if copied_people(ex) is None:
             continue
+        (_, a, group_a), (_, b, group_b) = people(ex)
         stereotyped = set().union(*map(relaxed_group_keys, ex.stereotyped_groups))
         named = {w for w in words[ex.category, group_a] + words[ex.category, group_b]  # a and b among them
                  if relaxed_group_keys(w) & stereotyped}
@@ -79,4 +97,27 @@ def swap_people(examples: list[Example], copies: int, seed: int = 0) -> list[Exa
             new_b = b if b in named or not others else rng.choice(others)
             if new_a.lower() != new_b.lower():  # else the two would be one person
                 out.append(swapped(ex, {a: new_a, b: new_b}))
+    return out
+
+
+def made_up_word(rng: random.Random) -> str:
+    """Two or three consonant-vowel syllables: "kavito"."""
+    return "".join(rng.choice("bdfgklmnprstvz") + rng.choice("aeiou") for _ in range(rng.choice((2, 3))))
+
+
+def made_up_people(examples: list[Example], copies: int, seed: int = 0) -> list[Example]:
+    """`copies` copies of each disambiguated example, its two people made-up words (module docstring); the
+    copies only, and the same seed, the same words."""
+    if copies < 0:
+        raise ValueError(f"copies: expected 0 or more, got {copies}")
+    rng = random.Random(seed)
+    out = []
+    for ex in examples:
+        pair = copied_people(ex) if ex.context_condition == "disambig" else None
+        for _ in range(copies if pair else 0):
+            new_a = made_up_word(rng)
+            new_b = made_up_word(rng)
+            while new_b == new_a:
+                new_b = made_up_word(rng)
+            out.append(swapped(ex, dict(zip(pair, (new_a, new_b)))))
     return out

@@ -1,4 +1,5 @@
-"""nanobias/swaps.py: pretraining examples with their two people swapped for others of the same groups."""
+"""nanobias/swaps.py: pretraining examples with their two people swapped for others of the same groups, or for
+made-up people."""
 
 import pytest
 
@@ -6,7 +7,7 @@ from nanobias.bbq import Example
 from nanobias.data import load_splits
 from nanobias.presets import get_preset
 from nanobias.pretrain import corpus
-from nanobias.swaps import people, swap_people
+from nanobias.swaps import made_up_people, people, swap_people
 
 
 def age(example_id: int, young: str, old: str, **overrides) -> Example:
@@ -94,3 +95,32 @@ def test_the_synthetic_world_swaps_too_and_the_corpus_takes_the_copies():
     train, val = corpus(splits, preset.pretrain, seed=0)
     plain_train, plain_val = corpus(splits, get_preset("smoke").pretrain, seed=0)
     assert len(train) == 3 * len(plain_train) and val == plain_val
+
+
+def test_made_up_people_copy_the_disambiguated_examples_with_words_found_nowhere_else():
+    hidden = age(9, "grandson", "grandfather", context="Two people were at the store.")
+    examples = [*EXAMPLES, hidden]
+    out = made_up_people(examples, copies=3, seed=0)
+    disambiguated = [ex for ex in EXAMPLES if ex.context_condition == "disambig"]  # the Age ones; not `hidden`
+    assert len(out) == 3 * len(disambiguated) == 12
+    known = " ".join(f"{ex.context} {ex.question} {' '.join(ex.answers)}" for ex in examples).lower().split()
+    for n, copy in enumerate(out):
+        source = disambiguated[n // 3]
+        (_, a, _), (_, b, _) = people(copy)
+        assert a != b and a.isalpha() and a not in known and b not in known
+        assert copy == age(source.example_id, a, b, question_polarity=source.question_polarity, label=source.label)
+        assert [g for _, _, g in people(copy)] == [g for _, _, g in people(source)]
+    assert made_up_people(examples, 3, seed=0) == out != made_up_people(examples, 3, seed=1)
+    assert made_up_people(examples, 0) == []
+    with pytest.raises(ValueError, match="copies"):
+        made_up_people(examples, -1)
+
+
+def test_the_corpus_takes_the_made_up_people_in_training_only():
+    preset = get_preset("smoke", {"pretrain.made_up_people": 2})
+    splits = load_splits("synthetic", variants_per_template=preset.variants_per_template)
+    copies = made_up_people(splits.train, 2, seed=0)
+    assert len(copies) > 0.8 * sum(ex.context_condition == "disambig" for ex in splits.train) * 2
+    train, val = corpus(splits, preset.pretrain, seed=0)
+    plain_train, plain_val = corpus(splits, get_preset("smoke").pretrain, seed=0)
+    assert len(train) == len(plain_train) + len(copies) and val == plain_val
