@@ -1,4 +1,4 @@
-"""Swapped people: more pretraining examples from the same scenes, with other people of the same groups.
+"""Swapped and made-up people: more pretraining examples from the same scenes, with other people in them.
 
 A real BBQ template is filled with a few dozen pairs of people, and a small model trained on it for
 long learns each item's answer by the names in it: its validation loss turns up while its training
